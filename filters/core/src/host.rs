@@ -1,0 +1,291 @@
+//! proxy-wasm host adapters for the core traits (wasm32 only): shared data, headers,
+//! local replies, counters, time.
+//!
+//! The SDK's (0.2.5) host-call wrappers `panic!` on any status they do not expect, and its
+//! trait helpers `unwrap` (a non-UTF-8 header value traps the VM). A trap kills the filter
+//! for every later request on that worker, so the calls made on request paths go through
+//! `raw` below, which returns every status as a value.
+
+use crate::shared::{SharedStore, StoreError, Versioned};
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::MetricType;
+
+/// Direct ABI imports (proxy-wasm ABI 0.2.1) with statuses as plain integers.
+mod raw {
+    pub const OK: u32 = 0;
+    pub const NOT_FOUND: u32 = 1;
+    pub const CAS_MISMATCH: u32 = 8;
+
+    #[link(wasm_import_module = "env")]
+    extern "C" {
+        pub fn proxy_get_shared_data(
+            key_data: *const u8,
+            key_size: usize,
+            value_data: *mut *mut u8,
+            value_size: *mut usize,
+            cas: *mut u32,
+        ) -> u32;
+        pub fn proxy_set_shared_data(
+            key_data: *const u8,
+            key_size: usize,
+            value_data: *const u8,
+            value_size: usize,
+            cas: u32,
+        ) -> u32;
+        pub fn proxy_get_header_map_value(
+            map_type: u32,
+            key_data: *const u8,
+            key_size: usize,
+            value_data: *mut *mut u8,
+            value_size: *mut usize,
+        ) -> u32;
+        pub fn proxy_replace_header_map_value(
+            map_type: u32,
+            key_data: *const u8,
+            key_size: usize,
+            value_data: *const u8,
+            value_size: usize,
+        ) -> u32;
+        pub fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+        pub fn proxy_continue_stream(stream_type: u32) -> u32;
+        pub fn proxy_set_effective_context(context_id: u32) -> u32;
+        #[allow(clippy::too_many_arguments)]
+        pub fn proxy_send_local_response(
+            status_code: u32,
+            details_data: *const u8,
+            details_size: usize,
+            body_data: *const u8,
+            body_size: usize,
+            headers_data: *const u8,
+            headers_size: usize,
+            grpc_status: i32,
+        ) -> u32;
+    }
+
+    /// Takes ownership of a host-returned buffer (allocated through the SDK's exported
+    /// `proxy_on_memory_allocate`, i.e. this module's allocator).
+    ///
+    /// # Safety
+    /// `ptr`/`size` must come from a successful host call that returned a buffer.
+    pub unsafe fn take(ptr: *mut u8, size: usize) -> Vec<u8> {
+        if ptr.is_null() {
+            Vec::new()
+        } else {
+            Vec::from_raw_parts(ptr, size, size)
+        }
+    }
+}
+
+pub const REQUEST_HEADERS: u32 = 0;
+pub const RESPONSE_HEADERS: u32 = 2;
+
+/// Envoy's shared data, through the host calls.
+pub struct HostStore;
+
+impl SharedStore for HostStore {
+    fn get(&self, key: &str) -> Result<Versioned, StoreError> {
+        let mut data: *mut u8 = std::ptr::null_mut();
+        let mut size: usize = 0;
+        let mut cas: u32 = 0;
+        // SAFETY: valid pointers to locals; the returned buffer is owned by us.
+        let status = unsafe {
+            raw::proxy_get_shared_data(key.as_ptr(), key.len(), &mut data, &mut size, &mut cas)
+        };
+        match status {
+            raw::OK => Ok(Versioned {
+                // SAFETY: the host call succeeded and returned this buffer.
+                value: Some(unsafe { raw::take(data, size) }),
+                cas,
+            }),
+            raw::NOT_FOUND => Ok(Versioned { value: None, cas: 0 }),
+            _ => Err(StoreError::Host),
+        }
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        // SAFETY: pointers and lengths of live slices.
+        let status = unsafe {
+            raw::proxy_set_shared_data(key.as_ptr(), key.len(), value.as_ptr(), value.len(), cas)
+        };
+        match status {
+            raw::OK => Ok(()),
+            raw::CAS_MISMATCH => Err(StoreError::CasMismatch),
+            _ => Err(StoreError::Host),
+        }
+    }
+}
+
+/// Reads a header (request or response map) as bytes; None when absent or on any failure.
+pub fn get_header(map: u32, name: &str) -> Option<Vec<u8>> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: valid pointers to locals; the returned buffer is owned by us.
+    let status =
+        unsafe { raw::proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut size) };
+    // SAFETY: the host call succeeded and returned this buffer.
+    (status == raw::OK).then(|| unsafe { raw::take(data, size) })
+}
+
+/// Sets (replaces) a header; false on failure.
+pub fn set_header(map: u32, name: &str, value: &str) -> bool {
+    // SAFETY: pointers and lengths of live slices.
+    unsafe {
+        raw::proxy_replace_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len())
+            == raw::OK
+    }
+}
+
+/// Removes a header; false on failure.
+pub fn remove_header(map: u32, name: &str) -> bool {
+    // SAFETY: pointer and length of a live slice.
+    unsafe { raw::proxy_remove_header_map_value(map, name.as_ptr(), name.len()) == raw::OK }
+}
+
+/// Resumes a paused request of context `id` (from a root context's tick); false when the
+/// context is gone (client went away) or the host refused.
+pub fn resume_request_of(id: u32) -> bool {
+    // SAFETY: plain integer arguments.
+    unsafe { raw::proxy_set_effective_context(id) == raw::OK && raw::proxy_continue_stream(0) == raw::OK }
+}
+
+/// proxy-wasm header map serialisation: count, (key len, value len)*, then key\0value\0*.
+fn serialize_map(headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(headers.len() as u32).to_le_bytes());
+    for (k, v) in headers {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in headers {
+        out.extend_from_slice(k.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+/// Sends a local reply; false when the host refused (the caller then lets the request go on).
+pub fn send_reply(status: u16, headers: &[(&str, &str)], body: &[u8]) -> bool {
+    let h = serialize_map(headers);
+    // SAFETY: pointers and lengths of live buffers.
+    unsafe {
+        raw::proxy_send_local_response(
+            u32::from(status),
+            std::ptr::null(),
+            0,
+            body.as_ptr(),
+            body.len(),
+            h.as_ptr(),
+            h.len(),
+            -1,
+        ) == raw::OK
+    }
+}
+
+/// A counter defined at configure time; increments are best effort (a metric failure never
+/// affects a request).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Counter(Option<u32>);
+
+impl Counter {
+    pub fn define(name: &str) -> Counter {
+        Counter(hostcalls::define_metric(MetricType::Counter, name).ok())
+    }
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn add(&self, n: i64) {
+        if let Some(id) = self.0 {
+            let _ = hostcalls::increment_metric(id, n);
+        }
+    }
+}
+
+/// A gauge defined at configure time.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Gauge(Option<u32>);
+
+impl Gauge {
+    pub fn define(name: &str) -> Gauge {
+        Gauge(hostcalls::define_metric(MetricType::Gauge, name).ok())
+    }
+    pub fn set(&self, v: u64) {
+        if let Some(id) = self.0 {
+            let _ = hostcalls::record_metric(id, v);
+        }
+    }
+}
+
+/// Host wall-clock time in milliseconds since the Unix epoch (0 if the host fails, which
+/// only makes time-based logic conservative, never panics).
+pub fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A request as the host shows it, read lazily: only what a rule asks for is fetched.
+/// Header values are read as bytes and decoded lossily: a non-UTF-8 header never traps.
+pub struct HostRequest {
+    path: String,
+    host: String,
+    method: String,
+    source: std::cell::OnceCell<String>,
+}
+
+fn header_bytes(name: &str) -> Option<Vec<u8>> {
+    get_header(REQUEST_HEADERS, name)
+}
+
+fn lossy(b: Vec<u8>) -> String {
+    match String::from_utf8(b) {
+        Ok(s) => s,
+        Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+    }
+}
+
+/// Reads a property as a lossy string (`source.address`, `route_name`, ...).
+pub fn property_string(path: &[&str]) -> Option<String> {
+    hostcalls::get_property(path.to_vec()).ok().flatten().map(lossy)
+}
+
+impl HostRequest {
+    pub fn fetch() -> HostRequest {
+        HostRequest {
+            path: header_bytes(":path").map(lossy).unwrap_or_default(),
+            host: header_bytes(":authority").map(lossy).unwrap_or_default(),
+            method: header_bytes(":method").map(lossy).unwrap_or_default(),
+            source: std::cell::OnceCell::new(),
+        }
+    }
+    pub fn method(&self) -> &str {
+        &self.method
+    }
+}
+
+impl crate::key::RequestView for HostRequest {
+    fn path(&self) -> &str {
+        &self.path
+    }
+    fn host(&self) -> &str {
+        &self.host
+    }
+    fn source_address(&self) -> &str {
+        self.source
+            .get_or_init(|| property_string(&["source", "address"]).unwrap_or_default())
+    }
+    fn header(&self, name: &str) -> Option<String> {
+        header_bytes(name).map(lossy)
+    }
+}
+
+/// The plugin configuration bytes (empty when none was given).
+pub fn plugin_config() -> Vec<u8> {
+    hostcalls::get_buffer(proxy_wasm::types::BufferType::PluginConfiguration, 0, usize::MAX)
+        .ok()
+        .flatten()
+        .unwrap_or_default()
+}

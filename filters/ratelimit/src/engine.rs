@@ -1,0 +1,247 @@
+//! One request against every matching rule, with state in shared data.
+//!
+//! Like nginx, a request is checked against all rules before anything is charged, and a
+//! request rejected by one rule charges none. Charging is a CAS write per rule; a lost race
+//! is re-evaluated (and may then reject, while nothing has been charged yet). The first
+//! attempt reuses the value read for the check, so an uncontended rule costs one shared-data
+//! read and one write.
+
+use crate::config::{FailMode, Plan, Rule};
+use crate::limiter::{delay_ms, reset_s, retry_after_s, Probe, Slot};
+use sg_core::hash::{hash64, slot_of};
+use sg_core::key::RequestView;
+use sg_core::shared::{update_from, SharedStore, Step, Update, Versioned};
+
+/// Shared-data key of a rule's slot: `sg:rl:<rule>:<slot>`.
+pub fn slot_key(rule: &str, slot: u32) -> String {
+    format!("sg:rl:{rule}:{slot}")
+}
+
+/// What happened to one rule for one request (drives per-rule metrics).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleOutcome {
+    Allowed,
+    Delayed(u64),
+    Rejected,
+    DryRunRejected,
+    DryRunDelayed(u64),
+    /// Shared data failed or CAS gave up; `on_store_error` decided.
+    StoreTrouble { gave_up: bool },
+}
+
+/// Rate-limit header values from the most restrictive applied rule.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quota {
+    pub rule: usize,
+    pub remaining: u64,
+    pub reset_s: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Allow,
+    Delay(u64),
+    Reject { rule: usize, retry_after_s: u64 },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    pub action: Action,
+    /// (rule index, outcome) for every rule that applied.
+    pub rules: Vec<(usize, RuleOutcome)>,
+    pub quota: Option<Quota>,
+    /// Slot values that did not decode and were treated as empty.
+    pub bad_state: u32,
+    /// Entries evicted while still in debt (folded into the slot floor).
+    pub evicted_in_debt: u32,
+}
+
+struct Pending<'a> {
+    idx: usize,
+    rule: &'a Rule,
+    key: String,
+    fp: u64,
+    read: Option<Versioned>,
+    slot: Option<Slot>,
+    probe: Probe,
+}
+
+fn decode(v: Option<&[u8]>, bad: &mut u32) -> Slot {
+    match v {
+        None => Slot::default(),
+        Some(b) => Slot::decode(b).unwrap_or_else(|| {
+            *bad += 1;
+            Slot::default()
+        }),
+    }
+}
+
+fn quota_of(rule: &Rule, excess: u64) -> (u64, u64) {
+    let p = &rule.params;
+    (p.burst.saturating_sub(excess) / 1000, reset_s(p, excess))
+}
+
+/// Evaluates `req` against `plan` at `now` (ms), charging the shared store.
+pub fn check<S: SharedStore + ?Sized, R: RequestView + ?Sized>(
+    plan: &Plan,
+    store: &S,
+    req: &R,
+    method: &str,
+    route: Option<&str>,
+    now: u64,
+) -> Verdict {
+    let mut v = Verdict {
+        action: Action::Allow,
+        rules: Vec::new(),
+        quota: None,
+        bad_state: 0,
+        evicted_in_debt: 0,
+    };
+    let mut pending: Vec<Pending> = Vec::new();
+    let note_quota = |v: &mut Verdict, idx: usize, rule: &Rule, excess: u64| {
+        let (remaining, reset) = quota_of(rule, excess);
+        if v.quota.as_ref().is_none_or(|q| remaining < q.remaining) {
+            v.quota = Some(Quota {
+                rule: idx,
+                remaining,
+                reset_s: reset,
+            });
+        }
+    };
+
+    // Phase 1: read and check every rule; charge nothing.
+    for (idx, rule) in plan.rules.iter().enumerate() {
+        if !rule.matcher.matches(method, req.path(), route) {
+            continue;
+        }
+        // nginx: an empty key means the rule does not apply to this request.
+        let Some(key_bytes) = rule.key.key(req) else {
+            continue;
+        };
+        let fp = hash64(rule.name.as_bytes(), &key_bytes);
+        let key = slot_key(&rule.name, slot_of(fp, rule.sets));
+        let read = match store.get(&key) {
+            Ok(r) => r,
+            Err(_) => {
+                v.rules.push((idx, RuleOutcome::StoreTrouble { gave_up: false }));
+                if plan.on_store_error == FailMode::Reject && !rule.dry_run {
+                    v.action = Action::Reject { rule: idx, retry_after_s: 1 };
+                    return v;
+                }
+                continue;
+            }
+        };
+        let slot = decode(read.value.as_deref(), &mut v.bad_state);
+        let probe = slot.probe(fp, &rule.params, now);
+        if probe.busy {
+            if rule.dry_run {
+                v.rules.push((idx, RuleOutcome::DryRunRejected));
+                continue;
+            }
+            v.rules.push((idx, RuleOutcome::Rejected));
+            v.action = Action::Reject {
+                rule: idx,
+                retry_after_s: retry_after_s(&rule.params, probe.excess),
+            };
+            v.quota = Some(Quota {
+                rule: idx,
+                remaining: 0,
+                reset_s: reset_s(&rule.params, probe.excess.saturating_sub(1000)),
+            });
+            // Outcomes of rules checked before this one are dropped: nothing was charged.
+            v.rules.retain(|(_, o)| !matches!(o, RuleOutcome::Allowed));
+            return v;
+        }
+        pending.push(Pending {
+            idx,
+            rule,
+            key,
+            fp,
+            read: Some(read),
+            slot: Some(slot),
+            probe,
+        });
+    }
+
+    // Phase 2: charge. A lost CAS race re-probes; it may reject only while nothing has
+    // been charged yet (as nginx's account step, later rules are then charged regardless).
+    let mut max_delay = 0u64;
+    let mut charged_any = false;
+    for p in pending.iter_mut() {
+        let rule = p.rule;
+        let first_probe = p.probe;
+        let mut first = p.slot.take();
+        let mut bad = 0u32;
+        let mut evicted = false;
+        let res = update_from(store, &p.key, p.read.take(), plan.cas_attempts, |cur| {
+            // The first attempt reuses what phase 1 decoded and probed.
+            let (mut slot, probe) = match first.take() {
+                Some(slot) => (slot, first_probe),
+                None => {
+                    let slot = decode(cur, &mut bad);
+                    let probe = slot.probe(p.fp, &rule.params, now);
+                    (slot, probe)
+                }
+            };
+            // A dry-run rule is never charged past its burst; a real one only while nothing
+            // else has been charged for this request.
+            if probe.busy && (rule.dry_run || !charged_any) {
+                return Step::Keep(Err(probe.excess));
+            }
+            evicted = slot.store(p.fp, probe.charged, &rule.params, now);
+            Step::Write(slot.encode(), Ok(probe.excess))
+        });
+        v.bad_state += bad;
+        match res {
+            Update::Done { result: Ok(excess), .. } => {
+                charged_any = true;
+                if evicted {
+                    v.evicted_in_debt += 1;
+                }
+                let d = delay_ms(&rule.params, excess);
+                let outcome = match (rule.dry_run, d) {
+                    (false, 0) => RuleOutcome::Allowed,
+                    (false, d) => {
+                        max_delay = max_delay.max(d);
+                        RuleOutcome::Delayed(d)
+                    }
+                    (true, 0) => RuleOutcome::Allowed,
+                    (true, d) => RuleOutcome::DryRunDelayed(d),
+                };
+                v.rules.push((p.idx, outcome));
+                note_quota(&mut v, p.idx, rule, excess);
+            }
+            Update::Done { result: Err(_), .. } if rule.dry_run => {
+                v.rules.push((p.idx, RuleOutcome::DryRunRejected));
+            }
+            Update::Done { result: Err(excess), .. } => {
+                v.rules.push((p.idx, RuleOutcome::Rejected));
+                v.action = Action::Reject {
+                    rule: p.idx,
+                    retry_after_s: retry_after_s(&rule.params, excess),
+                };
+                v.quota = Some(Quota {
+                    rule: p.idx,
+                    remaining: 0,
+                    reset_s: reset_s(&rule.params, excess.saturating_sub(1000)),
+                });
+                return v;
+            }
+            Update::GaveUp { .. } | Update::Failed(_) => {
+                let gave_up = matches!(res, Update::GaveUp { .. });
+                v.rules.push((p.idx, RuleOutcome::StoreTrouble { gave_up }));
+                if plan.on_store_error == FailMode::Reject && !rule.dry_run {
+                    v.action = Action::Reject {
+                        rule: p.idx,
+                        retry_after_s: 1,
+                    };
+                    return v;
+                }
+            }
+        }
+    }
+    if max_delay > 0 {
+        v.action = Action::Delay(max_delay);
+    }
+    v
+}

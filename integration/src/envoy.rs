@@ -1,0 +1,1 @@
+//! Envoy launcher (written separately).

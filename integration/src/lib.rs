@@ -1,0 +1,3 @@
+pub mod envoy;
+pub mod loadgen;
+pub mod upstream;

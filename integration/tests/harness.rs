@@ -1,0 +1,324 @@
+//! Native tests of the harness: demo upstream + load generator, all on 127.0.0.1.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use sg_integration::loadgen::{run, run_schedule, KeyMix, LoadConfig, Planned};
+use sg_integration::upstream::{Upstream, UpstreamConfig, UpstreamStats};
+
+/// Minimal blocking HTTP/1.1 client (Connection: close): returns (status, headers, body).
+fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+/// Polls `f` until it returns Some or the deadline passes.
+fn wait_for<T>(deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < end,
+            "condition not met within {deadline:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn small_pool_answers_thread_full() {
+    let up = Upstream::start(UpstreamConfig {
+        name: "tiny".into(),
+        capacity: 2,
+        latency_ms: 200,
+        queue_timeout_ms: 100,
+        ..UpstreamConfig::default()
+    })
+    .unwrap();
+    let port = up.port;
+    let handles: Vec<_> = (0..6)
+        .map(|i| {
+            std::thread::spawn(move || {
+                http(port, "GET", &format!("/PostView?blogId=b{i}&logNo=1"), "")
+            })
+        })
+        .collect();
+    let results: Vec<(u16, String, String)> =
+        handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let ok = results.iter().filter(|r| r.0 == 200).count();
+    let full = results
+        .iter()
+        .filter(|r| r.0 == 503 && r.2.contains("thread full"))
+        .count();
+    assert!(ok >= 2, "{results:?}");
+    assert!(full >= 1, "{results:?}");
+    assert_eq!(ok + full, 6, "{results:?}");
+    for r in &results {
+        assert!(r.1.contains("x-upstream: tiny"), "{r:?}");
+    }
+    let st = up.stats();
+    assert_eq!(st.total, 6);
+    assert_eq!(st.thread_full, full as u64);
+    assert!(st.max_in_flight <= 2, "{st:?}");
+    assert_eq!(st.by_page.get("PostView"), Some(&6));
+    assert_eq!(st.by_status.get(&503), Some(&(full as u64)));
+}
+
+#[test]
+fn constant_rate_run_is_all_ok() {
+    let up = Upstream::start(UpstreamConfig::default()).unwrap();
+    let report = run(&LoadConfig {
+        target: up.url(),
+        rate_rps: 200.0,
+        duration_ms: 1000,
+        path_template: "/PostView?blogId={key}&logNo=1".into(),
+        timeout_ms: 2000,
+        record: true,
+        ..LoadConfig::default()
+    })
+    .unwrap();
+    assert!((195..=200).contains(&report.sent), "{report:?}");
+    assert_eq!(report.completed, report.sent);
+    assert_eq!(report.errors, 0);
+    assert_eq!(report.dropped_client_side, 0);
+    assert_eq!(report.by_status.get(&200), Some(&report.sent));
+    assert!(
+        report.latency_us.p50 > 0 && report.latency_us.p50 < 100_000,
+        "{:?}",
+        report.latency_us
+    );
+    assert!(report.latency_us.max >= report.latency_us.p99);
+    assert!(
+        report.duration_ms >= 990 && report.duration_ms < 3000,
+        "{}",
+        report.duration_ms
+    );
+    assert_eq!(report.records.len() as u64, report.sent);
+    let r = &report.records[10];
+    assert_eq!(r.key, "k0");
+    assert!(r.done_us >= r.sent_us && r.sent_us + 1000 >= r.intended_us);
+    assert!(
+        r.headers
+            .iter()
+            .any(|(k, v)| k == "x-upstream" && v == "main"),
+        "{r:?}"
+    );
+    // Intended times follow the schedule: request i at i * 5 ms.
+    assert_eq!(report.records[100].intended_us, 500_000);
+    let st = up.stats();
+    assert_eq!(st.by_key.get("k0"), Some(&report.sent));
+    assert_eq!(st.requests_by_method.get("GET"), Some(&report.sent));
+    assert_eq!(st.request_log_tail.len(), 200.min(report.sent as usize));
+}
+
+#[test]
+fn zipf_rank_one_is_hottest() {
+    let up = Upstream::start(UpstreamConfig::default()).unwrap();
+    let report = run(&LoadConfig {
+        target: up.url(),
+        rate_rps: 400.0,
+        duration_ms: 1000,
+        path_template: "/{key}/7".into(),
+        keys: KeyMix {
+            zipf_n: 50,
+            zipf_s: 1.1,
+            key_prefix: "blog".into(),
+            seed: 42,
+            ..KeyMix::default()
+        },
+        ..LoadConfig::default()
+    })
+    .unwrap();
+    assert_eq!(report.by_status.get(&200), Some(&report.sent), "{report:?}");
+    let st = up.stats();
+    let (top, n) = st.by_key.iter().max_by_key(|(_, n)| **n).unwrap();
+    assert_eq!(top, "blog1", "{:?}", st.by_key);
+    assert!(*n > st.by_key.get("blog2").copied().unwrap_or(0));
+    assert_eq!(
+        report.by_key_status.get("blog1").and_then(|m| m.get(&200)),
+        Some(n)
+    );
+    assert!(report.by_key_status.len() <= 50);
+    assert!(st.by_key.keys().all(|k| k.starts_with("blog")));
+}
+
+#[test]
+fn run_schedule_keeps_plan_order() {
+    let up = Upstream::start(UpstreamConfig {
+        latency_ms: 20,
+        ..UpstreamConfig::default()
+    })
+    .unwrap();
+    let mut plan = vec![
+        Planned::get(300_000, "/PostList?blogId=late"),
+        Planned::get(0, "/PostView?blogId=early&logNo=1"),
+    ];
+    // Three requests of one key at the same instant.
+    for _ in 0..3 {
+        plan.push(Planned {
+            at_us: 100_000,
+            path: "/PostView?blogId=same&logNo=2".into(),
+            headers: vec![("x-test".into(), "1".into())],
+            method: "GET".into(),
+        });
+    }
+    plan.push(Planned {
+        at_us: 0,
+        path: "/__nope".into(),
+        headers: vec![],
+        method: "HEAD".into(),
+    });
+    let out = run_schedule(&up.url(), &plan, 2000).unwrap();
+    assert_eq!(out.len(), plan.len());
+    for (i, o) in out.iter().enumerate() {
+        assert_eq!(o.index, i);
+        assert_eq!(o.status, 200, "{o:?}");
+        assert_eq!(o.header("x-upstream"), Some("main"));
+        assert!(o.sent_us >= plan[i].at_us, "{o:?}");
+        assert!(o.done_us >= o.sent_us + 20_000, "{o:?}");
+    }
+    assert!(out[0].sent_us > out[1].done_us);
+    for o in &out[2..5] {
+        assert!(o.sent_us < 150_000, "{o:?}");
+    }
+    let st = up.stats();
+    assert_eq!(st.by_key.get("same"), Some(&3));
+    assert_eq!(st.by_page.get("PostList"), Some(&1));
+    assert_eq!(st.requests_by_method.get("HEAD"), Some(&1));
+}
+
+#[test]
+fn admin_config_changes_latency_and_errors() {
+    let up = Upstream::start(UpstreamConfig::default()).unwrap();
+    let port = up.port;
+    let one = |path: &str| {
+        run_schedule(&up.url(), &[Planned::get(0, path)], 3000)
+            .unwrap()
+            .remove(0)
+    };
+
+    let fast = one("/PostView?blogId=a&logNo=1");
+    assert_eq!(fast.status, 200);
+    assert!(fast.done_us - fast.sent_us < 150_000, "{fast:?}");
+
+    let (s, _, body) = http(port, "POST", "/__admin/config", r#"{"latency_ms":300}"#);
+    assert_eq!(s, 200, "{body}");
+    let slow = one("/PostView?blogId=a&logNo=1");
+    assert_eq!(slow.status, 200);
+    assert!(slow.done_us - slow.sent_us >= 300_000, "{slow:?}");
+
+    let (s, _, _) = http(
+        port,
+        "POST",
+        "/__admin/config",
+        r#"{"latency_ms":0,"error_rate":1.0,"error_status":502}"#,
+    );
+    assert_eq!(s, 200);
+    assert_eq!(one("/").status, 502);
+    up.set_error_rate(0.0, 500);
+    assert_eq!(one("/healthz").status, 200);
+
+    let (s, _, _) = http(port, "POST", "/__admin/config", "{not json");
+    assert_eq!(s, 400);
+
+    let (s, _, body) = http(port, "GET", "/__admin/stats", "");
+    assert_eq!(s, 200);
+    let st: UpstreamStats = serde_json::from_str(&body).unwrap();
+    assert_eq!(st.total, 4);
+    assert_eq!(st.by_status.get(&502), Some(&1));
+    assert_eq!(st.by_page.get("Other"), Some(&2));
+    assert_eq!(st, up.stats());
+
+    let (s, _, _) = http(port, "POST", "/__admin/reset", "");
+    assert_eq!(s, 200);
+    wait_for(Duration::from_secs(2), || {
+        (up.stats().total == 0).then_some(())
+    });
+
+    up.set_latency_ms(250);
+    let slow = one("/x");
+    assert!(slow.done_us - slow.sent_us >= 250_000, "{slow:?}");
+}
+
+#[test]
+fn api_proxy_reports_egress_status() {
+    let api = Upstream::start(UpstreamConfig {
+        name: "api".into(),
+        ..UpstreamConfig::default()
+    })
+    .unwrap();
+    let main = Upstream::start(UpstreamConfig {
+        egress_url: Some(api.url()),
+        cache_control: Some("public, max-age=60".into()),
+        ..UpstreamConfig::default()
+    })
+    .unwrap();
+    let lone = Upstream::start(UpstreamConfig::default()).unwrap();
+
+    let (s, head, body) = http(main.port, "GET", "/api-proxy", "");
+    assert_eq!(s, 200, "{body}");
+    assert!(head.contains("x-egress-status: 200"), "{head}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["egress_status"], 200);
+    assert_eq!(api.stats().by_page.get("Api"), Some(&1));
+
+    api.set_error_rate(1.0, 429);
+    let (s, _, _) = http(main.port, "GET", "/api-proxy", "");
+    assert_eq!(s, 429);
+
+    let (s, _, _) = http(lone.port, "GET", "/api-proxy", "");
+    assert_eq!(s, 502);
+
+    let (s, head, body) = http(main.port, "GET", "/alice/123", "");
+    assert_eq!(s, 200);
+    assert!(head.contains("cache-control: public, max-age=60"), "{head}");
+    assert!(head.contains("text/html"), "{head}");
+    assert!(
+        body.contains("PostView") && body.contains("alice"),
+        "{body}"
+    );
+
+    let (s, head, body) = http(api.port, "GET", "/api/json?x=1", "");
+    assert_eq!(s, 429, "error injection applies to the API too: {body}");
+    assert!(!head.contains("cache-control"));
+    drop(api);
+    // The upstream is gone: the proxy call fails.
+    let (s, _, _) = http(main.port, "GET", "/api-proxy", "");
+    assert_eq!(s, 502);
+}
+
+#[test]
+fn drops_when_max_in_flight_reached_and_counts_errors() {
+    let up = Upstream::start(UpstreamConfig {
+        latency_ms: 400,
+        ..UpstreamConfig::default()
+    })
+    .unwrap();
+    let report = run(&LoadConfig {
+        target: up.url(),
+        rate_rps: 100.0,
+        duration_ms: 300,
+        max_in_flight: 5,
+        timeout_ms: 200,
+        ..LoadConfig::default()
+    })
+    .unwrap();
+    assert_eq!(report.sent + report.dropped_client_side, 30, "{report:?}");
+    assert!(report.dropped_client_side > 0, "{report:?}");
+    assert_eq!(report.errors, report.sent, "all time out: {report:?}");
+    assert_eq!(report.by_status.get(&0), Some(&report.sent));
+}
