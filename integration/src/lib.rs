@@ -3,4 +3,5 @@
 pub mod envoy;
 pub mod http;
 pub mod loadgen;
+pub mod nginx;
 pub mod upstream;

@@ -35,13 +35,12 @@ struct RuleMetrics {
     dry_run_rejected: Counter,
     dry_run_delayed: Counter,
     store_error: Counter,
+    cas_giveup: Counter,
 }
 
 #[derive(Default)]
 struct Metrics {
     rules: Vec<RuleMetrics>,
-    cas_giveup: Counter,
-    store_error: Counter,
     bad_state: Counter,
     evicted_in_debt: Counter,
     resumed: Counter,
@@ -61,10 +60,9 @@ impl Metrics {
                     dry_run_rejected: r(&x.name, "dry_run_rejected"),
                     dry_run_delayed: r(&x.name, "dry_run_delayed"),
                     store_error: r(&x.name, "store_error"),
+                    cas_giveup: r(&x.name, "cas_giveup"),
                 })
                 .collect(),
-            cas_giveup: Counter::define(&filter_metric(FILTER, "cas_giveup")),
-            store_error: Counter::define(&filter_metric(FILTER, "store_error")),
             bad_state: Counter::define(&filter_metric(FILTER, "bad_state")),
             evicted_in_debt: Counter::define(&filter_metric(FILTER, "evicted_in_debt")),
             resumed: Counter::define(&filter_metric(FILTER, "resumed")),
@@ -80,14 +78,8 @@ impl Metrics {
                 RuleOutcome::Rejected => m.rejected.inc(),
                 RuleOutcome::DryRunRejected => m.dry_run_rejected.inc(),
                 RuleOutcome::DryRunDelayed(_) => m.dry_run_delayed.inc(),
-                RuleOutcome::StoreTrouble { gave_up } => {
-                    m.store_error.inc();
-                    if *gave_up {
-                        self.cas_giveup.inc();
-                    } else {
-                        self.store_error.inc();
-                    }
-                }
+                RuleOutcome::StoreTrouble { gave_up: true } => m.cas_giveup.inc(),
+                RuleOutcome::StoreTrouble { gave_up: false } => m.store_error.inc(),
             }
         }
         if v.bad_state > 0 {

@@ -1,0 +1,109 @@
+//! Real nginx (Debian's) as a reference peer: `limit_req` in front of an upstream, on an
+//! ephemeral loopback port, killed on drop.
+
+use crate::http;
+use std::io;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+static SEQ: AtomicU32 = AtomicU32::new(0);
+
+pub fn nginx_bin() -> PathBuf {
+    std::env::var_os("NGINX_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/sbin/nginx"))
+}
+
+pub struct Nginx {
+    child: Child,
+    pub port: u16,
+    pub dir: PathBuf,
+}
+
+fn free_port() -> io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl Nginx {
+    /// Starts nginx with `limit_req_zone $arg_<key_arg> rate=<rate>` and
+    /// `limit_req <limit_req_args>` (e.g. `burst=5 nodelay`) proxying to `upstream_port`.
+    pub fn limit_req(upstream_port: u16, key_arg: &str, rate: &str, limit_req_args: &str, status: u16) -> io::Result<Nginx> {
+        let dir = std::env::temp_dir().join(format!("sg-nginx-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst)));
+        std::fs::create_dir_all(&dir)?;
+        let port = free_port()?;
+        let d = dir.display();
+        let conf = format!(
+            r#"worker_processes 1;
+daemon off;
+pid {d}/nginx.pid;
+error_log {d}/error.log info;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body;
+  proxy_temp_path {d}/proxy;
+  fastcgi_temp_path {d}/fcgi;
+  uwsgi_temp_path {d}/uwsgi;
+  scgi_temp_path {d}/scgi;
+  limit_req_zone $arg_{key_arg} zone=sg:10m rate={rate};
+  upstream app {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port};
+    location / {{
+      limit_req zone=sg {limit_req_args};
+      limit_req_status {status};
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_pass http://app;
+    }}
+    location = /__ready {{ return 200; }}
+  }}
+}}
+"#
+        );
+        let path = dir.join("nginx.conf");
+        std::fs::write(&path, conf)?;
+        let child = Command::new(nginx_bin())
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(&path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let mut n = Nginx { child, port, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Ok(Some(st)) = n.child.try_wait() {
+                return Err(io::Error::other(format!("nginx exited {st}: {}", n.error_log())));
+            }
+            if http::get(port, "/__ready").is_ok_and(|r| r.status == 200) {
+                return Ok(n);
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::other(format!("nginx not ready: {}", n.error_log())));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
