@@ -4,7 +4,7 @@ use serde_json::Value;
 use sg_integration::envoy::{Bundle, Envoy};
 use sg_integration::upstream::{Upstream, UpstreamConfig};
 
-pub use sg_integration::{envoy, http, loadgen, upstream};
+pub use sg_integration::{envoy, http, loadgen, nginx, upstream};
 
 /// Envoy running the bundle with only the listed spikeguard filters, in front of a fresh
 /// demo upstream. Field order matters: Envoy is dropped (killed) before the upstream.

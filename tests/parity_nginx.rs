@@ -1,0 +1,162 @@
+//! Parity with real nginx `limit_req` (Debian's nginx): the same timed multi-key trace is
+//! replayed to nginx and to Envoy with `ratelimit`, same rate, burst and mode, and the number
+//! admitted per burst is compared.
+//!
+//! Per-request agreement on a dense random trace means nothing in real time (two runs of
+//! nginx itself agree on ~78% of decisions at 3x overload), so the trace is made of bursts
+//! (several requests of one key sent at once) separated, per key, by (m + 1/2) token
+//! periods: every decision is then half a token away from the threshold, and timing jitter
+//! of a few ms cannot flip it.
+
+use sg_e2e::loadgen::{self, Planned};
+use sg_e2e::nginx::Nginx;
+use sg_e2e::upstream::{Upstream, UpstreamConfig};
+use sg_e2e::Stack;
+use serde_json::{json, Value};
+
+const RATE: u64 = 10; // r/s: one token per 100 ms
+const BURST: u64 = 4;
+const KEYS: u64 = 6;
+const BURSTS_PER_KEY: u64 = 12;
+
+/// nginx's candidate excess for the first request of a burst arriving `ms` after `last`
+/// (unclamped; None for a new key).
+fn first_candidate(state: Option<(i64, u64)>, t_ms: u64) -> Option<i64> {
+    state.map(|(e, last)| e - (RATE as i64 * 1000) * (t_ms.saturating_sub(last) as i64) / 1000 + 1000)
+}
+
+/// Whether a burst whose first candidate is `u` (milli-requests, unclamped) is decided the
+/// same way under a few ms of jitter: `u` at least a quarter token below the clamp, or its
+/// distance to the next whole token (where the burst threshold lies) at least a quarter.
+fn robust(u: Option<i64>) -> bool {
+    match u {
+        None => true,
+        Some(u) if u <= -250 => true,
+        Some(u) => (250..=750).contains(&u.rem_euclid(1000)),
+    }
+}
+
+/// A deterministic trace: (burst id, key, time us, size, admitted by the arithmetic). Sizes 1..=BURST+3; per-key gaps of
+/// (m + 1/2) token periods, nudged by quarter periods until the decision is robust (see
+/// `robust`): the generator simulates nginx's arithmetic to know the state at each burst.
+fn trace(seed: u64) -> Vec<(usize, u64, u64, u64, u64)> {
+    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut next = |n: u64| {
+        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (x >> 33) % n
+    };
+    let period_ms = 1000 / RATE;
+    let mut bursts = Vec::new();
+    for key in 0..KEYS {
+        // Keys start at different offsets so their bursts interleave.
+        let mut t = 20 + key * period_ms / KEYS;
+        let mut state: Option<(i64, u64)> = None;
+        for _ in 0..BURSTS_PER_KEY {
+            let size = 1 + next(BURST + 3);
+            // Simulate the burst (all in the same ms): charge while within the burst.
+            let mut admitted = 0;
+            for _ in 0..size {
+                let c = first_candidate(state, t).map_or(0, |u| u.max(0));
+                if c > (BURST * 1000) as i64 {
+                    break;
+                }
+                state = Some((c, t));
+                admitted += 1;
+            }
+            bursts.push((key, t * 1000, size, admitted));
+            let m = next(BURST + 2);
+            let base = t + m * period_ms + period_ms / 2;
+            t = (0..4)
+                .map(|q| base + q * period_ms / 4)
+                .find(|&c| robust(first_candidate(state, c)))
+                .unwrap_or(base);
+        }
+    }
+    bursts.sort_by_key(|b| b.1);
+    bursts.into_iter().enumerate().map(|(i, (k, t, n, a))| (i, k, t, n, a)).collect()
+}
+
+fn plan(tr: &[(usize, u64, u64, u64, u64)]) -> (Vec<Planned>, Vec<usize>) {
+    let mut plan = Vec::new();
+    let mut burst_of = Vec::new();
+    for &(id, key, t, n, _) in tr {
+        for _ in 0..n {
+            plan.push(Planned::get(t, format!("/PostView?blogId=key{key}&logNo=1")));
+            burst_of.push(id);
+        }
+    }
+    (plan, burst_of)
+}
+
+/// Admitted (200) count per burst.
+fn admitted_per_burst(target: &str, tr: &[(usize, u64, u64, u64, u64)]) -> Vec<u64> {
+    let (plan, burst_of) = plan(tr);
+    let out = loadgen::run_schedule(target, &plan, 10_000).unwrap_or_else(|e| panic!("{e}"));
+    if std::env::var_os("SG_PARITY_DEBUG").is_some() {
+        for (o, p) in out.iter().zip(&plan) {
+            eprintln!("    {} plan {} sent {} done {} status {}", p.path, p.at_us / 1000, o.sent_us / 1000, o.done_us / 1000, o.status);
+        }
+    }
+    let mut per = vec![0u64; tr.len()];
+    for (o, b) in out.iter().zip(burst_of) {
+        assert!(o.status == 200 || o.status == 429, "unexpected status {} ({o:?})", o.status);
+        if o.status == 200 {
+            if let Some(c) = per.get_mut(b) {
+                *c += 1;
+            }
+        }
+    }
+    per
+}
+
+fn compare(mode_name: &str, nginx_args: &str, mode: Value) {
+    let tr = trace(7);
+    let app = Upstream::start(UpstreamConfig::default()).unwrap_or_else(|e| panic!("{e}"));
+    let ngx = Nginx::limit_req(app.port, "blogId", &format!("{RATE}r/s"), nginx_args, 429)
+        .unwrap_or_else(|e| panic!("nginx: {e}"));
+    let by_nginx = admitted_per_burst(&ngx.url(), &tr);
+    if std::env::var_os("SG_PARITY_DEBUG").is_some() {
+        eprintln!("{}", ngx.error_log());
+    }
+    drop(ngx);
+
+    let cfg = json!({"rules": [{"name": "parity", "key": {"query": "blogId"},
+        "rate": format!("{RATE}r/s"), "burst": BURST, "mode": mode}]});
+    let s = Stack::start(&[("ratelimit", cfg)], 2);
+    let by_envoy = admitted_per_burst(&s.envoy.url(), &tr);
+
+    let agree = by_nginx.iter().zip(&by_envoy).filter(|(a, b)| a == b).count();
+    let envoy_vs_model = tr.iter().zip(&by_envoy).filter(|(b, e)| b.4 == **e).count();
+    let pct = agree as f64 * 100.0 / tr.len() as f64;
+    let total_n: u64 = by_nginx.iter().sum();
+    let total_e: u64 = by_envoy.iter().sum();
+    let requests: u64 = tr.iter().map(|b| b.3).sum();
+    eprintln!(
+        "parity {mode_name}: {agree}/{} bursts agree ({pct:.1}%), admitted nginx {total_n} envoy {total_e} of {requests} requests; envoy matches the arithmetic on {envoy_vs_model} bursts",
+        tr.len()
+    );
+    for ((b, n), e) in tr.iter().zip(&by_nginx).zip(&by_envoy) {
+        if n != e {
+            eprintln!("  differs: burst {} key {} at {} ms size {}: nginx {n} envoy {e}", b.0, b.1, b.2 / 1000, b.3);
+        }
+    }
+    // The trace must exercise the limiter: some bursts partly rejected by nginx.
+    let partial = tr.iter().zip(&by_nginx).filter(|(b, n)| **n < b.3).count();
+    assert!(partial >= tr.len() / 10, "trace too easy: {partial} limited bursts");
+    assert!(pct >= 97.0, "{mode_name}: {pct:.1}% < 97%\nnginx {by_nginx:?}\nenvoy {by_envoy:?}");
+}
+
+#[test]
+fn nodelay_matches_nginx_per_burst() {
+    compare("nodelay", &format!("burst={BURST} nodelay"), json!("nodelay"));
+}
+
+#[test]
+fn default_delay_matches_nginx_per_burst() {
+    compare("delay", &format!("burst={BURST}"), json!("delay"));
+}
+
+#[test]
+fn two_stage_delay_matches_nginx_per_burst() {
+    compare("delay=2", &format!("burst={BURST} delay=2"), json!({"delay": 2}));
+}
