@@ -29,12 +29,17 @@ impl Stack {
         let names: Vec<&str> = filters.iter().map(|(n, _)| *n).collect();
         b.keep_filters(&names);
         for (name, cfg) in filters {
-            b.set_filter_config(name, cfg).unwrap_or_else(|e| panic!("{e}"));
+            b.set_filter_config(name, cfg)
+                .unwrap_or_else(|e| panic!("{e}"));
         }
-        b.set_cluster_port("main_app", app.port).unwrap_or_else(|e| panic!("{e}"));
-        b.set_cluster_port("outbound_api", app.port).unwrap_or_else(|e| panic!("{e}"));
+        b.set_cluster_port("main_app", app.port)
+            .unwrap_or_else(|e| panic!("{e}"));
+        b.set_cluster_port("outbound_api", app.port)
+            .unwrap_or_else(|e| panic!("{e}"));
         edit(&mut b);
-        let envoy = b.launch(concurrency).unwrap_or_else(|e| panic!("envoy: {e}"));
+        let envoy = b
+            .launch(concurrency)
+            .unwrap_or_else(|e| panic!("envoy: {e}"));
         Stack { envoy, app }
     }
 

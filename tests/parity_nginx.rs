@@ -8,11 +8,11 @@
 //! periods: every decision is then half a token away from the threshold, and timing jitter
 //! of a few ms cannot flip it.
 
+use serde_json::{json, Value};
 use sg_e2e::loadgen::{self, Planned};
 use sg_e2e::nginx::Nginx;
 use sg_e2e::upstream::{Upstream, UpstreamConfig};
 use sg_e2e::Stack;
-use serde_json::{json, Value};
 
 const RATE: u64 = 10; // r/s: one token per 100 ms
 const BURST: u64 = 4;
@@ -22,7 +22,9 @@ const BURSTS_PER_KEY: u64 = 12;
 /// nginx's candidate excess for the first request of a burst arriving `ms` after `last`
 /// (unclamped; None for a new key).
 fn first_candidate(state: Option<(i64, u64)>, t_ms: u64) -> Option<i64> {
-    state.map(|(e, last)| e - (RATE as i64 * 1000) * (t_ms.saturating_sub(last) as i64) / 1000 + 1000)
+    state.map(|(e, last)| {
+        e - (RATE as i64 * 1000) * (t_ms.saturating_sub(last) as i64) / 1000 + 1000
+    })
 }
 
 /// Whether a burst whose first candidate is `u` (milli-requests, unclamped) is decided the
@@ -40,9 +42,13 @@ fn robust(u: Option<i64>) -> bool {
 /// (m + 1/2) token periods, nudged by quarter periods until the decision is robust (see
 /// `robust`): the generator simulates nginx's arithmetic to know the state at each burst.
 fn trace(seed: u64) -> Vec<(usize, u64, u64, u64, u64)> {
-    let mut x = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+    let mut x = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
     let mut next = |n: u64| {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (x >> 33) % n
     };
     let period_ms = 1000 / RATE;
@@ -73,7 +79,11 @@ fn trace(seed: u64) -> Vec<(usize, u64, u64, u64, u64)> {
         }
     }
     bursts.sort_by_key(|b| b.1);
-    bursts.into_iter().enumerate().map(|(i, (k, t, n, a))| (i, k, t, n, a)).collect()
+    bursts
+        .into_iter()
+        .enumerate()
+        .map(|(i, (k, t, n, a))| (i, k, t, n, a))
+        .collect()
 }
 
 fn plan(tr: &[(usize, u64, u64, u64, u64)]) -> (Vec<Planned>, Vec<usize>) {
@@ -81,7 +91,10 @@ fn plan(tr: &[(usize, u64, u64, u64, u64)]) -> (Vec<Planned>, Vec<usize>) {
     let mut burst_of = Vec::new();
     for &(id, key, t, n, _) in tr {
         for _ in 0..n {
-            plan.push(Planned::get(t, format!("/PostView?blogId=key{key}&logNo=1")));
+            plan.push(Planned::get(
+                t,
+                format!("/PostView?blogId=key{key}&logNo=1"),
+            ));
             burst_of.push(id);
         }
     }
@@ -94,12 +107,23 @@ fn admitted_per_burst(target: &str, tr: &[(usize, u64, u64, u64, u64)]) -> Vec<u
     let out = loadgen::run_schedule(target, &plan, 10_000).unwrap_or_else(|e| panic!("{e}"));
     if std::env::var_os("SG_PARITY_DEBUG").is_some() {
         for (o, p) in out.iter().zip(&plan) {
-            eprintln!("    {} plan {} sent {} done {} status {}", p.path, p.at_us / 1000, o.sent_us / 1000, o.done_us / 1000, o.status);
+            eprintln!(
+                "    {} plan {} sent {} done {} status {}",
+                p.path,
+                p.at_us / 1000,
+                o.sent_us / 1000,
+                o.done_us / 1000,
+                o.status
+            );
         }
     }
     let mut per = vec![0u64; tr.len()];
     for (o, b) in out.iter().zip(burst_of) {
-        assert!(o.status == 200 || o.status == 429, "unexpected status {} ({o:?})", o.status);
+        assert!(
+            o.status == 200 || o.status == 429,
+            "unexpected status {} ({o:?})",
+            o.status
+        );
         if o.status == 200 {
             if let Some(c) = per.get_mut(b) {
                 *c += 1;
@@ -125,7 +149,11 @@ fn compare(mode_name: &str, nginx_args: &str, mode: Value) {
     let s = Stack::start(&[("ratelimit", cfg)], 2);
     let by_envoy = admitted_per_burst(&s.envoy.url(), &tr);
 
-    let agree = by_nginx.iter().zip(&by_envoy).filter(|(a, b)| a == b).count();
+    let agree = by_nginx
+        .iter()
+        .zip(&by_envoy)
+        .filter(|(a, b)| a == b)
+        .count();
     let envoy_vs_model = tr.iter().zip(&by_envoy).filter(|(b, e)| b.4 == **e).count();
     let pct = agree as f64 * 100.0 / tr.len() as f64;
     let total_n: u64 = by_nginx.iter().sum();
@@ -137,18 +165,34 @@ fn compare(mode_name: &str, nginx_args: &str, mode: Value) {
     );
     for ((b, n), e) in tr.iter().zip(&by_nginx).zip(&by_envoy) {
         if n != e {
-            eprintln!("  differs: burst {} key {} at {} ms size {}: nginx {n} envoy {e}", b.0, b.1, b.2 / 1000, b.3);
+            eprintln!(
+                "  differs: burst {} key {} at {} ms size {}: nginx {n} envoy {e}",
+                b.0,
+                b.1,
+                b.2 / 1000,
+                b.3
+            );
         }
     }
     // The trace must exercise the limiter: some bursts partly rejected by nginx.
     let partial = tr.iter().zip(&by_nginx).filter(|(b, n)| **n < b.3).count();
-    assert!(partial >= tr.len() / 10, "trace too easy: {partial} limited bursts");
-    assert!(pct >= 97.0, "{mode_name}: {pct:.1}% < 97%\nnginx {by_nginx:?}\nenvoy {by_envoy:?}");
+    assert!(
+        partial >= tr.len() / 10,
+        "trace too easy: {partial} limited bursts"
+    );
+    assert!(
+        pct >= 97.0,
+        "{mode_name}: {pct:.1}% < 97%\nnginx {by_nginx:?}\nenvoy {by_envoy:?}"
+    );
 }
 
 #[test]
 fn nodelay_matches_nginx_per_burst() {
-    compare("nodelay", &format!("burst={BURST} nodelay"), json!("nodelay"));
+    compare(
+        "nodelay",
+        &format!("burst={BURST} nodelay"),
+        json!("nodelay"),
+    );
 }
 
 #[test]
@@ -158,5 +202,9 @@ fn default_delay_matches_nginx_per_burst() {
 
 #[test]
 fn two_stage_delay_matches_nginx_per_burst() {
-    compare("delay=2", &format!("burst={BURST} delay=2"), json!({"delay": 2}));
+    compare(
+        "delay=2",
+        &format!("burst={BURST} delay=2"),
+        json!({"delay": 2}),
+    );
 }

@@ -17,18 +17,33 @@ fn nodelay_burst_then_reject_with_headers() {
     let cfg = json!([{"name": "per_blog", "key": {"query": "blogId"},
         "rate": "1r/m", "burst": 2, "mode": "nodelay"}]);
     let s = Stack::start(&rl(cfg), 1);
-    let codes: Vec<u16> = (0..5).map(|_| s.get("/PostView?blogId=a&logNo=1").status).collect();
-    assert_eq!(codes, vec![200, 200, 200, 429, 429], "{}", s.envoy.log_tail(30));
+    let codes: Vec<u16> = (0..5)
+        .map(|_| s.get("/PostView?blogId=a&logNo=1").status)
+        .collect();
+    assert_eq!(
+        codes,
+        vec![200, 200, 200, 429, 429],
+        "{}",
+        s.envoy.log_tail(30)
+    );
     let r = s.get("/PostView?blogId=a&logNo=1");
     assert_eq!(r.header("x-spikeguard-action"), Some("ratelimit"));
-    assert!(r.header("retry-after").is_some_and(|v| v.parse::<u64>().unwrap_or(0) >= 1), "{r:?}");
+    assert!(
+        r.header("retry-after")
+            .is_some_and(|v| v.parse::<u64>().unwrap_or(0) >= 1),
+        "{r:?}"
+    );
     assert_eq!(r.header("ratelimit-policy"), Some("\"per_blog\";q=1;w=60"));
     // A URL variant of the same key is the same key (percent-encoded parameter name).
     assert_eq!(s.get("/PostView?%62logId=a&logNo=2").status, 429);
     // Another key is unaffected and carries the quota headers.
     let ok = s.get("/PostView?blogId=b&logNo=1");
     assert_eq!(ok.status, 200);
-    assert_eq!(ok.header("ratelimit"), Some("\"per_blog\";r=2;t=0"), "{ok:?}");
+    assert_eq!(
+        ok.header("ratelimit"),
+        Some("\"per_blog\";r=2;t=0"),
+        "{ok:?}"
+    );
     assert_eq!(s.envoy.stat("wasmcustom.sg.ratelimit.per_blog.rejected"), 4);
     assert_eq!(s.envoy.stat("wasmcustom.sg.ratelimit.per_blog.allowed"), 4);
     // The upstream saw only what was admitted.
@@ -38,7 +53,10 @@ fn nodelay_burst_then_reject_with_headers() {
     assert!(
         prom.contains("sg_ratelimit_rejected{sg_rule=\"per_blog\"} 4"),
         "{}",
-        prom.lines().filter(|l| l.contains("sg_ratelimit")).collect::<Vec<_>>().join("\n")
+        prom.lines()
+            .filter(|l| l.contains("sg_ratelimit"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 
@@ -47,16 +65,25 @@ fn delay_mode_spaces_held_requests_at_the_rate() {
     // 20 r/s = one token per 50 ms; burst 5, nginx default (delay everything over the rate).
     let cfg = json!([{"name": "paced", "key": {"fixed": "one"}, "rate": "20r/s", "burst": 5}]);
     let s = Stack::start(&rl(cfg), 2);
-    let plan: Vec<Planned> = (0..7).map(|_| Planned::get(0, "/PostList?blogId=x")).collect();
+    let plan: Vec<Planned> = (0..7)
+        .map(|_| Planned::get(0, "/PostList?blogId=x"))
+        .collect();
     let out = loadgen::run_schedule(&s.envoy.url(), &plan, 5000).unwrap_or_else(|e| panic!("{e}"));
-    let mut ok: Vec<u64> = out.iter().filter(|o| o.status == 200).map(|o| o.done_us.saturating_sub(o.sent_us) / 1000).collect();
+    let mut ok: Vec<u64> = out
+        .iter()
+        .filter(|o| o.status == 200)
+        .map(|o| o.done_us.saturating_sub(o.sent_us) / 1000)
+        .collect();
     ok.sort_unstable();
     let rejected = out.iter().filter(|o| o.status == 429).count();
     assert_eq!((ok.len(), rejected), (6, 1), "{out:?}");
     // Held i*50 ms (nginx: excess * 1000 / rate), resumed on a 10 ms tick.
     for (i, ms) in ok.iter().enumerate() {
         let want = i as u64 * 50;
-        assert!(*ms + 5 >= want && *ms <= want + 45, "request {i}: {ms} ms, want ~{want} ({ok:?})");
+        assert!(
+            *ms + 5 >= want && *ms <= want + 45,
+            "request {i}: {ms} ms, want ~{want} ({ok:?})"
+        );
     }
     assert_eq!(s.envoy.stat("wasmcustom.sg.ratelimit.paced.delayed"), 5);
     assert_eq!(s.envoy.stat("wasmcustom.sg.ratelimit.resumed"), 5);
@@ -68,13 +95,19 @@ fn two_stage_delay_passes_the_first_n_at_once() {
     let s = Stack::start(&rl(cfg), 1);
     let plan: Vec<Planned> = (0..6).map(|_| Planned::get(0, "/")).collect();
     let out = loadgen::run_schedule(&s.envoy.url(), &plan, 5000).unwrap_or_else(|e| panic!("{e}"));
-    let mut ms: Vec<u64> = out.iter().map(|o| o.done_us.saturating_sub(o.sent_us) / 1000).collect();
+    let mut ms: Vec<u64> = out
+        .iter()
+        .map(|o| o.done_us.saturating_sub(o.sent_us) / 1000)
+        .collect();
     ms.sort_unstable();
     assert!(out.iter().all(|o| o.status == 200), "{out:?}");
     // excess 0,1,2 pass at once; 3,4,5 wait (excess - 2) * 50 ms = 50, 100, 150.
     for (i, m) in ms.iter().enumerate() {
         let want = (i as u64).saturating_sub(2) * 50;
-        assert!(*m + 5 >= want && *m <= want + 45, "request {i}: {m} ms, want ~{want} ({ms:?})");
+        assert!(
+            *m + 5 >= want && *m <= want + 45,
+            "request {i}: {m} ms, want ~{want} ({ms:?})"
+        );
     }
 }
 
@@ -87,7 +120,11 @@ fn dry_run_counts_but_never_rejects_and_reject_status_is_configurable() {
     let s = Stack::start(&[("ratelimit", cfg)], 1);
     let codes: Vec<u16> = (0..4).map(|i| s.get(&format!("/?u={i}")).status).collect();
     assert_eq!(codes, vec![200; 4]);
-    assert_eq!(s.envoy.stat("wasmcustom.sg.ratelimit.trial.dry_run_rejected"), 3);
+    assert_eq!(
+        s.envoy
+            .stat("wasmcustom.sg.ratelimit.trial.dry_run_rejected"),
+        3
+    );
     let again = s.get("/?u=0");
     assert_eq!((again.status, again.body.as_str()), (503, "busy\n"));
 }
@@ -114,13 +151,20 @@ fn admitted_at_three_times_the_rate(concurrency: u32) -> (u64, u64) {
     // The span of the schedule is (n - 1) / rate seconds.
     let span_ms = (r.sent.saturating_sub(1)) * 1000 / (limit * 3);
     let expected = limit * span_ms / 1000 + 21;
-    eprintln!("accuracy c={concurrency}: sent {} admitted {admitted} expected {expected} p99 {} us", r.sent, r.latency_us.p99);
+    eprintln!(
+        "accuracy c={concurrency}: sent {} admitted {admitted} expected {expected} p99 {} us",
+        r.sent, r.latency_us.p99
+    );
     (admitted, expected)
 }
 
 fn within_3_percent((got, want): (u64, u64)) {
     let err = (got as f64 - want as f64).abs() / want as f64;
-    assert!(err <= 0.03, "admitted {got}, expected {want} ({:.1}% off)", err * 100.0);
+    assert!(
+        err <= 0.03,
+        "admitted {got}, expected {want} ({:.1}% off)",
+        err * 100.0
+    );
 }
 
 #[test]
@@ -143,7 +187,12 @@ fn a_hundred_thousand_distinct_keys_leave_memory_bounded() {
             target: s.envoy.url(),
             rate_rps: 5000.0,
             duration_ms: n * 1000 / 5000,
-            keys: KeyMix { unique: true, key_prefix: format!("s{seed}-"), seed, ..KeyMix::default() },
+            keys: KeyMix {
+                unique: true,
+                key_prefix: format!("s{seed}-"),
+                seed,
+                ..KeyMix::default()
+            },
             ..LoadConfig::default()
         })
         .unwrap_or_else(|e| panic!("{e}"))
@@ -161,10 +210,18 @@ fn a_hundred_thousand_distinct_keys_leave_memory_bounded() {
     );
     assert!(big.sent >= 99_000, "{big:?}");
     // Every key was new: all admitted, none lost to the table (10,000 keys of room).
-    assert_eq!(big.by_status.get(&200).copied().unwrap_or(0), big.sent, "{:?}", big.by_status);
+    assert_eq!(
+        big.by_status.get(&200).copied().unwrap_or(0),
+        big.sent,
+        "{:?}",
+        big.by_status
+    );
     // Ten times the keys of the warm-up must not grow Envoy by more than a few MiB: the
     // table is 2,500 slot keys of 114 bytes whatever clients send.
-    assert!(rss_big <= rss_warm + 16 * 1024, "rss grew from {rss_warm} to {rss_big} KiB");
+    assert!(
+        rss_big <= rss_warm + 16 * 1024,
+        "rss grew from {rss_warm} to {rss_big} KiB"
+    );
 }
 
 #[test]
@@ -172,7 +229,11 @@ fn odd_and_huge_keys_get_a_defined_outcome_and_never_trap_the_filter() {
     let cfg = json!([{"name": "hdr", "key": {"header": "x-user"}, "rate": "1r/m", "mode": "nodelay", "max_key_len": 64}]);
     let s = Stack::start(&rl(cfg), 1);
     let port = s.port();
-    let send = |v: &[u8]| http::request(port, "GET", "/", &[("x-user", v)], &[]).map(|r| r.status).unwrap_or(0);
+    let send = |v: &[u8]| {
+        http::request(port, "GET", "/", &[("x-user", v)], &[])
+            .map(|r| r.status)
+            .unwrap_or(0)
+    };
     // Non-UTF-8 bytes: limited like any other key (decoded lossily), no trap.
     assert_eq!(send(b"\xff\xfe-user"), 200);
     assert_eq!(send(b"\xff\xfe-user"), 429);
@@ -192,29 +253,61 @@ fn odd_and_huge_keys_get_a_defined_outcome_and_never_trap_the_filter() {
     // The VM is alive: still limiting, and Envoy counted no Wasm failure.
     assert_eq!(send(b"\xff\xfe-user"), 429);
     let stats = s.envoy.stats();
-    let failed: i64 = stats.iter().filter(|(k, _)| k.contains("wasm") && k.contains("fail")).map(|(_, v)| *v).sum();
-    assert_eq!(failed, 0, "{:?}", stats.iter().filter(|(k, _)| k.contains("wasm")).collect::<Vec<_>>());
+    let failed: i64 = stats
+        .iter()
+        .filter(|(k, _)| k.contains("wasm") && k.contains("fail"))
+        .map(|(_, v)| *v)
+        .sum();
+    assert_eq!(
+        failed,
+        0,
+        "{:?}",
+        stats
+            .iter()
+            .filter(|(k, _)| k.contains("wasm"))
+            .collect::<Vec<_>>()
+    );
 }
 
 #[test]
 fn bad_configs_are_refused_and_envoy_does_not_serve_them() {
     let cases = [
-        (json!({"rules": [{"name": "r", "key": "host", "rate": "10r/x"}]}), "ratelimit: rules[0].rate"),
-        (json!({"rules": [{"name": "r", "key": "host", "rate": "0r/s"}]}), "ratelimit: rules[0].rate"),
-        (json!({"rules": [{"name": "r", "key": "host", "rate": "1r/s", "match": {"path_regex": "(["}}]}), "ratelimit: rules[0].match.path_regex"),
-        (json!({"rules": [{"name": "r", "key": "host", "rate": "1r/s", "burst": 1_000_000_000_000u64}]}), "ratelimit: rules[0].burst"),
-        (json!({"rules": [{"name": "r", "key": "host", "rate": "1r/s", "brust": 1}]}), "unknown field `brust`"),
+        (
+            json!({"rules": [{"name": "r", "key": "host", "rate": "10r/x"}]}),
+            "ratelimit: rules[0].rate",
+        ),
+        (
+            json!({"rules": [{"name": "r", "key": "host", "rate": "0r/s"}]}),
+            "ratelimit: rules[0].rate",
+        ),
+        (
+            json!({"rules": [{"name": "r", "key": "host", "rate": "1r/s", "match": {"path_regex": "(["}}]}),
+            "ratelimit: rules[0].match.path_regex",
+        ),
+        (
+            json!({"rules": [{"name": "r", "key": "host", "rate": "1r/s", "burst": 1_000_000_000_000u64}]}),
+            "ratelimit: rules[0].burst",
+        ),
+        (
+            json!({"rules": [{"name": "r", "key": "host", "rate": "1r/s", "brust": 1}]}),
+            "unknown field `brust`",
+        ),
         (json!("{not json"), "ratelimit: (line 1"),
     ];
     for (cfg, want) in cases {
         let mut b = Bundle::load().unwrap_or_else(|e| panic!("{e}"));
         b.keep_filters(&["ratelimit"]);
-        b.set_filter_config("ratelimit", &cfg).unwrap_or_else(|e| panic!("{e}"));
-        let log = expect_refused(&b, 1).unwrap_or_else(|e| panic!("served a bad config {cfg}: {e}"));
+        b.set_filter_config("ratelimit", &cfg)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let log =
+            expect_refused(&b, 1).unwrap_or_else(|e| panic!("served a bad config {cfg}: {e}"));
         assert!(log.contains(want), "log does not name {want:?}:\n{log}");
     }
     // The same bundle with a good config serves.
-    let s = Stack::start(&rl(json!([{"name": "r", "key": "host", "rate": "1r/s"}])), 1);
+    let s = Stack::start(
+        &rl(json!([{"name": "r", "key": "host", "rate": "1r/s"}])),
+        1,
+    );
     assert_eq!(s.get("/").status, 200);
     let _ = Duration::from_secs(0);
 }

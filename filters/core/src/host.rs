@@ -46,7 +46,11 @@ mod raw {
             value_data: *const u8,
             value_size: usize,
         ) -> u32;
-        pub fn proxy_remove_header_map_value(map_type: u32, key_data: *const u8, key_size: usize) -> u32;
+        pub fn proxy_remove_header_map_value(
+            map_type: u32,
+            key_data: *const u8,
+            key_size: usize,
+        ) -> u32;
         pub fn proxy_continue_stream(stream_type: u32) -> u32;
         pub fn proxy_set_effective_context(context_id: u32) -> u32;
         #[allow(clippy::too_many_arguments)]
@@ -97,7 +101,10 @@ impl SharedStore for HostStore {
                 value: Some(unsafe { raw::take(data, size) }),
                 cas,
             }),
-            raw::NOT_FOUND => Ok(Versioned { value: None, cas: 0 }),
+            raw::NOT_FOUND => Ok(Versioned {
+                value: None,
+                cas: 0,
+            }),
             _ => Err(StoreError::Host),
         }
     }
@@ -120,8 +127,9 @@ pub fn get_header(map: u32, name: &str) -> Option<Vec<u8>> {
     let mut data: *mut u8 = std::ptr::null_mut();
     let mut size: usize = 0;
     // SAFETY: valid pointers to locals; the returned buffer is owned by us.
-    let status =
-        unsafe { raw::proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut size) };
+    let status = unsafe {
+        raw::proxy_get_header_map_value(map, name.as_ptr(), name.len(), &mut data, &mut size)
+    };
     // SAFETY: the host call succeeded and returned this buffer.
     (status == raw::OK).then(|| unsafe { raw::take(data, size) })
 }
@@ -130,8 +138,13 @@ pub fn get_header(map: u32, name: &str) -> Option<Vec<u8>> {
 pub fn set_header(map: u32, name: &str, value: &str) -> bool {
     // SAFETY: pointers and lengths of live slices.
     unsafe {
-        raw::proxy_replace_header_map_value(map, name.as_ptr(), name.len(), value.as_ptr(), value.len())
-            == raw::OK
+        raw::proxy_replace_header_map_value(
+            map,
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        ) == raw::OK
     }
 }
 
@@ -145,7 +158,9 @@ pub fn remove_header(map: u32, name: &str) -> bool {
 /// context is gone (client went away) or the host refused.
 pub fn resume_request_of(id: u32) -> bool {
     // SAFETY: plain integer arguments.
-    unsafe { raw::proxy_set_effective_context(id) == raw::OK && raw::proxy_continue_stream(0) == raw::OK }
+    unsafe {
+        raw::proxy_set_effective_context(id) == raw::OK && raw::proxy_continue_stream(0) == raw::OK
+    }
 }
 
 /// proxy-wasm header map serialisation: count, (key len, value len)*, then key\0value\0*.
@@ -249,7 +264,10 @@ fn lossy(b: Vec<u8>) -> String {
 
 /// Reads a property as a lossy string (`source.address`, `route_name`, ...).
 pub fn property_string(path: &[&str]) -> Option<String> {
-    hostcalls::get_property(path.to_vec()).ok().flatten().map(lossy)
+    hostcalls::get_property(path.to_vec())
+        .ok()
+        .flatten()
+        .map(lossy)
 }
 
 impl HostRequest {
@@ -284,8 +302,12 @@ impl crate::key::RequestView for HostRequest {
 
 /// The plugin configuration bytes (empty when none was given).
 pub fn plugin_config() -> Vec<u8> {
-    hostcalls::get_buffer(proxy_wasm::types::BufferType::PluginConfiguration, 0, usize::MAX)
-        .ok()
-        .flatten()
-        .unwrap_or_default()
+    hostcalls::get_buffer(
+        proxy_wasm::types::BufferType::PluginConfiguration,
+        0,
+        usize::MAX,
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_default()
 }

@@ -78,10 +78,18 @@ fn forwarded_for<R: RequestView + ?Sized>(req: &R, trusted: u32) -> Vec<u8> {
     let Some(xff) = req.header("x-forwarded-for") else {
         return peer();
     };
-    let hops: Vec<&str> = xff.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    let hops: Vec<&str> = xff
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
     // The nearest proxy appended the last entry; with N trusted hops the client is the Nth
     // entry from the right.
-    match hops.len().checked_sub(trusted as usize).and_then(|i| hops.get(i)) {
+    match hops
+        .len()
+        .checked_sub(trusted as usize)
+        .and_then(|i| hops.get(i))
+    {
         Some(h) => strip_port(h).as_bytes().to_vec(),
         None => peer(),
     }
@@ -177,18 +185,36 @@ mod tests {
 
     #[test]
     fn extraction_table() {
-        let r = req("/PostView?blogId=al%69ce&logNo=7", Some("1.1.1.1, 2.2.2.2, 3.3.3.3"));
+        let r = req(
+            "/PostView?blogId=al%69ce&logNo=7",
+            Some("1.1.1.1, 2.2.2.2, 3.3.3.3"),
+        );
         let cases: Vec<(KeySpec, Option<&[u8]>)> = vec![
             (KeySpec::Host, Some(b"blog.example")),
             (KeySpec::Path, Some(b"/PostView")),
             (KeySpec::ClientAddress, Some(b"10.0.0.9")),
-            (KeySpec::ForwardedFor { trusted_proxies: 0 }, Some(b"10.0.0.9")),
-            (KeySpec::ForwardedFor { trusted_proxies: 1 }, Some(b"3.3.3.3")),
-            (KeySpec::ForwardedFor { trusted_proxies: 3 }, Some(b"1.1.1.1")),
-            (KeySpec::ForwardedFor { trusted_proxies: 4 }, Some(b"10.0.0.9")),
+            (
+                KeySpec::ForwardedFor { trusted_proxies: 0 },
+                Some(b"10.0.0.9"),
+            ),
+            (
+                KeySpec::ForwardedFor { trusted_proxies: 1 },
+                Some(b"3.3.3.3"),
+            ),
+            (
+                KeySpec::ForwardedFor { trusted_proxies: 3 },
+                Some(b"1.1.1.1"),
+            ),
+            (
+                KeySpec::ForwardedFor { trusted_proxies: 4 },
+                Some(b"10.0.0.9"),
+            ),
             (KeySpec::Query("blogId".into()), Some(b"alice")),
             (KeySpec::Query("nope".into()), None),
-            (KeySpec::Header("x-forwarded-for".into()), Some(b"1.1.1.1, 2.2.2.2, 3.3.3.3")),
+            (
+                KeySpec::Header("x-forwarded-for".into()),
+                Some(b"1.1.1.1, 2.2.2.2, 3.3.3.3"),
+            ),
             (KeySpec::Header("x-missing".into()), None),
             (KeySpec::Fixed("all".into()), Some(b"all")),
         ];
@@ -200,7 +226,10 @@ mod tests {
     #[test]
     fn composite_keys_need_every_part() {
         let plan = KeyPlan {
-            parts: vec![KeySpec::Query("blogId".into()), KeySpec::Query("logNo".into())],
+            parts: vec![
+                KeySpec::Query("blogId".into()),
+                KeySpec::Query("logNo".into()),
+            ],
             lowercase: true,
             max_len: 64,
         };

@@ -42,7 +42,10 @@ impl MatchConfig {
         }
         let regex = match &self.path_regex {
             Some(r) => Some(regex_lite::Regex::new(r).map_err(|e| {
-                ConfigError::new(format!("{path}.path_regex"), format!("{r:?} is not a valid regex: {e}"))
+                ConfigError::new(
+                    format!("{path}.path_regex"),
+                    format!("{r:?} is not a valid regex: {e}"),
+                )
             })?),
             None => None,
         };

@@ -27,7 +27,13 @@ mod tests {
         assert!(valid_name("per_ip_1"));
         assert!(!valid_name("a.b"));
         assert!(!valid_name(""));
-        assert_eq!(rule_metric("ratelimit", "r", "allowed"), "sg.ratelimit.r.allowed");
-        assert_eq!(filter_metric("ratelimit", "cas_giveup"), "sg.ratelimit.cas_giveup");
+        assert_eq!(
+            rule_metric("ratelimit", "r", "allowed"),
+            "sg.ratelimit.r.allowed"
+        );
+        assert_eq!(
+            filter_metric("ratelimit", "cas_giveup"),
+            "sg.ratelimit.cas_giveup"
+        );
     }
 }

@@ -17,7 +17,10 @@ fn hex(b: u8) -> Option<u8> {
 /// with `plus_as_space`, `+` decodes to a space (form encoding, used in query strings).
 /// Borrows when nothing needs decoding.
 pub fn percent_decode(input: &[u8], plus_as_space: bool) -> Cow<'_, [u8]> {
-    if !input.iter().any(|&b| b == b'%' || (plus_as_space && b == b'+')) {
+    if !input
+        .iter()
+        .any(|&b| b == b'%' || (plus_as_space && b == b'+'))
+    {
         return Cow::Borrowed(input);
     }
     let mut out = Vec::with_capacity(input.len());
@@ -65,7 +68,10 @@ pub fn query_param<'q>(query: &'q str, name: &str) -> Option<Cow<'q, [u8]>> {
             continue;
         }
         let (k, v) = match pair.iter().position(|&b| b == b'=') {
-            Some(eq) => (pair.get(..eq).unwrap_or(&[]), pair.get(eq + 1..).unwrap_or(&[])),
+            Some(eq) => (
+                pair.get(..eq).unwrap_or(&[]),
+                pair.get(eq + 1..).unwrap_or(&[]),
+            ),
             None => (pair, &[][..]),
         };
         if percent_decode(k, true).as_ref() == name.as_bytes() {
@@ -126,7 +132,11 @@ mod tests {
             ("%ff", true, b"\xff"),
         ];
         for (input, plus, want) in cases {
-            assert_eq!(percent_decode(input.as_bytes(), *plus).as_ref(), *want, "{input}");
+            assert_eq!(
+                percent_decode(input.as_bytes(), *plus).as_ref(),
+                *want,
+                "{input}"
+            );
         }
     }
 

@@ -111,7 +111,11 @@ where
 
 /// Creates `key` with `initial` if it is absent. Used at configure time for every slot key so
 /// that request-time writes are always CAS writes.
-pub fn ensure<S: SharedStore + ?Sized>(store: &S, key: &str, initial: &[u8]) -> Result<(), StoreError> {
+pub fn ensure<S: SharedStore + ?Sized>(
+    store: &S,
+    key: &str,
+    initial: &[u8],
+) -> Result<(), StoreError> {
     match store.get(key) {
         Ok(Versioned { value: Some(_), .. }) => Ok(()),
         Ok(Versioned { value: None, .. }) => store.set(key, initial, 0),
@@ -146,7 +150,11 @@ impl MemStore {
         self.len() == 0
     }
     pub fn total_bytes(&self) -> usize {
-        self.map.borrow().iter().map(|(k, v)| k.len() + v.0.len()).sum()
+        self.map
+            .borrow()
+            .iter()
+            .map(|(k, v)| k.len() + v.0.len())
+            .sum()
     }
 }
 
@@ -160,7 +168,10 @@ impl SharedStore for MemStore {
                 value: Some(v.clone()),
                 cas: *cas,
             },
-            None => Versioned { value: None, cas: 0 },
+            None => Versioned {
+                value: None,
+                cas: 0,
+            },
         })
     }
 
@@ -213,8 +224,20 @@ mod tests {
     #[test]
     fn absent_key_is_created_then_written_with_cas() {
         let s = MemStore::new();
-        assert_eq!(incr(&s, 4), Update::Done { result: 1, attempts: 2 });
-        assert_eq!(incr(&s, 4), Update::Done { result: 2, attempts: 1 });
+        assert_eq!(
+            incr(&s, 4),
+            Update::Done {
+                result: 1,
+                attempts: 2
+            }
+        );
+        assert_eq!(
+            incr(&s, 4),
+            Update::Done {
+                result: 2,
+                attempts: 1
+            }
+        );
     }
 
     #[test]
@@ -222,11 +245,23 @@ mod tests {
         let s = MemStore::new();
         incr(&s, 4);
         s.interfere_next(2);
-        assert_eq!(incr(&s, 4), Update::Done { result: 2, attempts: 3 });
+        assert_eq!(
+            incr(&s, 4),
+            Update::Done {
+                result: 2,
+                attempts: 3
+            }
+        );
         s.interfere_next(10);
         assert_eq!(incr(&s, 3), Update::GaveUp { attempts: 3 });
         s.interfere_next(0);
-        assert_eq!(incr(&s, 3), Update::Done { result: 3, attempts: 1 });
+        assert_eq!(
+            incr(&s, 3),
+            Update::Done {
+                result: 3,
+                attempts: 1
+            }
+        );
     }
 
     #[test]
@@ -240,7 +275,13 @@ mod tests {
     fn keep_writes_nothing() {
         let s = MemStore::new();
         let r = update(&s, "sg:t:x", 3, |_| Step::<u8>::Keep(9));
-        assert_eq!(r, Update::Done { result: 9, attempts: 1 });
+        assert_eq!(
+            r,
+            Update::Done {
+                result: 9,
+                attempts: 1
+            }
+        );
         assert!(s.is_empty());
     }
 }

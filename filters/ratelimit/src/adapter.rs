@@ -9,8 +9,8 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action as HostAction, ContextType, LogLevel};
 use sg_core::host::{
-    now_ms, plugin_config, property_string, resume_request_of, send_reply, set_header, Counter, HostRequest,
-    HostStore, RESPONSE_HEADERS,
+    now_ms, plugin_config, property_string, resume_request_of, send_reply, set_header, Counter,
+    HostRequest, HostStore, RESPONSE_HEADERS,
 };
 use sg_core::metrics::{filter_metric, rule_metric};
 use sg_core::shared::ensure;
@@ -71,7 +71,9 @@ impl Metrics {
 
     fn record(&self, v: &Verdict) {
         for (idx, outcome) in &v.rules {
-            let Some(m) = self.rules.get(*idx) else { continue };
+            let Some(m) = self.rules.get(*idx) else {
+                continue;
+            };
             match outcome {
                 RuleOutcome::Allowed => m.allowed.inc(),
                 RuleOutcome::Delayed(_) => m.delayed.inc(),
@@ -122,11 +124,15 @@ impl RootContext for Root {
             }
         }
         if failed > 0 {
-            log::warn!("{FILTER}: {failed} slot keys could not be created; they are created on first use");
+            log::warn!(
+                "{FILTER}: {failed} slot keys could not be created; they are created on first use"
+            );
         }
         let tick = if plan.delays { TICK_MS } else { 0 };
         if hostcalls::set_tick_period(Duration::from_millis(tick)).is_err() {
-            log::warn!("{FILTER}: could not set the tick period; delayed requests would not resume");
+            log::warn!(
+                "{FILTER}: could not set the tick period; delayed requests would not resume"
+            );
         }
         self.metrics = Rc::new(Metrics::define(&plan));
         log::info!(
@@ -211,7 +217,9 @@ impl HttpContext for Http {
         match verdict.action {
             Action::Allow => HostAction::Continue,
             Action::Delay(ms) => {
-                self.held.borrow_mut().push((now.saturating_add(ms), self.id));
+                self.held
+                    .borrow_mut()
+                    .push((now.saturating_add(ms), self.id));
                 HostAction::Pause
             }
             Action::Reject { retry_after_s, .. } => {

@@ -175,7 +175,9 @@ fn parse_mode(v: &Option<serde_json::Value>, path: &str) -> Result<Option<u64>, 
         Some(Value::Object(o)) if o.len() == 1 => match o.get("delay") {
             Some(Value::Number(n)) => match n.as_u64() {
                 Some(d) if d <= MAX_BURST => Ok(Some(d)),
-                _ => Err(bad(format!("delay {n} is not a whole number from 0 to {MAX_BURST}"))),
+                _ => Err(bad(format!(
+                    "delay {n} is not a whole number from 0 to {MAX_BURST}"
+                ))),
             },
             _ => Err(bad(r#"expected "nodelay", "delay" or {"delay": N}"#.into())),
         },
@@ -214,15 +216,24 @@ impl Config {
                 ));
             }
             if rules.iter().any(|x: &Rule| x.name == r.name) {
-                return Err(ConfigError::new(format!("{path}.name"), format!("{:?} is used twice", r.name)));
+                return Err(ConfigError::new(
+                    format!("{path}.name"),
+                    format!("{:?} is used twice", r.name),
+                ));
             }
             let (n, window_s) = parse_rate(&r.rate).ok_or_else(|| {
-                ConfigError::new(format!("{path}.rate"), format!("{:?} is not N r/s or N r/m", r.rate))
+                ConfigError::new(
+                    format!("{path}.rate"),
+                    format!("{:?} is not N r/s or N r/m", r.rate),
+                )
             })?;
             if n == 0 || n > MAX_RATE_PER_SEC * window_s {
                 return Err(ConfigError::new(
                     format!("{path}.rate"),
-                    format!("{:?} must be above 0 and at most {MAX_RATE_PER_SEC} r/s", r.rate),
+                    format!(
+                        "{:?} must be above 0 and at most {MAX_RATE_PER_SEC} r/s",
+                        r.rate
+                    ),
                 ));
             }
             // nginx: ctx->rate = rate * 1000 / scale (milli-requests per second).
@@ -242,13 +253,19 @@ impl Config {
                 OneOrMany::Many(v) => v.clone(),
             };
             if parts.is_empty() || parts.len() > 8 {
-                return Err(ConfigError::new(format!("{path}.key"), "must have 1 to 8 components"));
+                return Err(ConfigError::new(
+                    format!("{path}.key"),
+                    "must have 1 to 8 components",
+                ));
             }
             for (j, p) in parts.iter().enumerate() {
                 p.validate(&format!("{path}.key[{j}]"))?;
             }
             if r.max_key_len == 0 || r.max_key_len > 4096 {
-                return Err(ConfigError::new(format!("{path}.max_key_len"), "must be from 1 to 4096"));
+                return Err(ConfigError::new(
+                    format!("{path}.max_key_len"),
+                    "must be from 1 to 4096",
+                ));
             }
             if r.max_keys == 0 || r.max_keys > MAX_KEYS {
                 return Err(ConfigError::new(

@@ -26,7 +26,9 @@ pub enum RuleOutcome {
     DryRunRejected,
     DryRunDelayed(u64),
     /// Shared data failed or CAS gave up; `on_store_error` decided.
-    StoreTrouble { gave_up: bool },
+    StoreTrouble {
+        gave_up: bool,
+    },
 }
 
 /// Rate-limit header values from the most restrictive applied rule.
@@ -123,9 +125,13 @@ pub fn check<S: SharedStore + ?Sized, R: RequestView + ?Sized>(
         let read = match store.get(&key) {
             Ok(r) => r,
             Err(_) => {
-                v.rules.push((idx, RuleOutcome::StoreTrouble { gave_up: false }));
+                v.rules
+                    .push((idx, RuleOutcome::StoreTrouble { gave_up: false }));
                 if plan.on_store_error == FailMode::Reject && !rule.dry_run {
-                    v.action = Action::Reject { rule: idx, retry_after_s: 1 };
+                    v.action = Action::Reject {
+                        rule: idx,
+                        retry_after_s: 1,
+                    };
                     return v;
                 }
                 continue;
@@ -193,7 +199,9 @@ pub fn check<S: SharedStore + ?Sized, R: RequestView + ?Sized>(
         });
         v.bad_state += bad;
         match res {
-            Update::Done { result: Ok(excess), .. } => {
+            Update::Done {
+                result: Ok(excess), ..
+            } => {
                 charged_any = true;
                 if evicted {
                     v.evicted_in_debt += 1;
@@ -214,7 +222,10 @@ pub fn check<S: SharedStore + ?Sized, R: RequestView + ?Sized>(
             Update::Done { result: Err(_), .. } if rule.dry_run => {
                 v.rules.push((p.idx, RuleOutcome::DryRunRejected));
             }
-            Update::Done { result: Err(excess), .. } => {
+            Update::Done {
+                result: Err(excess),
+                ..
+            } => {
                 v.rules.push((p.idx, RuleOutcome::Rejected));
                 v.action = Action::Reject {
                     rule: p.idx,

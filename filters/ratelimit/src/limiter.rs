@@ -70,7 +70,9 @@ pub fn next(e: Entry, rate: u64, now: u64) -> Entry {
 /// Delay nginx applies to a charged request with `excess` (ms), 0 when not delayed.
 pub fn delay_ms(p: &Params, excess: u64) -> u64 {
     match p.delay {
-        Some(d) if excess > d => ((u128::from(excess - d) * 1000) / u128::from(p.rate.max(1))) as u64,
+        Some(d) if excess > d => {
+            ((u128::from(excess - d) * 1000) / u128::from(p.rate.max(1))) as u64
+        }
         _ => 0,
     }
 }
@@ -172,7 +174,10 @@ impl Slot {
             None => Probe {
                 excess: 0,
                 busy: false,
-                charged: Entry { excess: 0, last: now },
+                charged: Entry {
+                    excess: 0,
+                    last: now,
+                },
             },
         }
     }
@@ -201,7 +206,10 @@ impl Slot {
         let debt = best.0;
         if debt > 0 {
             let floor = remaining_debt(self.floor, p.rate, now).max(debt);
-            self.floor = Entry { excess: floor, last: now };
+            self.floor = Entry {
+                excess: floor,
+                last: now,
+            };
         }
         if let Some(v) = self.entries.get_mut(victim) {
             *v = (fp, state);
@@ -293,24 +301,59 @@ mod tests {
         };
         let r = run(&p, &[0, 60_000, 62_500, 62_600]);
         // After 60 s only 960 milli drained: rejected; at 62.5 s 1000 drained: accepted.
-        assert_eq!(r.iter().map(|x| x.0).collect::<Vec<_>>(), vec![true, false, true, false]);
+        assert_eq!(
+            r.iter().map(|x| x.0).collect::<Vec<_>>(),
+            vec![true, false, true, false]
+        );
     }
 
     #[test]
     fn last_is_kept_within_the_same_millisecond_and_clock_steps_back() {
-        let e = Entry { excess: 3000, last: 100 };
-        assert_eq!(next(e, 1000, 100), Entry { excess: 4000, last: 100 });
+        let e = Entry {
+            excess: 3000,
+            last: 100,
+        };
+        assert_eq!(
+            next(e, 1000, 100),
+            Entry {
+                excess: 4000,
+                last: 100
+            }
+        );
         assert_eq!(next(e, 1000, 90).last, 100); // small step back: ms = 0
         assert_eq!(next(e, 1000, 90).excess, 4000);
-        let far = Entry { excess: 3000, last: 100_000 };
-        assert_eq!(next(far, 1000, 1), Entry { excess: 3999, last: 1 }); // < -60 s: ms = 1
+        let far = Entry {
+            excess: 3000,
+            last: 100_000,
+        };
+        assert_eq!(
+            next(far, 1000, 1),
+            Entry {
+                excess: 3999,
+                last: 1
+            }
+        ); // < -60 s: ms = 1
     }
 
     #[test]
     fn huge_elapsed_and_rates_do_not_overflow() {
-        let e = Entry { excess: u64::MAX, last: 0 };
+        let e = Entry {
+            excess: u64::MAX,
+            last: 0,
+        };
         assert_eq!(next(e, u64::MAX, u64::MAX).excess, 0);
-        assert_eq!(next(Entry { excess: u64::MAX, last: 5 }, 1, 5).excess, u64::MAX);
+        assert_eq!(
+            next(
+                Entry {
+                    excess: u64::MAX,
+                    last: 5
+                },
+                1,
+                5
+            )
+            .excess,
+            u64::MAX
+        );
         let p = params(1, 0, Some(0));
         assert!(delay_ms(&p, u64::MAX) > 0);
         assert!(retry_after_s(&p, u64::MAX) > 0);
@@ -331,7 +374,15 @@ mod tests {
         let mut s = Slot::default();
         let p = params(10, 5, None);
         for fp in 1..=4 {
-            s.store(fp, Entry { excess: fp * 10, last: 9 }, &p, 9);
+            s.store(
+                fp,
+                Entry {
+                    excess: fp * 10,
+                    last: 9,
+                },
+                &p,
+                9,
+            );
         }
         let b = s.encode();
         assert_eq!(b.len(), 18 + 24 * WAYS);
@@ -369,7 +420,13 @@ mod tests {
             }
         }
         assert!(s.entries.iter().all(|(f, _)| *f != 1), "{s:?}");
-        assert_eq!(s.floor, Entry { excess: 1900, last: 100 });
+        assert_eq!(
+            s.floor,
+            Entry {
+                excess: 1900,
+                last: 100
+            }
+        );
         // Key 1 must still be refused at t=100 (debt 1900 + 1000 > 2000).
         assert!(s.probe(1, &p, 100).busy, "{s:?}");
         // Once the debt drained (t >= 1000 + 100), key 1 gets in again.
@@ -383,7 +440,15 @@ mod tests {
         for fp in 1..=4 {
             s.store(fp, Entry { excess: 0, last: 0 }, &p, 0);
         }
-        assert!(!s.store(9, Entry { excess: 0, last: 5000 }, &p, 5000));
+        assert!(!s.store(
+            9,
+            Entry {
+                excess: 0,
+                last: 5000
+            },
+            &p,
+            5000
+        ));
         assert_eq!(s.floor, Entry::default());
         // A brand-new key is accepted with excess 0, like an nginx new node.
         assert_eq!(s.probe(42, &p, 5000).excess, 0);

@@ -1,5 +1,6 @@
 //! Native tests of a whole request against the rules, on the in-memory store (Envoy's CAS
 //! semantics) and a fake clock (`now` passed in).
+#![allow(clippy::panic, clippy::indexing_slicing)] // test code: fail loudly
 
 use sg_core::key::SimpleRequest;
 use sg_core::shared::{MemStore, SharedStore};
@@ -48,7 +49,8 @@ fn a_request_rejected_by_one_rule_charges_none() {
 
 #[test]
 fn requests_without_the_key_are_not_limited_by_that_rule() {
-    let p = plan(r#"{"rules":[{"name":"r","key":{"query":"blogId"},"rate":"1r/s","mode":"nodelay"}]}"#);
+    let p =
+        plan(r#"{"rules":[{"name":"r","key":{"query":"blogId"},"rate":"1r/s","mode":"nodelay"}]}"#);
     let s = MemStore::new();
     for _ in 0..10 {
         let v = run(&p, &s, "/PostList", 0);
@@ -60,12 +62,21 @@ fn requests_without_the_key_are_not_limited_by_that_rule() {
 
 #[test]
 fn keys_are_isolated_and_normalised() {
-    let p = plan(r#"{"rules":[{"name":"r","key":{"query":"blogId"},"rate":"1r/s","mode":"nodelay","lowercase_key":true}]}"#);
+    let p = plan(
+        r#"{"rules":[{"name":"r","key":{"query":"blogId"},"rate":"1r/s","mode":"nodelay","lowercase_key":true}]}"#,
+    );
     let s = MemStore::new();
     assert_eq!(run(&p, &s, "/?blogId=Alice", 0).action, Action::Allow);
     // Variants of the same key are the same key.
-    for v in ["/?blogId=alice", "/?%62logId=ALICE", "/?blogId=al%69ce&blogId=bob"] {
-        assert!(matches!(run(&p, &s, v, 0).action, Action::Reject { .. }), "{v}");
+    for v in [
+        "/?blogId=alice",
+        "/?%62logId=ALICE",
+        "/?blogId=al%69ce&blogId=bob",
+    ] {
+        assert!(
+            matches!(run(&p, &s, v, 0).action, Action::Reject { .. }),
+            "{v}"
+        );
     }
     assert_eq!(run(&p, &s, "/?blogId=bob", 0).action, Action::Allow);
 }
@@ -84,7 +95,9 @@ fn delay_mode_returns_the_nginx_delay() {
 
 #[test]
 fn dry_run_counts_but_never_acts() {
-    let p = plan(r#"{"rules":[{"name":"r","key":{"fixed":"x"},"rate":"1r/s","burst":1,"dry_run":true}]}"#);
+    let p = plan(
+        r#"{"rules":[{"name":"r","key":{"fixed":"x"},"rate":"1r/s","burst":1,"dry_run":true}]}"#,
+    );
     let s = MemStore::new();
     let outs: Vec<RuleOutcome> = (0..4)
         .map(|_| {
@@ -106,7 +119,9 @@ fn dry_run_counts_but_never_acts() {
 
 #[test]
 fn lost_cas_races_are_retried_and_stay_exact() {
-    let p = plan(r#"{"rules":[{"name":"r","key":{"fixed":"x"},"rate":"1r/s","burst":4,"mode":"nodelay"}]}"#);
+    let p = plan(
+        r#"{"rules":[{"name":"r","key":{"fixed":"x"},"rate":"1r/s","burst":4,"mode":"nodelay"}]}"#,
+    );
     let s = MemStore::new();
     let mut allowed = 0;
     for i in 0..10 {
@@ -120,15 +135,22 @@ fn lost_cas_races_are_retried_and_stay_exact() {
 
 #[test]
 fn cas_give_up_fails_open_by_default_and_closed_when_configured() {
-    let open = plan(r#"{"rules":[{"name":"r","key":{"fixed":"x"},"rate":"1r/s","mode":"nodelay"}],"cas_attempts":2}"#);
+    let open = plan(
+        r#"{"rules":[{"name":"r","key":{"fixed":"x"},"rate":"1r/s","mode":"nodelay"}],"cas_attempts":2}"#,
+    );
     let s = MemStore::new();
     run(&open, &s, "/", 0); // creates the slot
     s.interfere_next(5);
     let v = run(&open, &s, "/", 5000);
     assert_eq!(v.action, Action::Allow);
-    assert_eq!(v.rules, vec![(0, RuleOutcome::StoreTrouble { gave_up: true })]);
+    assert_eq!(
+        v.rules,
+        vec![(0, RuleOutcome::StoreTrouble { gave_up: true })]
+    );
 
-    let closed = plan(r#"{"rules":[{"name":"r","key":{"fixed":"x"},"rate":"1r/s","mode":"nodelay"}],"cas_attempts":2,"on_store_error":"reject"}"#);
+    let closed = plan(
+        r#"{"rules":[{"name":"r","key":{"fixed":"x"},"rate":"1r/s","mode":"nodelay"}],"cas_attempts":2,"on_store_error":"reject"}"#,
+    );
     s.interfere_next(5);
     let v = run(&closed, &s, "/", 10_000);
     assert!(matches!(v.action, Action::Reject { .. }));
@@ -140,13 +162,20 @@ fn store_failure_applies_the_configured_policy() {
     s.set_failing(true);
     let open = plan(r#"{"rules":[{"name":"r","key":{"fixed":"x"},"rate":"1r/s"}]}"#);
     assert_eq!(run(&open, &s, "/", 0).action, Action::Allow);
-    let closed = plan(r#"{"rules":[{"name":"r","key":{"fixed":"x"},"rate":"1r/s"}],"on_store_error":"reject"}"#);
-    assert!(matches!(run(&closed, &s, "/", 0).action, Action::Reject { .. }));
+    let closed = plan(
+        r#"{"rules":[{"name":"r","key":{"fixed":"x"},"rate":"1r/s"}],"on_store_error":"reject"}"#,
+    );
+    assert!(matches!(
+        run(&closed, &s, "/", 0).action,
+        Action::Reject { .. }
+    ));
 }
 
 #[test]
 fn unreadable_slot_values_are_treated_as_empty_and_counted() {
-    let p = plan(r#"{"rules":[{"name":"r","key":{"fixed":"x"},"rate":"1r/s","max_keys":4,"mode":"nodelay"}]}"#);
+    let p = plan(
+        r#"{"rules":[{"name":"r","key":{"fixed":"x"},"rate":"1r/s","max_keys":4,"mode":"nodelay"}]}"#,
+    );
     let s = MemStore::new();
     let _ = s.set(&slot_key("r", 0), b"\x07garbage", 0);
     let v = run(&p, &s, "/", 0);
@@ -157,13 +186,19 @@ fn unreadable_slot_values_are_treated_as_empty_and_counted() {
 
 #[test]
 fn a_hundred_thousand_keys_use_a_fixed_number_of_slots() {
-    let p = plan(r#"{"rules":[{"name":"r","key":{"query":"u"},"rate":"1r/s","max_keys":1000,"mode":"nodelay"}]}"#);
+    let p = plan(
+        r#"{"rules":[{"name":"r","key":{"query":"u"},"rate":"1r/s","max_keys":1000,"mode":"nodelay"}]}"#,
+    );
     let s = MemStore::new();
     for i in 0..100_000u32 {
         run(&p, &s, &format!("/?u={i}"), u64::from(i / 50));
     }
     assert!(s.len() <= 250, "{} slot keys", s.len());
-    assert!(s.total_bytes() <= 250 * (114 + 16), "{} bytes", s.total_bytes());
+    assert!(
+        s.total_bytes() <= 250 * (114 + 16),
+        "{} bytes",
+        s.total_bytes()
+    );
 }
 
 #[test]
@@ -180,16 +215,46 @@ fn quota_headers_reflect_the_tightest_rule() {
 fn bad_configs_are_refused_naming_the_field() {
     let cases = [
         (r#"{"rules":[]}"#, "rules"),
-        (r#"{"rules":[{"name":"r","key":"host","rate":"10r/x"}]}"#, "rules[0].rate"),
-        (r#"{"rules":[{"name":"r","key":"host","rate":"0r/s"}]}"#, "rules[0].rate"),
-        (r#"{"rules":[{"name":"r","key":"host","rate":"-1r/s"}]}"#, "rules[0].rate"),
-        (r#"{"rules":[{"name":"r","key":"host","rate":"1r/s","burst":1000000000000}]}"#, "rules[0].burst"),
-        (r#"{"rules":[{"name":"r","key":"host","rate":"1r/s","mode":"fast"}]}"#, "rules[0].mode"),
-        (r#"{"rules":[{"name":"r","key":"host","rate":"1r/s","match":{"path_regex":"("}}]}"#, "rules[0].match.path_regex"),
-        (r#"{"rules":[{"name":"a.b","key":"host","rate":"1r/s"}]}"#, "rules[0].name"),
-        (r#"{"rules":[{"name":"r","key":"host","rate":"1r/s"},{"name":"r","key":"host","rate":"1r/s"}]}"#, "rules[1].name"),
-        (r#"{"rules":[{"name":"r","key":"host","rate":"1r/s","max_keys":0}]}"#, "rules[0].max_keys"),
-        (r#"{"rules":[{"name":"r","key":"host","rate":"1r/s"}],"reject":{"status":200}}"#, "reject.status"),
+        (
+            r#"{"rules":[{"name":"r","key":"host","rate":"10r/x"}]}"#,
+            "rules[0].rate",
+        ),
+        (
+            r#"{"rules":[{"name":"r","key":"host","rate":"0r/s"}]}"#,
+            "rules[0].rate",
+        ),
+        (
+            r#"{"rules":[{"name":"r","key":"host","rate":"-1r/s"}]}"#,
+            "rules[0].rate",
+        ),
+        (
+            r#"{"rules":[{"name":"r","key":"host","rate":"1r/s","burst":1000000000000}]}"#,
+            "rules[0].burst",
+        ),
+        (
+            r#"{"rules":[{"name":"r","key":"host","rate":"1r/s","mode":"fast"}]}"#,
+            "rules[0].mode",
+        ),
+        (
+            r#"{"rules":[{"name":"r","key":"host","rate":"1r/s","match":{"path_regex":"("}}]}"#,
+            "rules[0].match.path_regex",
+        ),
+        (
+            r#"{"rules":[{"name":"a.b","key":"host","rate":"1r/s"}]}"#,
+            "rules[0].name",
+        ),
+        (
+            r#"{"rules":[{"name":"r","key":"host","rate":"1r/s"},{"name":"r","key":"host","rate":"1r/s"}]}"#,
+            "rules[1].name",
+        ),
+        (
+            r#"{"rules":[{"name":"r","key":"host","rate":"1r/s","max_keys":0}]}"#,
+            "rules[0].max_keys",
+        ),
+        (
+            r#"{"rules":[{"name":"r","key":"host","rate":"1r/s"}],"reject":{"status":200}}"#,
+            "reject.status",
+        ),
     ];
     for (json, field) in cases {
         match Config::parse(json.as_bytes()) {
@@ -199,5 +264,8 @@ fn bad_configs_are_refused_naming_the_field() {
     }
     // Unknown fields are refused too (serde names the field in the reason).
     let e = Config::parse(br#"{"rules":[{"name":"r","key":"host","rate":"1r/s","brust":5}]}"#);
-    assert!(e.as_ref().is_err_and(|e| e.reason.contains("brust")), "{e:?}");
+    assert!(
+        e.as_ref().is_err_and(|e| e.reason.contains("brust")),
+        "{e:?}"
+    );
 }

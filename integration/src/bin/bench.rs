@@ -1,20 +1,20 @@
 //! `make bench`: per-request cost of the spikeguard filters in Envoy, measured with `wrk`.
 //!
 //! ```text
-//! bench [--out docs/BENCHMARKS.md] [--rounds 5] [--seconds 5] [--warmup 1]
-//!       [--connections 32] [--concurrency 1,2] [--xcheck-rps 5000]
+//! bench [--out docs/BENCHMARKS.md] [--rounds 5] [--seconds 5] [--warmup 1] [--connections 32]
+//!       [--concurrency 1,2] [--variants bare,noop_wasm,...] [--xcheck-rps 5000]
 //! ```
 //!
-//! Variants (same Envoy, same bundle, route replaced by a `direct_response`): `bare` (no
-//! Wasm), `noop_wasm`, `ratelimit` (limit never reached), `native_local_ratelimit`. Rounds
-//! are interleaved; each measurement launches a fresh Envoy, warms it up, then runs
-//! `wrk --latency` and reads Envoy's CPU time around it. At `--concurrency 1` Envoy is pinned
-//! to CPU 0 and wrk to CPU 1. A final section cross-checks the project's open-loop loadgen
-//! against `h2load --rps` on the `bare` Envoy.
+//! Each variant is the bundle with the ingress route turned into a `direct_response`, so no
+//! upstream is measured. Rounds are interleaved; each measurement launches a fresh Envoy, warms
+//! it up with wrk, then runs `wrk --latency` and reads Envoy's CPU time around it. At
+//! `--concurrency 1` Envoy is pinned to CPU 0 and the load generator to CPU 1. A last section
+//! cross-checks the project's open-loop loadgen against `h2load --rps` on the `bare` Envoy.
 
 use serde_json::json;
 use sg_integration::envoy::{envoy_bin, Bundle, Envoy};
 use sg_integration::loadgen::{self, KeyMix, LoadConfig};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -22,10 +22,20 @@ use std::process::{Command, ExitCode};
 type Res<T> = Result<T, String>;
 
 const USAGE: &str = "usage: bench [--out FILE] [--rounds N] [--seconds S] [--warmup S] \
-[--connections N] [--concurrency 1,2] [--xcheck-rps N]";
+[--connections N] [--concurrency 1,2] [--variants a,b,...] [--xcheck-rps N]";
+/// `ratelimit` may cost at most this much Envoy CPU per request relative to `noop_wasm`.
 const TARGET: f64 = 1.15;
 const BLOG_IDS: u32 = 1000;
-const VARIANTS: [&str; 4] = ["bare", "noop_wasm", "ratelimit", "native_local_ratelimit"];
+const DEFAULT_VARIANTS: &str = "bare,noop_wasm,ratelimit,native_local_ratelimit";
+/// Name, description. The last two are diagnostics, run only when asked with `--variants`.
+const VARIANTS: [(&str, &str); 6] = [
+    ("bare", "no Wasm filter"),
+    ("noop_wasm", "`sg_noop.wasm`, a Wasm filter that does nothing"),
+    ("ratelimit", "`sg_ratelimit.wasm`, rule `bench`: key `query blogId`, `1000000r/s`, burst 1000000, nodelay; never limits, so every request does key extraction, one shared-data get and one CAS set (and adds the `RateLimit` headers, on by default)"),
+    ("native_local_ratelimit", "`envoy.filters.http.local_ratelimit`, token bucket of 10^8 tokens refilled every 1 s, enabled and enforced 100%; never limits"),
+    ("ratelimit_no_headers", "diagnostic: `ratelimit` with `rate_limit_headers: false`"),
+    ("ratelimit_nomatch", "diagnostic: `ratelimit` whose rule matches no request (header reads only, no shared data)"),
+];
 
 struct Opts {
     out: PathBuf,
@@ -34,6 +44,7 @@ struct Opts {
     warmup: u64,
     connections: u32,
     concurrency: Vec<u32>,
+    variants: Vec<String>,
     xcheck_rps: u32,
 }
 
@@ -45,13 +56,11 @@ fn parse_args(args: &[String]) -> Res<Opts> {
         warmup: 1,
         connections: 32,
         concurrency: vec![1, 2],
+        variants: DEFAULT_VARIANTS.split(',').map(String::from).collect(),
         xcheck_rps: 5000,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
-        if flag == "-h" || flag == "--help" {
-            return Err(USAGE.to_string());
-        }
         let v = it
             .next()
             .ok_or_else(|| format!("missing value for {flag}\n{USAGE}"))?;
@@ -63,18 +72,27 @@ fn parse_args(args: &[String]) -> Res<Opts> {
             "--warmup" => o.warmup = v.parse().map_err(|e| bad(&e))?,
             "--connections" => o.connections = v.parse().map_err(|e| bad(&e))?,
             "--xcheck-rps" => o.xcheck_rps = v.parse().map_err(|e| bad(&e))?,
+            "--variants" => o.variants = v.split(',').map(|s| s.trim().to_string()).collect(),
             "--concurrency" => {
-                o.concurrency = v
-                    .split(',')
-                    .map(|c| c.trim().parse().map_err(|e| bad(&e)))
-                    .collect::<Res<_>>()?
+                let list = v.split(',').map(|c| c.trim().parse().map_err(|e| bad(&e)));
+                o.concurrency = list.collect::<Res<_>>()?;
             }
             _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
         }
     }
+    if let Some(v) = o
+        .variants
+        .iter()
+        .find(|v| !VARIANTS.iter().any(|(n, _)| n == v))
+    {
+        return Err(format!("unknown variant {v}"));
+    }
+    if o.variants.first().map(String::as_str) != Some("bare") {
+        return Err("the first variant must be `bare` (the reference of the ratios)".into());
+    }
     if o.rounds == 0 || o.seconds == 0 || o.connections == 0 || o.concurrency.contains(&0) {
         return Err(format!(
-            "rounds, seconds, connections and concurrency must be > 0\n{USAGE}"
+            "rounds, seconds, connections, concurrency must be > 0\n{USAGE}"
         ));
     }
     Ok(o)
@@ -87,42 +105,43 @@ fn bundle(variant: &str) -> Res<Bundle> {
         .route_config_mut("ingress")
         .and_then(|r| r.pointer_mut("/virtual_hosts/0/routes/0"))
         .ok_or("envoy.yaml: no ingress route virtual_hosts[0].routes[0]")?;
-    *route = json!({"match": {"prefix": "/"},
-                    "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}});
+    let direct = json!({"status": 200, "body": {"inline_string": "ok\n"}});
+    *route = json!({"match": {"prefix": "/"}, "direct_response": direct});
     let e = |e: std::io::Error| e.to_string();
+    let mut rule = json!({"name": "bench", "key": {"query": "blogId"},
+        "rate": "1000000r/s", "burst": 1000000, "mode": "nodelay"});
+    let mut cfg = json!({});
     match variant {
-        "bare" => b.keep_filters(&[]),
-        "noop_wasm" => {
-            b.keep_filters(&[]);
-            b.prepend_http_filter("ingress", Bundle::wasm_filter("noop", "noop", &json!({})))
-                .map_err(e)?;
-        }
-        "ratelimit" => {
-            b.keep_filters(&["ratelimit"]);
-            let cfg = json!({"rules": [{"name": "bench", "key": {"query": "blogId"},
-                "rate": "1000000r/s", "burst": 1000000, "mode": "nodelay"}]});
-            b.set_filter_config("ratelimit", &cfg).map_err(e)?;
-        }
-        "native_local_ratelimit" => {
-            b.keep_filters(&[]);
-            let pct = |key: &str| json!({"runtime_key": key, "default_value": {"numerator": 100, "denominator": "HUNDRED"}});
-            let f = json!({"name": "envoy.filters.http.local_ratelimit", "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
-                "stat_prefix": "bench_local",
-                "token_bucket": {"max_tokens": 100_000_000u32, "tokens_per_fill": 100_000_000u32, "fill_interval": "1s"},
-                "filter_enabled": pct("bench_local.enabled"),
-                "filter_enforced": pct("bench_local.enforced")}});
-            b.prepend_http_filter("ingress", f).map_err(e)?;
-        }
-        other => return Err(format!("unknown variant {other}")),
+        "bare" | "noop_wasm" | "native_local_ratelimit" => b.keep_filters(&[]),
+        "ratelimit_nomatch" => rule["match"] = json!({"path_prefix": "/never-matches"}),
+        "ratelimit_no_headers" => cfg["rate_limit_headers"] = json!(false),
+        _ => {}
+    }
+    if variant == "noop_wasm" {
+        let f = Bundle::wasm_filter("noop", "noop", &json!({}));
+        b.prepend_http_filter("ingress", f).map_err(e)?;
+    } else if variant == "native_local_ratelimit" {
+        let pct = |key: &str| json!({"runtime_key": key, "default_value": {"numerator": 100}});
+        let f = json!({"name": "envoy.filters.http.local_ratelimit", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+            "stat_prefix": "bench_local",
+            "token_bucket": {"max_tokens": 100_000_000u32, "tokens_per_fill": 100_000_000u32,
+                             "fill_interval": "1s"},
+            "filter_enabled": pct("bench_local.enabled"),
+            "filter_enforced": pct("bench_local.enforced")}});
+        b.prepend_http_filter("ingress", f).map_err(e)?;
+    } else if variant.starts_with("ratelimit") {
+        b.keep_filters(&["ratelimit"]);
+        cfg["rules"] = json!([rule]);
+        b.set_filter_config("ratelimit", &cfg).map_err(e)?;
     }
     Ok(b)
 }
 
-/// Counters that prove the variant's filter did its work: (passed, refused).
-fn filter_counters(variant: &str) -> Option<(&'static str, &'static str)> {
+/// Counters that prove the filter under test saw every request: (passed, limited).
+fn counters(variant: &str) -> Option<(&'static str, &'static str)> {
     match variant {
-        "ratelimit" => Some((
+        "ratelimit" | "ratelimit_no_headers" => Some((
             "wasmcustom.sg.ratelimit.bench.allowed",
             "wasmcustom.sg.ratelimit.bench.rejected",
         )),
@@ -139,164 +158,116 @@ fn run_cmd(cmd: &mut Command) -> Res<String> {
         .output()
         .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
     if !out.status.success() {
-        return Err(format!(
-            "{cmd:?} failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
+        let err = String::from_utf8_lossy(&out.stderr);
+        return Err(format!("{cmd:?} failed ({}):\n{err}", out.status));
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// `taskset -c CPUS cmd...` when pinned, else `cmd...`.
-fn maybe_pinned(pin: Option<&str>, prog: &str) -> Command {
-    match pin {
-        Some(cpus) => {
-            let mut c = Command::new("taskset");
-            c.args(["-c", cpus, prog]);
-            c
-        }
-        None => Command::new(prog),
-    }
+/// `taskset -c CPUS prog` when pinned, else `prog`.
+fn pinned(cpus: Option<&str>, prog: &str) -> Command {
+    let Some(cpus) = cpus else {
+        return Command::new(prog);
+    };
+    let mut c = Command::new("taskset");
+    c.args(["-c", cpus, prog]);
+    c
 }
 
-/// Pins every thread of `pid` (taskset without `-a` would move only the main thread).
+/// Pins every thread of `pid` (without `-a`, taskset would move only the main thread).
 fn pin_all(pid: u32, cpus: &str) -> Res<()> {
-    run_cmd(Command::new("taskset").args(["-a", "-p", "-c", cpus, &pid.to_string()])).map(|_| ())
+    run_cmd(Command::new("taskset").args(["-a", "-p", "-c", cpus, &pid.to_string()])).map(drop)
 }
 
 #[derive(Debug, Clone, Default)]
-struct Wrk {
+struct Sample {
     rps: f64,
     requests: u64,
     p50_us: f64,
     p99_us: f64,
     errors: u64,
-    raw: String,
+    cpu_per_req: f64,
 }
 
 /// `1.23ms` -> 1230.0 (microseconds).
 fn parse_time_us(s: &str) -> Option<f64> {
-    let s = s.trim();
-    let (num, mult) = [
+    let units = [
         ("us", 1.0),
         ("ms", 1e3),
         ("s", 1e6),
         ("m", 60e6),
         ("h", 3600e6),
-    ]
-    .iter()
-    .find_map(|(u, m)| s.strip_suffix(u).map(|n| (n, *m)))?;
-    num.trim().parse::<f64>().ok().map(|n| n * mult)
+    ];
+    let (n, mult) = units
+        .iter()
+        .find_map(|(u, m)| s.strip_suffix(u).map(|n| (n, *m)))?;
+    n.parse::<f64>().ok().map(|n| n * mult)
 }
 
-fn parse_wrk(out: &str) -> Res<Wrk> {
-    let mut w = Wrk {
-        raw: out.to_string(),
-        ..Wrk::default()
-    };
+fn parse_wrk(out: &str) -> Res<Sample> {
+    let mut s = Sample::default();
     let (mut p50, mut p99, mut rps, mut reqs) = (None, None, None, None);
     for line in out.lines().map(str::trim) {
-        let mut words = line.split_whitespace();
-        match (words.next(), words.next()) {
-            (Some("50%"), Some(t)) => p50 = parse_time_us(t),
-            (Some("99%"), Some(t)) => p99 = parse_time_us(t),
-            (Some("Requests/sec:"), Some(n)) => rps = n.parse::<f64>().ok(),
-            (Some(n), Some("requests")) if line.contains(" requests in ") => {
-                reqs = n.parse::<u64>().ok()
+        let w: Vec<&str> = line.split_whitespace().collect();
+        match w.as_slice() {
+            ["50%", t] => p50 = parse_time_us(t),
+            ["99%", t] => p99 = parse_time_us(t),
+            ["Requests/sec:", n] => rps = n.parse::<f64>().ok(),
+            [n, "requests", "in", ..] => reqs = n.parse::<u64>().ok(),
+            ["Non-2xx", "or", "3xx", "responses:", n] => s.errors += n.parse().unwrap_or(1),
+            ["Socket", "errors:", rest @ ..] => {
+                let n = rest
+                    .iter()
+                    .filter_map(|x| x.trim_end_matches(',').parse::<u64>().ok());
+                s.errors += n.sum::<u64>();
             }
             _ => {}
         }
-        if let Some(rest) = line.strip_prefix("Non-2xx or 3xx responses:") {
-            w.errors += rest.trim().parse::<u64>().unwrap_or(1);
-        }
-        if let Some(rest) = line.strip_prefix("Socket errors:") {
-            w.errors += rest
-                .split(',')
-                .filter_map(|p| p.split_whitespace().last()?.parse::<u64>().ok())
-                .sum::<u64>();
-        }
     }
-    match (p50, p99, rps, reqs) {
-        (Some(a), Some(b), Some(c), Some(d)) => {
-            (w.p50_us, w.p99_us, w.rps, w.requests) = (a, b, c, d);
-            Ok(w)
-        }
-        _ => Err(format!("cannot parse wrk output:\n{out}")),
-    }
+    let (Some(p50), Some(p99), Some(rps), Some(reqs)) = (p50, p99, rps, reqs) else {
+        return Err(format!("cannot parse wrk output:\n{out}"));
+    };
+    (s.p50_us, s.p99_us, s.rps, s.requests) = (p50, p99, rps, reqs);
+    Ok(s)
 }
 
-fn wrk(url: &str, seconds: u64, connections: u32, script: &Path, pin: Option<&str>) -> Res<Wrk> {
-    let mut c = maybe_pinned(pin, "wrk");
-    c.args([
-        "-t1",
-        &format!("-c{connections}"),
-        &format!("-d{seconds}s"),
-        "--timeout",
-        "2s",
-        "--latency",
-        "-s",
-    ])
-    .arg(script)
-    .arg(url);
-    parse_wrk(&run_cmd(&mut c)?)
-}
-
-#[derive(Debug, Clone, Default)]
-struct Sample {
-    wrk: Wrk,
-    cpu_per_req_us: f64,
+fn wrk(url: &str, seconds: u64, o: &Opts, script: &Path, cpus: Option<&str>) -> Res<Sample> {
+    let (c, d) = (format!("-c{}", o.connections), format!("-d{seconds}s"));
+    let mut cmd = pinned(cpus, "wrk");
+    cmd.args(["-t1", &c, &d, "--timeout", "2s", "--latency", "-s"]);
+    let out = run_cmd(cmd.arg(script).arg(url))?;
+    let s = parse_wrk(&out)?;
+    if s.requests == 0 || s.errors > 0 {
+        return Err(format!("{} errors or non-2xx; wrk said:\n{out}", s.errors));
+    }
+    Ok(s)
 }
 
 fn measure(variant: &str, conc: u32, o: &Opts, script: &Path) -> Res<Sample> {
-    let envoy = bundle(variant)?
-        .launch(conc)
-        .map_err(|e| format!("{variant}: {e}"))?;
-    let pin = (conc == 1).then_some("1");
+    let envoy = bundle(variant)?.launch(conc).map_err(|e| e.to_string())?;
+    let cpus = (conc == 1).then_some("1");
     if conc == 1 {
         pin_all(envoy.pid(), "0")?;
     }
     let url = format!("http://127.0.0.1:{}/", envoy.ingress());
     if o.warmup > 0 {
-        wrk(&url, o.warmup, o.connections, script, pin)?;
+        wrk(&url, o.warmup, o, script, cpus)?;
     }
-    let before = envoy.stats();
-    let cpu0 = envoy.cpu_us();
-    let w = wrk(&url, o.seconds, o.connections, script, pin)?;
-    let cpu1 = envoy.cpu_us();
-    check(variant, &envoy, &before, &w)?;
-    Ok(Sample {
-        cpu_per_req_us: cpu1.saturating_sub(cpu0) as f64 / w.requests as f64,
-        wrk: w,
-    })
-}
-
-/// Every request answered 200, and the filter under test counted each one as passed.
-fn check(
-    variant: &str,
-    envoy: &Envoy,
-    before: &std::collections::BTreeMap<String, i64>,
-    w: &Wrk,
-) -> Res<()> {
-    if w.requests == 0 || w.errors > 0 {
-        return Err(format!(
-            "{variant}: {} requests, {} errors/non-2xx; wrk said:\n{}",
-            w.requests, w.errors, w.raw
-        ));
-    }
-    if let Some((ok, refused)) = filter_counters(variant) {
+    let (before, cpu0) = (envoy.stats(), envoy.cpu_us());
+    let mut s = wrk(&url, o.seconds, o, script, cpus)?;
+    s.cpu_per_req = envoy.cpu_us().saturating_sub(cpu0) as f64 / s.requests as f64;
+    if let Some((passed, limited)) = counters(variant) {
         let after = envoy.stats();
-        let d = |k: &str| after.get(k).copied().unwrap_or(0) - before.get(k).copied().unwrap_or(0);
-        if d(ok) < w.requests as i64 || d(refused) != 0 {
+        let d = |k: &str| after.get(k).unwrap_or(&0) - before.get(k).unwrap_or(&0);
+        if d(passed) < s.requests as i64 || d(limited) != 0 {
+            let (p, l) = (d(passed), d(limited));
             return Err(format!(
-                "{variant}: {ok} +{}, {refused} +{} for {} requests",
-                d(ok),
-                d(refused),
-                w.requests
+                "{passed} +{p}, {limited} +{l} for {} requests",
+                s.requests
             ));
         }
     }
-    Ok(())
+    Ok(s)
 }
 
 fn median(xs: &[f64]) -> f64 {
@@ -309,26 +280,24 @@ fn median(xs: &[f64]) -> f64 {
     }
 }
 
-/// "1.03 (0.97–1.10)": ratio of medians, and the range of the per-round (paired) ratios.
-fn ratio(a: &[f64], b: &[f64]) -> (f64, String) {
-    let r = median(a) / median(b);
-    let per: Vec<f64> = a.iter().zip(b).map(|(x, y)| x / y).collect();
+/// Ratio of medians, and "1.03 (0.97–1.10)" with the range of the per-round paired ratios.
+fn ratio(a: &[Sample], b: &[Sample], f: fn(&Sample) -> f64) -> (f64, String) {
+    let col = |s: &[Sample]| s.iter().map(f).collect::<Vec<_>>();
+    let r = median(&col(a)) / median(&col(b));
+    let per: Vec<f64> = a.iter().zip(b).map(|(x, y)| f(x) / f(y)).collect();
     let lo = per.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = per.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     (r, format!("{r:.3} ({lo:.2}–{hi:.2})"))
 }
 
-type Results = Vec<Vec<Vec<Sample>>>; // [concurrency][variant][round]
+fn med(s: &[Sample], f: fn(&Sample) -> f64) -> f64 {
+    median(&s.iter().map(f).collect::<Vec<_>>())
+}
+const RPS: fn(&Sample) -> f64 = |s| s.rps;
+const CPU: fn(&Sample) -> f64 = |s| s.cpu_per_req;
 
-fn col(s: &[Sample], f: impl Fn(&Sample) -> f64) -> Vec<f64> {
-    s.iter().map(f).collect()
-}
-fn rps(s: &Sample) -> f64 {
-    s.wrk.rps
-}
-fn cpu(s: &Sample) -> f64 {
-    s.cpu_per_req_us
-}
+/// Samples by concurrency index, variant index, round.
+type Results = Vec<Vec<Vec<Sample>>>;
 
 fn tables(o: &Opts, res: &Results) -> String {
     let mut md = String::new();
@@ -338,38 +307,30 @@ fn tables(o: &Opts, res: &Results) -> String {
         } else {
             "unpinned"
         };
-        let _ = writeln!(
+        let _ = write!(
             md,
-            "\n### `--concurrency {conc}` ({setup}), medians of {} rounds\n",
+            "\n### `--concurrency {conc}` ({setup}), medians of {} rounds\n\n",
             o.rounds
         );
         md.push_str("| variant | req/s | p50 | p99 | Envoy CPU µs/req | req/s vs bare | CPU/req vs bare |\n");
         md.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
         let bare = &res[ci][0];
-        for (vi, v) in VARIANTS.iter().enumerate() {
-            let s = &res[ci][vi];
+        for (v, s) in o.variants.iter().zip(&res[ci]) {
+            let (p50, p99) = (med(s, |x| x.p50_us), med(s, |x| x.p99_us));
+            let (rps, cpu) = (ratio(s, bare, RPS).1, ratio(s, bare, CPU).1);
+            let (r, c) = (med(s, RPS), med(s, CPU));
             let _ = writeln!(
                 md,
-                "| {v} | {:.0} | {:.0} µs | {:.0} µs | {:.2} | {} | {} |",
-                median(&col(s, rps)),
-                median(&col(s, |x| x.wrk.p50_us)),
-                median(&col(s, |x| x.wrk.p99_us)),
-                median(&col(s, cpu)),
-                ratio(&col(s, rps), &col(bare, rps)).1,
-                ratio(&col(s, cpu), &col(bare, cpu)).1
+                "| {v} | {r:.0} | {p50:.0} µs | {p99:.0} µs | {c:.2} | {rps} | {cpu} |"
             );
         }
-        md.push_str("\nPer round (req/s / CPU µs per request):\n\n| variant |");
-        md.push_str(
-            &(1..=o.rounds)
-                .map(|r| format!(" r{r} |"))
-                .collect::<String>(),
-        );
+        md.push_str("\nPer round, req/s / Envoy CPU µs per request:\n\n| variant |");
+        (1..=o.rounds).for_each(|r| md.push_str(&format!(" r{r} |")));
         let _ = write!(md, "\n|---|{}\n", "---:|".repeat(o.rounds));
-        for (vi, v) in VARIANTS.iter().enumerate() {
-            let cells: String = res[ci][vi]
+        for (v, s) in o.variants.iter().zip(&res[ci]) {
+            let cells: String = s
                 .iter()
-                .map(|s| format!(" {:.0} / {:.2} |", s.wrk.rps, s.cpu_per_req_us))
+                .map(|s| format!(" {:.0} / {:.2} |", s.rps, s.cpu_per_req))
                 .collect();
             let _ = writeln!(md, "| {v} |{cells}");
         }
@@ -377,26 +338,24 @@ fn tables(o: &Opts, res: &Results) -> String {
     md
 }
 
-/// Ratelimit vs no-op Wasm per concurrency: (markdown, all met).
-fn verdict(o: &Opts, res: &Results) -> (String, bool) {
+/// `ratelimit` vs `noop_wasm` per concurrency: (markdown table, target met everywhere).
+fn verdict(o: &Opts, res: &Results) -> Option<(String, bool)> {
+    let idx = |n: &str| o.variants.iter().position(|v| v == n);
+    let (noop, rl) = (idx("noop_wasm")?, idx("ratelimit")?);
     let mut md = String::from("| concurrency | CPU/req ratelimit ÷ noop | req/s ratelimit ÷ noop | extra CPU per request | ≤ 1.15? |\n|---|---:|---:|---:|---|\n");
     let mut all = true;
     for (ci, conc) in o.concurrency.iter().enumerate() {
-        let (noop, rl) = (&res[ci][1], &res[ci][2]);
-        let (c, cs) = ratio(&col(rl, cpu), &col(noop, cpu));
-        let met = c <= TARGET;
-        all &= met;
-        let extra = median(&col(rl, cpu)) - median(&col(noop, cpu));
-        let yes = if met { "met" } else { "**not met**" };
-        let _ = writeln!(
-            md,
-            "| {conc} | {cs} | {} | {extra:+.2} µs | {yes} |",
-            ratio(&col(rl, rps), &col(noop, rps)).1
-        );
+        let (noop, rl) = (&res[ci][noop], &res[ci][rl]);
+        let ((c, cs), rs) = (ratio(rl, noop, CPU), ratio(rl, noop, RPS).1);
+        all &= c <= TARGET;
+        let extra = med(rl, CPU) - med(noop, CPU);
+        let met = if c <= TARGET { "met" } else { "**not met**" };
+        let _ = writeln!(md, "| {conc} | {cs} | {rs} | {extra:+.2} µs | {met} |");
     }
-    (md, all)
+    Some((md, all))
 }
 
+/// One load generator's run against the plain target.
 struct Cross {
     name: &'static str,
     rps: f64,
@@ -408,191 +367,184 @@ struct Cross {
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let i = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len().max(1)) - 1;
-    sorted.get(i).copied().unwrap_or(f64::NAN)
+    let i = (sorted.len() as f64 * p).ceil() as usize;
+    sorted.get(i.saturating_sub(1)).copied().unwrap_or(f64::NAN)
 }
 
-/// `h2load --h1 -c 10 --rps RATE/10 -D S` with a per-request log for the percentiles.
-fn h2load(url: &str, rate: u32, seconds: u64, log: &Path) -> Res<(f64, u64, u64, f64, f64)> {
-    let clients = 10;
-    let per_client = format!("{}", f64::from(rate) / f64::from(clients));
-    let out = run_cmd(
-        maybe_pinned(Some("1"), "h2load")
-            .args(["--h1", "-c", &clients.to_string(), "--rps", &per_client])
-            .args(["-D", &seconds.to_string(), "--log-file"])
-            .arg(log)
-            .arg(url),
-    )?;
-    let rps = out.lines().find_map(|l| {
-        l.strip_prefix("finished in ")?
+/// `h2load --h1 -c 10 --rps RATE/10 -D S`, percentiles from its per-request log.
+fn h2load(url: &str, o: &Opts, log: &Path) -> Res<Cross> {
+    let rps = format!("{}", f64::from(o.xcheck_rps) / 10.0);
+    let mut cmd = pinned(Some("1"), "h2load");
+    cmd.args([
+        "--h1",
+        "-c",
+        "10",
+        "--rps",
+        &rps,
+        "-D",
+        &o.seconds.to_string(),
+        "--log-file",
+    ]);
+    let out = run_cmd(cmd.arg(log).arg(url))?;
+    let find = |prefix: &str| out.lines().find_map(|l| l.strip_prefix(prefix));
+    let rps = find("finished in ").and_then(|l| l.split(", ").nth(1)?.strip_suffix(" req/s"));
+    let counts = find("requests: ").unwrap_or("");
+    let n = |what: &str| {
+        counts
             .split(", ")
-            .nth(1)?
-            .strip_suffix(" req/s")?
-            .parse::<f64>()
-            .ok()
-    });
-    let counts = out
-        .lines()
-        .find_map(|l| l.strip_prefix("requests: "))
-        .map(|l| {
-            let n = |what: &str| {
-                l.split(", ")
-                    .find_map(|p| p.strip_suffix(what)?.trim().parse::<u64>().ok())
-                    .unwrap_or(0)
-            };
-            (
-                n(" succeeded"),
-                n(" failed") + n(" errored") + n(" timeout"),
-            )
-        });
-    let (Some(rps), Some((ok, failed))) = (rps, counts) else {
+            .find_map(|p| p.strip_suffix(what)?.parse::<u64>().ok())
+    };
+    let (Some(rps), Some(ok)) = (rps.and_then(|r| r.parse::<f64>().ok()), n(" succeeded")) else {
         return Err(format!("cannot parse h2load output:\n{out}"));
     };
+    let failed = [" failed", " errored", " timeout"]
+        .iter()
+        .filter_map(|w| n(w))
+        .sum();
     let text = std::fs::read_to_string(log).map_err(|e| format!("h2load log: {e}"))?;
     let mut lat: Vec<f64> = text
         .lines()
-        .filter_map(|l| l.split('\t').nth(2)?.trim().parse().ok())
+        .filter_map(|l| l.split('\t').nth(2)?.parse().ok())
         .collect();
     lat.sort_by(f64::total_cmp);
-    Ok((
+    let name = "h2load --h1 --rps (latency from actual send)";
+    let (p50_us, p99_us) = (percentile(&lat, 0.5), percentile(&lat, 0.99));
+    Ok(Cross {
+        name,
         rps,
+        p50_us,
+        p99_us,
         ok,
         failed,
-        percentile(&lat, 0.5),
-        percentile(&lat, 0.99),
-    ))
+        cpu_per_req: 0.0,
+    })
 }
 
 fn cross_check(o: &Opts, script: &Path) -> Res<Vec<Cross>> {
     let envoy = bundle("bare")?.launch(1).map_err(|e| e.to_string())?;
     pin_all(envoy.pid(), "0")?;
-    pin_all(std::process::id(), "1")?; // the in-process loadgen runs on CPU 1 too
+    pin_all(std::process::id(), "1")?; // the in-process loadgen's threads start on CPU 1
     let url = format!("http://127.0.0.1:{}", envoy.ingress());
-    wrk(
-        &format!("{url}/"),
-        o.warmup.max(1),
-        o.connections,
-        script,
-        Some("1"),
-    )?;
+    wrk(&format!("{url}/"), o.warmup.max(1), o, script, Some("1"))?;
     let cfg = LoadConfig {
         target: url.clone(),
         rate_rps: f64::from(o.xcheck_rps),
         duration_ms: o.seconds * 1000,
-        path_template: "/PostView?blogId={key}&logNo=1".into(),
         keys: KeyMix {
             zipf_n: BLOG_IDS as usize,
             ..KeyMix::default()
         },
         ..LoadConfig::default()
     };
-    let c0 = envoy.cpu_us();
+    let cpu0 = envoy.cpu_us();
     let r = loadgen::run(&cfg).map_err(|e| format!("loadgen: {e}"))?;
-    let c1 = envoy.cpu_us();
+    let cpu1 = envoy.cpu_us();
     let ok = r.by_status.get(&200).copied().unwrap_or(0);
-    let mut out = vec![Cross {
-        name: "sg loadgen (open loop, latency from intended send time)",
+    let lg = Cross {
+        name: "sg loadgen (open loop, latency from intended send)",
         rps: r.achieved_rps,
         p50_us: r.latency_us.p50 as f64,
         p99_us: r.latency_us.p99 as f64,
         ok,
         failed: r.completed - ok + r.errors + r.dropped_client_side,
-        cpu_per_req: c1.saturating_sub(c0) as f64 / r.completed.max(1) as f64,
-    }];
+        cpu_per_req: cpu1.saturating_sub(cpu0) as f64 / r.completed.max(1) as f64,
+    };
     let log = std::env::temp_dir().join(format!("sg-bench-h2load-{}.log", std::process::id()));
-    let c0 = envoy.cpu_us();
-    let (rps, ok, failed, p50, p99) = h2load(
-        &format!("{url}/PostView?blogId=1&logNo=1"),
-        o.xcheck_rps,
-        o.seconds,
-        &log,
-    )?;
-    let c1 = envoy.cpu_us();
+    let cpu0 = envoy.cpu_us();
+    let mut h2 = h2load(&format!("{url}/PostView?blogId=1&logNo=1"), o, &log);
+    let cpu1 = envoy.cpu_us();
     let _ = std::fs::remove_file(&log);
-    out.push(Cross {
-        name: "h2load --h1 --rps (latency from actual send time)",
-        rps,
-        p50_us: p50,
-        p99_us: p99,
-        ok,
-        failed,
-        cpu_per_req: c1.saturating_sub(c0) as f64 / (ok + failed).max(1) as f64,
-    });
-    let all = (0..std::thread::available_parallelism().map_or(2, |n| n.get()))
-        .map(|c| c.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
-    pin_all(std::process::id(), &all)?;
-    Ok(out)
+    if let Ok(h) = &mut h2 {
+        h.cpu_per_req = cpu1.saturating_sub(cpu0) as f64 / (h.ok + h.failed).max(1) as f64;
+    }
+    let ncpu = std::thread::available_parallelism().map_or(2, |n| n.get());
+    pin_all(std::process::id(), &format!("0-{}", ncpu - 1))?;
+    Ok(vec![lg, h2?])
+}
+
+fn first_line(cmd: &mut Command) -> String {
+    let out = cmd
+        .output()
+        .map(|o| [o.stdout, o.stderr].concat())
+        .unwrap_or_default();
+    String::from_utf8_lossy(&out)
+        .lines()
+        .next()
+        .unwrap_or("?")
+        .trim()
+        .to_string()
 }
 
 fn machine() -> String {
-    let first_line = |out: Res<String>| {
-        out.ok()
-            .and_then(|s| s.lines().next().map(str::to_string))
-            .unwrap_or_default()
-    };
-    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines().find_map(|l| {
-                l.strip_prefix("model name")?
-                    .split_once(':')
-                    .map(|x| x.1.trim().to_string())
-            })
-        })
-        .unwrap_or_default();
-    let envoy = first_line(
-        run_cmd(Command::new(envoy_bin()).arg("--version")).map(|s| s.trim().to_string()),
-    );
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name")?.split_once(':'));
     format!(
-        "- Date: {}\n- Machine: {} CPUs (`nproc`), {cpu_model}, kernel `{}`\n- Envoy: `{}`\n- wrk: `{}`\n",
-        first_line(run_cmd(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"]))),
-        std::thread::available_parallelism().map_or(0, |n| n.get()),
-        first_line(run_cmd(&mut Command::new("uname").arg("-r"))),
-        envoy.trim(),
-        first_line(Command::new("wrk").arg("--version").output().map_err(|e| e.to_string()).map(|o| {
-            let (out, err) = (String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-            format!("{out}{err}")
-        })),
+        "- Date: {}\n- Machine: {} CPUs (`nproc`), {}, kernel `{}` (`uname -r`)\n- Envoy: `{}`\n- wrk: `{}`; h2load: `{}`\n",
+        first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
+        first_line(&mut Command::new("nproc")),
+        model.map_or("?", |m| m.1.trim()),
+        first_line(Command::new("uname").arg("-r")),
+        first_line(Command::new(envoy_bin()).arg("--version")),
+        first_line(Command::new("wrk").arg("--version")),
+        first_line(Command::new("h2load").arg("--version")),
     )
 }
 
-fn report(o: &Opts, args: &[String], res: &Results, cross: &Res<Vec<Cross>>) -> (String, String) {
-    let table = tables(o, res);
-    let (ver, met) = verdict(o, res);
+const METHOD: &str = "## Method
+
+Variants, all the same Envoy and the same bundle (`envoy.yaml`), the ingress route replaced by a `direct_response` (200, `ok\\n`) so that no upstream is measured:
+
+{variants}
+Each measurement launches a fresh Envoy, runs a {warmup} s wrk warm-up, then `wrk -t1 -c{conns} -d{secs}s --latency --timeout 2s -s bench.lua` where the Lua script cycles through `/PostView?blogId=1..{ids}&logNo=1` ({ids} keys; the same script for every variant). At `--concurrency 1` Envoy (all threads, `taskset -a -p -c 0`) is pinned to CPU 0 and wrk (`taskset -c 1`) to CPU 1; at `--concurrency 2` nothing is pinned. Envoy CPU per request = Envoy's user + system CPU time (`/proc/PID/stat`) over the {secs} s window ÷ requests wrk completed. Every measurement checks that all responses were 200 and that the rate-limit filter under test counted every request as passed (none limited).
+
+Rounds are interleaved ({rounds} rounds; each round runs every variant at every concurrency, starting with a different variant each round). Tables show medians; ratios are *ratio of medians (min–max of the per-round paired ratios)*, always against variants of the same run.
+";
+
+const NOT_MET: &str = "Target **not met**. Per request, `ratelimit` does this on top of the no-op filter: three request-header reads (`:path`, `:authority`, `:method`, each a host call copying the value into the VM), a clock read, the key extraction from the query, one `get_shared_data` (host call: Envoy's shared-data map under its lock, value copied into the VM), the GCRA arithmetic, one CAS `set_shared_data` (host call, copy, same process-wide lock), one `increment_metric`, and two response-header writes (`RateLimit-Policy`, `RateLimit`, with their `format!`s). The shared-data get + CAS set and the header traffic across the Wasm boundary are where the difference likely goes; the filter logic itself is small next to the host calls. `--variants bare,noop_wasm,ratelimit,ratelimit_no_headers,ratelimit_nomatch` splits the cost: `ratelimit_nomatch` keeps the header reads but touches no shared data, `ratelimit_no_headers` drops only the two response headers.\n";
+
+const NOISE: &str = "## Notes on noise
+
+The machine is a shared VM with 2 cores and is noisy: one round can move by ±20%. That is why rounds are interleaved, medians reported, and ratios taken only between variants of the same run; the per-round tables and the min–max ranges of the paired ratios show the spread, and a difference smaller than that spread is not significant. Envoy CPU per request is steadier than req/s (it does not depend on how much CPU wrk gets). At `--concurrency 2`, Envoy's two workers and wrk share the same 2 cores, so req/s there is bounded by the machine rather than by Envoy. CPU time is counted in 10 ms ticks, negligible over a window of hundreds of thousands of requests.
+";
+
+fn report(o: &Opts, args: &[String], res: &Results, cross: &Res<Vec<Cross>>) -> String {
     let mut md = format!(
-        "# Benchmarks\n\nGenerated by `make bench`, which runs `cargo run --release -q -p sg-integration --bin bench -- --out docs/BENCHMARKS.md`.\n\
-This run: `cargo run --release -p sg-integration --bin bench -- {}`\n\n{}\n## Method\n\n\
-Four variants of the same bundle (`envoy.yaml`) on the same Envoy, the ingress route replaced by a `direct_response` (200, `ok\\n`) so no upstream is measured:\n\
-`bare` (no Wasm filter), `noop_wasm` (`sg_noop.wasm`, does nothing), `ratelimit` (`sg_ratelimit.wasm`, rule `bench`: key `query blogId`, `1000000r/s`, burst 1000000, nodelay: never limits, so every request does key extraction, one shared-data get and one CAS set), \
-`native_local_ratelimit` (`envoy.filters.http.local_ratelimit`, token bucket 10^8 tokens per 1 s, enabled and enforced 100%, never limits).\n\n\
-Each measurement launches a fresh Envoy, runs a {w}s `wrk` warm-up, then `wrk -t1 -c{c} -d{s}s --latency --timeout 2s` with a Lua script cycling through `/PostView?blogId=1..{BLOG_IDS}&logNo=1` (same script for every variant). \
-Envoy CPU per request = Envoy's user+system CPU time (`/proc/PID/stat`, 10 ms ticks) over the {s}s window ÷ requests wrk completed. Every measurement checks that all responses were 200 and that the filter under test counted each request as passed (none limited). \
-Rounds are interleaved ({r} rounds; each round runs every variant, starting with a different one each round); the tables show medians, and ratios as *ratio of medians (min–max of the per-round paired ratios)*.\n",
+        "# Benchmarks\n\nGenerated by `make bench`, i.e. `cargo run --release -q -p sg-integration --bin bench -- --out docs/BENCHMARKS.md`.\n\
+         This file: `cargo run --release -p sg-integration --bin bench -- {}`\n\n{}\n",
         args.join(" "),
-        machine(),
-        w = o.warmup,
-        c = o.connections,
-        s = o.seconds,
-        r = o.rounds,
+        machine()
     );
-    md.push_str("\n## Results\n");
-    md.push_str(&table);
-    let _ = write!(md, "\n## Ratelimit vs no-op Wasm filter\n\nTarget: `ratelimit` costs at most 15% more Envoy CPU per request than `noop_wasm`.\n\n{ver}\n");
-    md.push_str(if met {
-        "Target **met** at every concurrency measured.\n"
-    } else {
-        "Target **not met**. The extra work of `ratelimit` over the no-op filter is per request: reading the `:path` header and parsing the query for the key, \
-one `get_shared_data` (a host call that copies the slot out of Envoy's shared-data map under its lock) and one CAS `set_shared_data` (another host call and copy, \
-plus a lock shared by all workers), and the GCRA arithmetic. The host calls and copies across the Wasm boundary are the likely bulk of the difference; \
-the filter logic itself is cheap next to them.\n"
-    });
-    md.push_str("\n## Load-generator cross-check\n\n");
+    let variants = o
+        .variants
+        .iter()
+        .filter_map(|v| VARIANTS.iter().find(|x| x.0 == v.as_str()));
+    let variants: String = variants.map(|(n, d)| format!("- `{n}`: {d}\n")).collect();
+    md += &METHOD
+        .replace("{variants}", &variants)
+        .replace("{warmup}", &o.warmup.to_string())
+        .replace("{conns}", &o.connections.to_string())
+        .replace("{secs}", &o.seconds.to_string())
+        .replace("{ids}", &BLOG_IDS.to_string())
+        .replace("{rounds}", &o.rounds.to_string());
+    md += "\n## Results\n";
+    md += &tables(o, res);
+    if let Some((table, met)) = verdict(o, res) {
+        md += "\n## Ratelimit vs no-op Wasm filter\n\nTarget: `ratelimit` costs at most 15% more Envoy CPU per request than `noop_wasm`.\n\n";
+        md += &table;
+        md += if met {
+            "\nTarget **met** at every concurrency measured.\n"
+        } else {
+            NOT_MET
+        };
+    }
+    md += "\n## Load-generator cross-check\n\n";
     match cross {
+        Err(e) => md += &format!("Cross-check failed: {e}\n"),
         Ok(rows) => {
-            let _ = writeln!(md, "Target: the `bare` Envoy (`--concurrency 1`, pinned to CPU 0; generators on CPU 1), {} req/s offered for {}s by each generator in turn, after a wrk warm-up. sg loadgen: `sg_integration::loadgen::run` ({BLOG_IDS} Zipf keys); h2load: 10 HTTP/1.1 clients × {} req/s each, fixed path.\n", o.xcheck_rps, o.seconds, f64::from(o.xcheck_rps) / 10.0);
-            md.push_str("| generator | achieved req/s | p50 | p99 | 200 | failed | Envoy CPU µs/req |\n|---|---:|---:|---:|---:|---:|---:|\n");
+            let _ = writeln!(md, "Target: the `bare` Envoy at `--concurrency 1` (pinned to CPU 0, generators on CPU 1), {} req/s offered for {} s by each generator in turn after a wrk warm-up. sg loadgen: `sg_integration::loadgen::run` ({BLOG_IDS} Zipf keys). h2load: 10 HTTP/1.1 clients × {} req/s each (`--rps`), one path; wrk cannot hold a fixed rate.\n", o.xcheck_rps, o.seconds, f64::from(o.xcheck_rps) / 10.0);
+            md += "| generator | achieved req/s | p50 | p99 | 200 | failed | Envoy CPU µs/req |\n|---|---:|---:|---:|---:|---:|---:|\n";
             for x in rows {
                 let _ = writeln!(
                     md,
@@ -600,58 +552,62 @@ the filter logic itself is cheap next to them.\n"
                     x.name, x.rps, x.p50_us, x.p99_us, x.ok, x.failed, x.cpu_per_req
                 );
             }
-            md.push_str("\nThe latencies are not defined the same way: the loadgen measures from each request's *intended* send time (no coordinated omission), h2load from when it actually sent it, so loadgen percentiles are an upper bound of h2load's at the same rate.\n");
-        }
-        Err(e) => {
-            let _ = writeln!(md, "Cross-check failed: {e}");
+            md += "\nThe latencies are defined differently: the loadgen measures from each request's *intended* send time (so it cannot hide a stall of its own or of the server: no coordinated omission), h2load from when it actually sent the request. The loadgen's figure therefore includes its own scheduling lateness (tokio timers have 1 ms granularity), which dominates its percentiles against a target this fast.\n";
         }
     }
-    md.push_str("\n## Notes on noise\n\nThe machine is a shared VM with 2 cores and is noisy: a single round can move by ±20%, which is why rounds are interleaved and medians reported, and why ratios are taken within the same run only. \
-The per-round tables and the min–max ranges of the paired ratios show the spread; a ratio difference smaller than that spread is not significant. \
-At `--concurrency 2` Envoy's two workers and wrk share the same 2 cores, so req/s there is bounded by the machine, not by Envoy alone; CPU per request is the more meaningful figure. \
-CPU time is counted in 10 ms ticks, negligible over a {s}s window at tens of thousands of requests per second.\n".replace("{s}", &o.seconds.to_string()).as_str());
-    (md, table)
-}
-
-fn write_lua() -> Res<PathBuf> {
-    let path = std::env::temp_dir().join(format!("sg-bench-{}.lua", std::process::id()));
-    let lua = format!(
-        "local reqs, i = {{}}, 0\n\
-init = function(args)\n  for k = 1, {BLOG_IDS} do reqs[k] = wrk.format(\"GET\", \"/PostView?blogId=\" .. k .. \"&logNo=1\") end\nend\n\
-request = function()\n  i = i % {BLOG_IDS} + 1\n  return reqs[i]\nend\n"
-    );
-    std::fs::write(&path, lua).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(path)
+    md + "\n" + NOISE
 }
 
 fn run(args: &[String]) -> Res<()> {
     let o = parse_args(args)?;
-    let script = write_lua()?;
-    let mut res: Results = vec![vec![Vec::new(); VARIANTS.len()]; o.concurrency.len()];
+    let script = std::env::temp_dir().join(format!("sg-bench-{}.lua", std::process::id()));
+    let lua = format!(
+        "local reqs, i = {{}}, 0\ninit = function(args)\n  for k = 1, {BLOG_IDS} do\n    \
+         reqs[k] = wrk.format(\"GET\", \"/PostView?blogId=\" .. k .. \"&logNo=1\")\n  end\nend\n\
+         request = function()\n  i = i % {BLOG_IDS} + 1\n  return reqs[i]\nend\n"
+    );
+    std::fs::write(&script, lua).map_err(|e| format!("{}: {e}", script.display()))?;
+    let mut res: Results = vec![vec![Vec::new(); o.variants.len()]; o.concurrency.len()];
+    let nv = o.variants.len();
     for round in 0..o.rounds {
         for (ci, conc) in o.concurrency.iter().enumerate() {
-            for k in 0..VARIANTS.len() {
-                let vi = (k + round) % VARIANTS.len();
-                let s = measure(VARIANTS[vi], *conc, &o, &script)?;
+            for vi in (0..nv).map(|k| (k + round) % nv) {
+                let v = &o.variants[vi];
+                let s =
+                    measure(v, *conc, &o, &script).map_err(|e| format!("{v} at {conc}: {e}"))?;
+                let (r, p50, p99, cpu) = (s.rps, s.p50_us, s.p99_us, s.cpu_per_req);
                 eprintln!(
-                    "round {}/{} concurrency {conc} {:<24} {:>8.0} req/s  p50 {:>6.0} µs  p99 {:>6.0} µs  {:.2} CPU µs/req",
-                    round + 1, o.rounds, VARIANTS[vi], s.wrk.rps, s.wrk.p50_us, s.wrk.p99_us, s.cpu_per_req_us
+                    "round {}/{} concurrency {conc} {v:<24} {r:>7.0} req/s  p50 {p50:>5.0} µs  p99 {p99:>6.0} µs  {cpu:.2} CPU µs/req",
+                    round + 1,
+                    o.rounds
                 );
                 res[ci][vi].push(s);
             }
         }
     }
-    eprintln!("load-generator cross-check at {} req/s ...", o.xcheck_rps);
+    eprintln!("load-generator cross-check at {} req/s", o.xcheck_rps);
     let cross = cross_check(&o, &script);
     let _ = std::fs::remove_file(&script);
-    let (md, table) = report(&o, args, &res, &cross);
     if let Some(dir) = o.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     }
-    std::fs::write(&o.out, &md).map_err(|e| format!("{}: {e}", o.out.display()))?;
-    println!("{table}\n{}", verdict(&o, &res).0);
-    if let Err(e) = &cross {
-        eprintln!("cross-check failed: {e}");
+    let md = report(&o, args, &res, &cross);
+    std::fs::write(&o.out, md).map_err(|e| format!("{}: {e}", o.out.display()))?;
+    println!("{}", tables(&o, &res));
+    if let Some((table, met)) = verdict(&o, &res) {
+        println!(
+            "ratelimit vs noop_wasm (target <= {TARGET}: {}):\n{table}",
+            if met { "met" } else { "not met" }
+        );
+    }
+    match &cross {
+        Ok(rows) => rows.iter().for_each(|x| {
+            println!(
+                "cross-check {}: {:.0} req/s, p50 {:.0} µs, p99 {:.0} µs",
+                x.name, x.rps, x.p50_us, x.p99_us
+            )
+        }),
+        Err(e) => eprintln!("cross-check failed: {e}"),
     }
     println!("written to {}", o.out.display());
     Ok(())
@@ -659,6 +615,10 @@ fn run(args: &[String]) -> Res<()> {
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        println!("{USAGE}");
+        return ExitCode::SUCCESS;
+    }
     match run(&args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
