@@ -269,3 +269,31 @@ fn bad_configs_are_refused_naming_the_field() {
         "{e:?}"
     );
 }
+
+#[test]
+fn shipped_example_and_bundle_configs_compile() {
+    let example = include_str!("../../../config/ratelimit.json");
+    let p = Config::parse(example.as_bytes());
+    assert!(p.as_ref().is_ok_and(|p| p.rules.len() == 3), "{:?}", p.err());
+    // The config embedded in envoy.yaml (the block after `value: |` of spikeguard.ratelimit).
+    let bundle = include_str!("../../../envoy.yaml");
+    let start = bundle.find("sg_ratelimit.wasm").and_then(|i| bundle[i..].find("value: |").map(|j| i + j + 8));
+    let json: String = start
+        .map(|s| bundle[s..].lines().skip(1).take_while(|l| !l.trim_start().starts_with("- name:")).collect::<Vec<_>>().join("\n"))
+        .unwrap_or_default();
+    let p = Config::parse(json.as_bytes());
+    assert!(p.is_ok(), "bundle config: {:?}\n{json}", p.err());
+}
+
+#[test]
+fn schema_names_every_config_field() {
+    // The schema is documentation for users' editors; keep it in step with the structs.
+    let schema: serde_json::Value = serde_json::from_str(include_str!("../../../config/ratelimit.schema.json")).unwrap_or_default();
+    let rule = &schema["$defs"]["rule"]["properties"];
+    for f in ["name", "match", "key", "lowercase_key", "max_key_len", "rate", "burst", "mode", "dry_run", "max_keys"] {
+        assert!(rule.get(f).is_some(), "schema lacks rules[].{f}");
+    }
+    for f in ["rules", "reject", "on_store_error", "cas_attempts", "rate_limit_headers"] {
+        assert!(schema["properties"].get(f).is_some(), "schema lacks {f}");
+    }
+}
