@@ -14,9 +14,9 @@ fn rl(rules: Value) -> Vec<(&'static str, Value)> {
 
 #[test]
 fn nodelay_burst_then_reject_with_headers() {
-    let cfg = json!([{"name": "per_blog", "key": {"query": "blogId"},
-        "rate": "1r/m", "burst": 2, "mode": "nodelay"}]);
-    let s = Stack::start(&rl(cfg), 1);
+    let cfg = json!({"rules": [{"name": "per_blog", "key": {"query": "blogId"},
+        "rate": "1r/m", "burst": 2, "mode": "nodelay"}], "rate_limit_headers": true});
+    let s = Stack::start(&[("ratelimit", cfg)], 1);
     let codes: Vec<u16> = (0..5)
         .map(|_| s.get("/PostView?blogId=a&logNo=1").status)
         .collect();

@@ -80,7 +80,9 @@ impl Bundle {
     fn wasm_filter_mut(&mut self, filter: &str) -> Option<&mut Value> {
         let name = format!("spikeguard.{filter}");
         for l in self.listeners_mut() {
-            if let Some(fs) = l["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"].as_array_mut() {
+            if let Some(fs) =
+                l["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"].as_array_mut()
+            {
                 if let Some(f) = fs.iter_mut().find(|f| f["name"] == name.as_str()) {
                     return Some(f);
                 }
@@ -113,7 +115,9 @@ impl Bundle {
     /// Removes every spikeguard filter not listed (keeps router and native filters).
     pub fn keep_filters(&mut self, keep: &[&str]) {
         for l in self.listeners_mut() {
-            if let Some(fs) = l["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"].as_array_mut() {
+            if let Some(fs) =
+                l["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"].as_array_mut()
+            {
                 fs.retain(|f| {
                     let n = f["name"].as_str().unwrap_or("");
                     match n.strip_prefix("spikeguard.") {
@@ -164,26 +168,33 @@ impl Bundle {
             .iter_mut()
             .find(|c| c["name"] == cluster)
             .ok_or_else(|| err(format!("no cluster {cluster}")))?;
-        c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"] =
-            json!({"address": "127.0.0.1", "port_value": port});
+        c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+            ["socket_address"] = json!({"address": "127.0.0.1", "port_value": port});
         Ok(())
     }
 
     /// Ephemeral ports for admin and listeners; absolute wasm paths.
     fn render(&self) -> Value {
         let mut doc = self.doc.clone();
-        doc["admin"]["address"]["socket_address"] = json!({"address": "127.0.0.1", "port_value": 0});
+        doc["admin"]["address"]["socket_address"] =
+            json!({"address": "127.0.0.1", "port_value": 0});
         if let Some(ls) = doc["static_resources"]["listeners"].as_array_mut() {
             for l in ls {
                 l["address"]["socket_address"]["port_value"] = json!(0);
-                if let Some(fs) = l["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"].as_array_mut() {
+                if let Some(fs) = l["filter_chains"][0]["filters"][0]["typed_config"]
+                    ["http_filters"]
+                    .as_array_mut()
+                {
                     for f in fs {
                         // pointer_mut, not indexing: IndexMut would add the path to filters
                         // that have no wasm config (the router).
-                        if let Some(code) = f.pointer_mut("/typed_config/config/vm_config/code/local/filename") {
+                        if let Some(code) =
+                            f.pointer_mut("/typed_config/config/vm_config/code/local/filename")
+                        {
                             if let Some(p) = code.as_str() {
                                 if Path::new(p).is_relative() {
-                                    *code = Value::String(repo_root().join(p).display().to_string());
+                                    *code =
+                                        Value::String(repo_root().join(p).display().to_string());
                                 }
                             }
                         }
@@ -212,10 +223,22 @@ impl Bundle {
 /// `envoy --mode validate`: fails with Envoy's own message.
 pub fn validate(cfg: &Path) -> io::Result<()> {
     let out = Command::new(envoy_bin())
-        .args(["--mode", "validate", "--disable-hot-restart", "-l", "warn", "-c"])
+        .args([
+            "--mode",
+            "validate",
+            "--disable-hot-restart",
+            "-l",
+            "warn",
+            "-c",
+        ])
         .arg(cfg)
         .output()
-        .map_err(|e| err(format!("cannot run {}: {e} (run `make setup`)", envoy_bin().display())))?;
+        .map_err(|e| {
+            err(format!(
+                "cannot run {}: {e} (run `make setup`)",
+                envoy_bin().display()
+            ))
+        })?;
     if !out.status.success() {
         return Err(err(format!(
             "envoy --mode validate refused {}:\n{}{}",
@@ -267,11 +290,19 @@ impl Envoy {
         let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(err(format!("envoy exited with {status} before ready:\n{}", self.log_tail(60))));
+                return Err(err(format!(
+                    "envoy exited with {status} before ready:\n{}",
+                    self.log_tail(60)
+                )));
             }
             if self.admin == 0 {
                 if let Ok(s) = std::fs::read_to_string(self.dir.join("admin.addr")) {
-                    self.admin = s.trim().rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
+                    self.admin = s
+                        .trim()
+                        .rsplit(':')
+                        .next()
+                        .and_then(|p| p.parse().ok())
+                        .unwrap_or(0);
                 }
             }
             if self.admin != 0 && http::get(self.admin, "/ready").is_ok_and(|r| r.status == 200) {
@@ -290,7 +321,10 @@ impl Envoy {
                 }
             }
             if Instant::now() > deadline {
-                return Err(err(format!("envoy not ready in {timeout:?}:\n{}", self.log_tail(60))));
+                return Err(err(format!(
+                    "envoy not ready in {timeout:?}:\n{}",
+                    self.log_tail(60)
+                )));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -338,7 +372,9 @@ impl Envoy {
 
     /// `/stats/prometheus` text.
     pub fn prometheus(&self) -> String {
-        http::get(self.admin, "/stats/prometheus").map(|r| r.body).unwrap_or_default()
+        http::get(self.admin, "/stats/prometheus")
+            .map(|r| r.body)
+            .unwrap_or_default()
     }
 
     /// Polls a stat until `pred` holds or the deadline passes; returns the last value.

@@ -22,12 +22,20 @@ impl Response {
 }
 
 /// Sends `method path` to 127.0.0.1:port with extra raw header lines and an optional body.
-pub fn request(port: u16, method: &str, path: &str, headers: &[(&str, &[u8])], body: &[u8]) -> io::Result<Response> {
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+    body: &[u8],
+) -> io::Result<Response> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(20)))?;
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut req = Vec::new();
-    req.extend_from_slice(format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n").as_bytes());
+    req.extend_from_slice(
+        format!("{method} {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n").as_bytes(),
+    );
     for (k, v) in headers {
         req.extend_from_slice(k.as_bytes());
         req.extend_from_slice(b": ");
@@ -84,7 +92,8 @@ fn parse(raw: &[u8]) -> io::Result<Response> {
 fn dechunk(mut b: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     while let Some(eol) = b.windows(2).position(|w| w == b"\r\n") {
-        let size = usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
+        let size =
+            usize::from_str_radix(String::from_utf8_lossy(&b[..eol]).trim(), 16).unwrap_or(0);
         if size == 0 || b.len() < eol + 2 + size {
             break;
         }

@@ -30,8 +30,18 @@ fn free_port() -> io::Result<u16> {
 impl Nginx {
     /// Starts nginx with `limit_req_zone $arg_<key_arg> rate=<rate>` and
     /// `limit_req <limit_req_args>` (e.g. `burst=5 nodelay`) proxying to `upstream_port`.
-    pub fn limit_req(upstream_port: u16, key_arg: &str, rate: &str, limit_req_args: &str, status: u16) -> io::Result<Nginx> {
-        let dir = std::env::temp_dir().join(format!("sg-nginx-{}-{}", std::process::id(), SEQ.fetch_add(1, Ordering::SeqCst)));
+    pub fn limit_req(
+        upstream_port: u16,
+        key_arg: &str,
+        rate: &str,
+        limit_req_args: &str,
+        status: u16,
+    ) -> io::Result<Nginx> {
+        let dir = std::env::temp_dir().join(format!(
+            "sg-nginx-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Ordering::SeqCst)
+        ));
         std::fs::create_dir_all(&dir)?;
         let port = free_port()?;
         let d = dir.display();
@@ -79,13 +89,19 @@ http {{
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Ok(Some(st)) = n.child.try_wait() {
-                return Err(io::Error::other(format!("nginx exited {st}: {}", n.error_log())));
+                return Err(io::Error::other(format!(
+                    "nginx exited {st}: {}",
+                    n.error_log()
+                )));
             }
             if http::get(port, "/__ready").is_ok_and(|r| r.status == 200) {
                 return Ok(n);
             }
             if Instant::now() > deadline {
-                return Err(io::Error::other(format!("nginx not ready: {}", n.error_log())));
+                return Err(io::Error::other(format!(
+                    "nginx not ready: {}",
+                    n.error_log()
+                )));
             }
             std::thread::sleep(Duration::from_millis(20));
         }

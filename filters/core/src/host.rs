@@ -9,6 +9,7 @@
 use crate::shared::{SharedStore, StoreError, Versioned};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::MetricType;
+use std::cell::OnceCell;
 
 /// Direct ABI imports (proxy-wasm ABI 0.2.1) with statuses as plain integers.
 mod raw {
@@ -242,17 +243,23 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// A request as the host shows it, read lazily: only what a rule asks for is fetched.
-/// Header values are read as bytes and decoded lossily: a non-UTF-8 header never traps.
+/// A request as the host shows it, read lazily: only what a rule asks for is fetched (each
+/// value is a host call). Header values are read as bytes and decoded lossily: a non-UTF-8
+/// header never traps.
+#[derive(Default)]
 pub struct HostRequest {
-    path: String,
-    host: String,
-    method: String,
-    source: std::cell::OnceCell<String>,
+    path: OnceCell<String>,
+    host: OnceCell<String>,
+    method: OnceCell<String>,
+    source: OnceCell<String>,
 }
 
 fn header_bytes(name: &str) -> Option<Vec<u8>> {
     get_header(REQUEST_HEADERS, name)
+}
+
+fn header_string(name: &str) -> String {
+    header_bytes(name).map(lossy).unwrap_or_default()
 }
 
 fn lossy(b: Vec<u8>) -> String {
@@ -270,26 +277,15 @@ pub fn property_string(path: &[&str]) -> Option<String> {
         .map(lossy)
 }
 
-impl HostRequest {
-    pub fn fetch() -> HostRequest {
-        HostRequest {
-            path: header_bytes(":path").map(lossy).unwrap_or_default(),
-            host: header_bytes(":authority").map(lossy).unwrap_or_default(),
-            method: header_bytes(":method").map(lossy).unwrap_or_default(),
-            source: std::cell::OnceCell::new(),
-        }
-    }
-    pub fn method(&self) -> &str {
-        &self.method
-    }
-}
-
 impl crate::key::RequestView for HostRequest {
+    fn method(&self) -> &str {
+        self.method.get_or_init(|| header_string(":method"))
+    }
     fn path(&self) -> &str {
-        &self.path
+        self.path.get_or_init(|| header_string(":path"))
     }
     fn host(&self) -> &str {
-        &self.host
+        self.host.get_or_init(|| header_string(":authority"))
     }
     fn source_address(&self) -> &str {
         self.source

@@ -48,6 +48,8 @@ impl KeySpec {
 /// What a filter can read about the request. Implemented over host calls in the adapter
 /// and over plain structs in tests.
 pub trait RequestView {
+    /// `:method`.
+    fn method(&self) -> &str;
     /// `:path` including the query string.
     fn path(&self) -> &str;
     /// `:authority`.
@@ -144,6 +146,7 @@ impl KeyPlan {
 /// Plain request for tests and tools.
 #[derive(Debug, Clone, Default)]
 pub struct SimpleRequest {
+    pub method: String,
     pub path: String,
     pub host: String,
     pub source: String,
@@ -151,6 +154,9 @@ pub struct SimpleRequest {
 }
 
 impl RequestView for SimpleRequest {
+    fn method(&self) -> &str {
+        &self.method
+    }
     fn path(&self) -> &str {
         &self.path
     }
@@ -174,6 +180,7 @@ mod tests {
 
     fn req(path: &str, xff: Option<&str>) -> SimpleRequest {
         SimpleRequest {
+            method: "GET".into(),
             path: path.into(),
             host: "Blog.Example:8080".into(),
             source: "10.0.0.9:5555".into(),

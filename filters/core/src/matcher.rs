@@ -1,6 +1,7 @@
 //! Which requests a rule applies to: path prefix, path regex, methods, Envoy route name.
 //! Compiled once at configure time; matching allocates nothing.
 
+use crate::key::RequestView;
 use crate::normalize::split_path;
 use crate::ConfigError;
 use serde::Deserialize;
@@ -72,11 +73,26 @@ impl Matcher {
         self.route.is_some()
     }
 
+    /// Matches a request, reading from it only what the matcher needs (each read of a
+    /// request value is a host call in the adapter).
+    pub fn matches_request<R: RequestView + ?Sized>(&self, req: &R, route: Option<&str>) -> bool {
+        if !self.methods.is_empty() && !self.methods.iter().any(|m| m == req.method()) {
+            return false;
+        }
+        if self.prefix.is_none() && self.regex.is_none() {
+            return self.route_ok(route);
+        }
+        self.path_ok(split_path(req.path()).0) && self.route_ok(route)
+    }
+
     pub fn matches(&self, method: &str, raw_path: &str, route: Option<&str>) -> bool {
-        let path = split_path(raw_path).0;
         if !self.methods.is_empty() && !self.methods.iter().any(|m| m == method) {
             return false;
         }
+        self.path_ok(split_path(raw_path).0) && self.route_ok(route)
+    }
+
+    fn path_ok(&self, path: &str) -> bool {
         if let Some(p) = &self.prefix {
             if !path.starts_with(p.as_str()) {
                 return false;
@@ -87,6 +103,10 @@ impl Matcher {
                 return false;
             }
         }
+        true
+    }
+
+    fn route_ok(&self, route: Option<&str>) -> bool {
         if let Some(want) = &self.route {
             if route != Some(want.as_str()) {
                 return false;

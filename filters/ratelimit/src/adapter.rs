@@ -202,16 +202,16 @@ impl HttpContext for Http {
         let Some(plan) = self.plan.clone() else {
             return HostAction::Continue;
         };
-        let req = HostRequest::fetch();
+        let req = HostRequest::default();
         let route = if plan.needs_route {
             property_string(&["route_name"])
         } else {
             None
         };
-        let now = now_ms();
-        let verdict = check(&plan, &HostStore, &req, req.method(), route.as_deref(), now);
+        let verdict = check(&plan, &HostStore, &req, route.as_deref(), now_ms);
         self.metrics.record(&verdict);
-        if plan.rate_limit_headers {
+        let rejected = matches!(verdict.action, Action::Reject { .. });
+        if plan.rate_limit_headers || rejected {
             self.quota = quota_headers(&plan, &verdict);
         }
         match verdict.action {
@@ -219,7 +219,7 @@ impl HttpContext for Http {
             Action::Delay(ms) => {
                 self.held
                     .borrow_mut()
-                    .push((now.saturating_add(ms), self.id));
+                    .push((now_ms().saturating_add(ms), self.id));
                 HostAction::Pause
             }
             Action::Reject { retry_after_s, .. } => {

@@ -83,15 +83,18 @@ fn quota_of(rule: &Rule, excess: u64) -> (u64, u64) {
     (p.burst.saturating_sub(excess) / 1000, reset_s(p, excess))
 }
 
-/// Evaluates `req` against `plan` at `now` (ms), charging the shared store.
+/// Evaluates `req` against `plan`, charging the shared store. `clock` gives the time in ms;
+/// it is read once, and only if a rule applies (a host call in the adapter).
 pub fn check<S: SharedStore + ?Sized, R: RequestView + ?Sized>(
     plan: &Plan,
     store: &S,
     req: &R,
-    method: &str,
     route: Option<&str>,
-    now: u64,
+    clock: impl FnOnce() -> u64,
 ) -> Verdict {
+    let mut clock = Some(clock);
+    let mut now_cell: Option<u64> = None;
+    let mut now = || *now_cell.get_or_insert_with(|| clock.take().map_or(0, |c| c()));
     let mut v = Verdict {
         action: Action::Allow,
         rules: Vec::new(),
@@ -113,7 +116,7 @@ pub fn check<S: SharedStore + ?Sized, R: RequestView + ?Sized>(
 
     // Phase 1: read and check every rule; charge nothing.
     for (idx, rule) in plan.rules.iter().enumerate() {
-        if !rule.matcher.matches(method, req.path(), route) {
+        if !rule.matcher.matches_request(req, route) {
             continue;
         }
         // nginx: an empty key means the rule does not apply to this request.
@@ -138,7 +141,7 @@ pub fn check<S: SharedStore + ?Sized, R: RequestView + ?Sized>(
             }
         };
         let slot = decode(read.value.as_deref(), &mut v.bad_state);
-        let probe = slot.probe(fp, &rule.params, now);
+        let probe = slot.probe(fp, &rule.params, now());
         if probe.busy {
             if rule.dry_run {
                 v.rules.push((idx, RuleOutcome::DryRunRejected));
@@ -169,6 +172,7 @@ pub fn check<S: SharedStore + ?Sized, R: RequestView + ?Sized>(
         });
     }
 
+    let now = now_cell.unwrap_or(0);
     // Phase 2: charge. A lost CAS race re-probes; it may reject only while nothing has
     // been charged yet (as nginx's account step, later rules are then charged regardless).
     let mut max_delay = 0u64;

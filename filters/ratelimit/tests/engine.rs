@@ -16,6 +16,7 @@ fn plan(json: &str) -> Plan {
 
 fn get(path: &str) -> SimpleRequest {
     SimpleRequest {
+        method: "GET".into(),
         path: path.into(),
         host: "blog".into(),
         source: "10.1.1.1:999".into(),
@@ -24,7 +25,7 @@ fn get(path: &str) -> SimpleRequest {
 }
 
 fn run(p: &Plan, s: &MemStore, path: &str, now: u64) -> Verdict {
-    check(p, s, &get(path), "GET", None, now)
+    check(p, s, &get(path), None, || now)
 }
 
 const TWO_RULES: &str = r#"{"rules":[
@@ -58,6 +59,28 @@ fn requests_without_the_key_are_not_limited_by_that_rule() {
         assert!(v.rules.is_empty());
     }
     assert!(s.is_empty(), "no state for keyless requests");
+}
+
+#[test]
+fn the_clock_is_read_only_when_a_rule_applies() {
+    let p = plan(
+        r#"{"rules":[{"name":"r","match":{"path_prefix":"/PostView"},"key":{"query":"blogId"},"rate":"1r/s"}]}"#,
+    );
+    let s = MemStore::new();
+    let mut reads = 0;
+    for path in ["/PostList?blogId=a", "/PostView?logNo=1"] {
+        let v = check(&p, &s, &get(path), None, || {
+            reads += 1;
+            0
+        });
+        assert_eq!(v.action, Action::Allow);
+    }
+    assert_eq!(reads, 0);
+    check(&p, &s, &get("/PostView?blogId=a"), None, || {
+        reads += 1;
+        0
+    });
+    assert_eq!(reads, 1);
 }
 
 #[test]
@@ -274,12 +297,25 @@ fn bad_configs_are_refused_naming_the_field() {
 fn shipped_example_and_bundle_configs_compile() {
     let example = include_str!("../../../config/ratelimit.json");
     let p = Config::parse(example.as_bytes());
-    assert!(p.as_ref().is_ok_and(|p| p.rules.len() == 3), "{:?}", p.err());
+    assert!(
+        p.as_ref().is_ok_and(|p| p.rules.len() == 3),
+        "{:?}",
+        p.err()
+    );
     // The config embedded in envoy.yaml (the block after `value: |` of spikeguard.ratelimit).
     let bundle = include_str!("../../../envoy.yaml");
-    let start = bundle.find("sg_ratelimit.wasm").and_then(|i| bundle[i..].find("value: |").map(|j| i + j + 8));
+    let start = bundle
+        .find("sg_ratelimit.wasm")
+        .and_then(|i| bundle[i..].find("value: |").map(|j| i + j + 8));
     let json: String = start
-        .map(|s| bundle[s..].lines().skip(1).take_while(|l| !l.trim_start().starts_with("- name:")).collect::<Vec<_>>().join("\n"))
+        .map(|s| {
+            bundle[s..]
+                .lines()
+                .skip(1)
+                .take_while(|l| !l.trim_start().starts_with("- name:"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
         .unwrap_or_default();
     let p = Config::parse(json.as_bytes());
     assert!(p.is_ok(), "bundle config: {:?}\n{json}", p.err());
@@ -288,12 +324,31 @@ fn shipped_example_and_bundle_configs_compile() {
 #[test]
 fn schema_names_every_config_field() {
     // The schema is documentation for users' editors; keep it in step with the structs.
-    let schema: serde_json::Value = serde_json::from_str(include_str!("../../../config/ratelimit.schema.json")).unwrap_or_default();
+    let schema: serde_json::Value =
+        serde_json::from_str(include_str!("../../../config/ratelimit.schema.json"))
+            .unwrap_or_default();
     let rule = &schema["$defs"]["rule"]["properties"];
-    for f in ["name", "match", "key", "lowercase_key", "max_key_len", "rate", "burst", "mode", "dry_run", "max_keys"] {
+    for f in [
+        "name",
+        "match",
+        "key",
+        "lowercase_key",
+        "max_key_len",
+        "rate",
+        "burst",
+        "mode",
+        "dry_run",
+        "max_keys",
+    ] {
         assert!(rule.get(f).is_some(), "schema lacks rules[].{f}");
     }
-    for f in ["rules", "reject", "on_store_error", "cas_attempts", "rate_limit_headers"] {
+    for f in [
+        "rules",
+        "reject",
+        "on_store_error",
+        "cas_attempts",
+        "rate_limit_headers",
+    ] {
         assert!(schema["properties"].get(f).is_some(), "schema lacks {f}");
     }
 }

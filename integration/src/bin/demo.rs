@@ -30,7 +30,11 @@ fn ok_share(r: &Report, hot: bool) -> (u64, u64) {
     (ok, all)
 }
 
-fn run(name: &'static str, protected: bool, seconds: u64) -> Result<Run, Box<dyn std::error::Error>> {
+fn run(
+    name: &'static str,
+    protected: bool,
+    seconds: u64,
+) -> Result<Run, Box<dyn std::error::Error>> {
     // The app: 32 workers, 20 ms per page => ~1,600 pages/s before "thread full".
     let app = Upstream::start(UpstreamConfig {
         capacity: 32,
@@ -45,7 +49,12 @@ fn run(name: &'static str, protected: bool, seconds: u64) -> Result<Run, Box<dyn
     b.set_cluster_port("main_app", app.port)?;
     b.set_cluster_port("outbound_api", app.port)?;
     let envoy = b.launch(2)?;
-    println!("[{name}] envoy on {} (admin {}), app on {}", envoy.url(), envoy.admin, app.url());
+    println!(
+        "[{name}] envoy on {} (admin {}), app on {}",
+        envoy.url(),
+        envoy.admin,
+        app.url()
+    );
     // Normal traffic: 300 pages/s over 2,000 blogs (Zipf); the spike: one blog at 2,100/s
     // (28x a normal 75/s hot blog), 2,400 requests/s in all.
     let report = loadgen::run(&LoadConfig {
@@ -72,7 +81,10 @@ fn run(name: &'static str, protected: bool, seconds: u64) -> Result<Run, Box<dyn
         .map(|(_, v)| *v)
         .sum();
     if protected && std::env::var_os("DEMO_HOLD").is_some() {
-        println!("[{name}] holding: try `curl -i '{}/PostView?blogId=hot&logNo=1'`; Ctrl-C to stop", envoy.url());
+        println!(
+            "[{name}] holding: try `curl -i '{}/PostView?blogId=hot&logNo=1'`; Ctrl-C to stop",
+            envoy.url()
+        );
         loop {
             std::thread::sleep(Duration::from_secs(3600));
         }
@@ -87,9 +99,15 @@ fn run(name: &'static str, protected: bool, seconds: u64) -> Result<Run, Box<dyn
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let seconds: u64 = std::env::var("DEMO_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+    let seconds: u64 = std::env::var("DEMO_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
     println!("spikeguard demo: 2,400 req/s for {seconds} s, 87.5% of it on one blog (\"hot\")\n");
-    let runs = [run("no protection", false, seconds)?, run("spikeguard", true, seconds)?];
+    let runs = [
+        run("no protection", false, seconds)?,
+        run("spikeguard", true, seconds)?,
+    ];
     println!(
         "\n{:<15} {:>14} {:>14} {:>10} {:>12} {:>10} {:>11} {:>10}",
         "run", "normal users", "hot blog", "429 sent", "app 200s", "app 503", "p99 ms", "errors"
@@ -97,7 +115,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for r in &runs {
         let (n_ok, n_all) = ok_share(&r.report, false);
         let (h_ok, h_all) = ok_share(&r.report, true);
-        let pct = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 * 100.0 / b as f64 };
+        let pct = |a: u64, b: u64| {
+            if b == 0 {
+                0.0
+            } else {
+                a as f64 * 100.0 / b as f64
+            }
+        };
         println!(
             "{:<15} {:>13.1}% {:>13.1}% {:>10} {:>12} {:>10} {:>11.1} {:>10}",
             r.name,
