@@ -11,7 +11,7 @@ APT_PACKAGES := nginx wrk nghttp2-client
 export ENVOY_BIN := $(abspath $(ENVOY))
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: setup apt rust-target wasm build lint test test-native test-wasm test-e2e demo bench clean
+.PHONY: setup apt rust-target wasm build lint test test-steps test-native test-wasm test-e2e demo bench clean
 
 setup: apt rust-target $(ENVOY)
 
@@ -60,7 +60,13 @@ test-wasm: rust-target
 test-e2e: setup wasm
 	$(CARGO) test --release -p sg-e2e -- --test-threads=1
 
-test: setup lint test-native test-wasm test-e2e
+# Runs every step, then prints one summary line summed over cargo's "test result:" lines.
+test: setup
+	@mkdir -p .work
+	@set -o pipefail; $(MAKE) --no-print-directory test-steps 2>&1 | tee .work/test.log
+	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "summary: %d passed, %d failed\n", p, f; exit (p == 0 || f > 0)}' .work/test.log
+
+test-steps: lint test-native test-wasm test-e2e
 
 demo: setup build
 	$(CARGO) run --release -q -p sg-integration --bin demo

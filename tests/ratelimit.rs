@@ -8,6 +8,9 @@ use sg_e2e::loadgen::{self, KeyMix, LoadConfig, Planned};
 use sg_e2e::Stack;
 use std::time::Duration;
 
+/// Counters are flushed from the filter's tick (<= 200 ms); poll them with this deadline.
+const STATS: Duration = Duration::from_secs(5);
+
 fn rl(rules: Value) -> Vec<(&'static str, Value)> {
     vec![("ratelimit", json!({ "rules": rules }))]
 }
@@ -44,8 +47,18 @@ fn nodelay_burst_then_reject_with_headers() {
         Some("\"per_blog\";r=2;t=0"),
         "{ok:?}"
     );
-    assert_eq!(s.envoy.stat("wasmcustom.sg.ratelimit.per_blog.rejected"), 4);
-    assert_eq!(s.envoy.stat("wasmcustom.sg.ratelimit.per_blog.allowed"), 4);
+    assert_eq!(
+        s.envoy
+            .wait_stat("wasmcustom.sg.ratelimit.per_blog.rejected", STATS, |v| v
+                == 4),
+        4
+    );
+    assert_eq!(
+        s.envoy
+            .wait_stat("wasmcustom.sg.ratelimit.per_blog.allowed", STATS, |v| v
+                == 4),
+        4
+    );
     // The upstream saw only what was admitted.
     assert_eq!(s.app.stats().total, 4);
     // Prometheus sees the rule as a tag.
@@ -85,8 +98,16 @@ fn delay_mode_spaces_held_requests_at_the_rate() {
             "request {i}: {ms} ms, want ~{want} ({ok:?})"
         );
     }
-    assert_eq!(s.envoy.stat("wasmcustom.sg.ratelimit.paced.delayed"), 5);
-    assert_eq!(s.envoy.stat("wasmcustom.sg.ratelimit.resumed"), 5);
+    assert_eq!(
+        s.envoy
+            .wait_stat("wasmcustom.sg.ratelimit.paced.delayed", STATS, |v| v == 5),
+        5
+    );
+    assert_eq!(
+        s.envoy
+            .wait_stat("wasmcustom.sg.ratelimit.resumed", STATS, |v| v == 5),
+        5
+    );
 }
 
 #[test]
@@ -120,11 +141,8 @@ fn dry_run_counts_but_never_rejects_and_reject_status_is_configurable() {
     let s = Stack::start(&[("ratelimit", cfg)], 1);
     let codes: Vec<u16> = (0..4).map(|i| s.get(&format!("/?u={i}")).status).collect();
     assert_eq!(codes, vec![200; 4]);
-    assert_eq!(
-        s.envoy
-            .stat("wasmcustom.sg.ratelimit.trial.dry_run_rejected"),
-        3
-    );
+    let name = "wasmcustom.sg.ratelimit.trial.dry_run_rejected";
+    assert_eq!(s.envoy.wait_stat(name, STATS, |v| v == 3), 3);
     let again = s.get("/?u=0");
     assert_eq!((again.status, again.body.as_str()), (503, "busy\n"));
 }
@@ -204,7 +222,8 @@ fn a_hundred_thousand_distinct_keys_leave_memory_bounded() {
     let rss_warm = s.envoy.rss_kib();
     let big = run(100_000, 2);
     let rss_big = s.envoy.rss_kib();
-    let allowed = s.envoy.stat("wasmcustom.sg.ratelimit.per_user.allowed");
+    let name = "wasmcustom.sg.ratelimit.per_user.allowed";
+    let allowed = s.envoy.wait_stat(name, STATS, |v| v == 110_000);
     eprintln!(
         "100k keys: rss after 10k keys {rss_warm} KiB, after +100k keys {rss_big} KiB (+{} KiB); allowed {allowed}; errors {} {}",
         rss_big.saturating_sub(rss_warm),
@@ -312,5 +331,4 @@ fn bad_configs_are_refused_and_envoy_does_not_serve_them() {
         1,
     );
     assert_eq!(s.get("/").status, 200);
-    let _ = Duration::from_secs(0);
 }

@@ -199,20 +199,33 @@ pub fn send_reply(status: u16, headers: &[(&str, &str)], body: &[u8]) -> bool {
     }
 }
 
-/// A counter defined at configure time; increments are best effort (a metric failure never
-/// affects a request).
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Counter(Option<u32>);
+/// A counter defined at configure time. Increments are kept in the VM and sent to Envoy by
+/// `flush` (from the root context's tick), so a request pays no metric host call; stats lag
+/// by at most one flush period, and a VM torn down loses at most that much. A metric failure
+/// never affects a request.
+#[derive(Debug, Default)]
+pub struct Counter {
+    id: Option<u32>,
+    pending: std::cell::Cell<i64>,
+}
 
 impl Counter {
     pub fn define(name: &str) -> Counter {
-        Counter(hostcalls::define_metric(MetricType::Counter, name).ok())
+        Counter {
+            id: hostcalls::define_metric(MetricType::Counter, name).ok(),
+            pending: std::cell::Cell::new(0),
+        }
     }
     pub fn inc(&self) {
         self.add(1);
     }
     pub fn add(&self, n: i64) {
-        if let Some(id) = self.0 {
+        self.pending.set(self.pending.get().saturating_add(n));
+    }
+    /// Sends the pending increments to Envoy.
+    pub fn flush(&self) {
+        let n = self.pending.replace(0);
+        if let (Some(id), true) = (self.id, n != 0) {
             let _ = hostcalls::increment_metric(id, n);
         }
     }

@@ -21,6 +21,8 @@ use std::time::Duration;
 const FILTER: &str = "ratelimit";
 /// Resume timer granularity for delayed requests (measured: asked 100 ms, got ~112 ms).
 const TICK_MS: u64 = 10;
+/// Tick period when no rule delays: only counters are flushed (stats lag at most this).
+const FLUSH_TICK_MS: u64 = 200;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -66,6 +68,25 @@ impl Metrics {
             bad_state: Counter::define(&filter_metric(FILTER, "bad_state")),
             evicted_in_debt: Counter::define(&filter_metric(FILTER, "evicted_in_debt")),
             resumed: Counter::define(&filter_metric(FILTER, "resumed")),
+        }
+    }
+
+    fn flush(&self) {
+        for r in &self.rules {
+            for c in [
+                &r.allowed,
+                &r.delayed,
+                &r.rejected,
+                &r.dry_run_rejected,
+                &r.dry_run_delayed,
+                &r.store_error,
+                &r.cas_giveup,
+            ] {
+                c.flush();
+            }
+        }
+        for c in [&self.bad_state, &self.evicted_in_debt, &self.resumed] {
+            c.flush();
         }
     }
 
@@ -128,12 +149,13 @@ impl RootContext for Root {
                 "{FILTER}: {failed} slot keys could not be created; they are created on first use"
             );
         }
-        let tick = if plan.delays { TICK_MS } else { 0 };
+        let tick = if plan.delays { TICK_MS } else { FLUSH_TICK_MS };
         if hostcalls::set_tick_period(Duration::from_millis(tick)).is_err() {
             log::warn!(
-                "{FILTER}: could not set the tick period; delayed requests would not resume"
+                "{FILTER}: could not set the tick period; delayed requests would not resume, counters not flush"
             );
         }
+        self.metrics.flush();
         self.metrics = Rc::new(Metrics::define(&plan));
         log::info!(
             "{FILTER}: configured {} rules ({} slot keys)",
@@ -158,6 +180,7 @@ impl RootContext for Root {
                 self.metrics.resumed.inc();
             }
         }
+        self.metrics.flush();
     }
 
     fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
