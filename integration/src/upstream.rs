@@ -716,29 +716,24 @@ async fn admin(shared: &Shared, cmd: &str, req: Request<Incoming>) -> Resp {
                 }
             };
             shared.apply(&cfg);
-            let (rate, status) = *lock(&shared.error);
-            let now = serde_json::json!({
-                "latency_ms": shared.latency_ms.load(Ordering::SeqCst),
-                "error_rate": rate,
-                "error_status": status,
-                "capacity": shared.capacity.load(Ordering::SeqCst),
-                "queue_timeout_ms": shared.queue_timeout_ms.load(Ordering::SeqCst),
-            });
-            respond(shared, 200, "json", now.to_string())
+            respond(shared, 200, "json", current_config(shared))
         }
-        (Method::GET, "config") => {
-            let (rate, status) = *lock(&shared.error);
-            let now = serde_json::json!({
-                "latency_ms": shared.latency_ms.load(Ordering::SeqCst),
-                "error_rate": rate,
-                "error_status": status,
-                "capacity": shared.capacity.load(Ordering::SeqCst),
-                "queue_timeout_ms": shared.queue_timeout_ms.load(Ordering::SeqCst),
-            });
-            respond(shared, 200, "json", now.to_string())
-        }
+        (Method::GET, "config") => respond(shared, 200, "json", current_config(shared)),
         _ => respond(shared, 404, "text", "unknown admin command".to_string()),
     }
+}
+
+/// The run-time settings, as `GET /__admin/config` shows them.
+fn current_config(shared: &Shared) -> String {
+    let (rate, status) = *lock(&shared.error);
+    serde_json::json!({
+        "latency_ms": shared.latency_ms.load(Ordering::SeqCst),
+        "error_rate": rate,
+        "error_status": status,
+        "capacity": shared.capacity.load(Ordering::SeqCst),
+        "queue_timeout_ms": shared.queue_timeout_ms.load(Ordering::SeqCst),
+    })
+    .to_string()
 }
 
 #[cfg(test)]
