@@ -121,6 +121,55 @@ pub fn extract<R: RequestView + ?Sized>(spec: &KeySpec, req: &R) -> Option<Vec<u
     }
 }
 
+/// A rule's `key` in config: one component or a list (composite key).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum KeyConfig {
+    One(KeySpec),
+    Many(Vec<KeySpec>),
+}
+
+/// Default cap on key bytes (`max_key_len`).
+pub fn default_max_key_len() -> usize {
+    256
+}
+
+impl KeyConfig {
+    /// Validates and compiles the key of the rule at config path `path` (errors name
+    /// `<path>.key[...]` or `<path>.max_key_len`).
+    pub fn compile(
+        &self,
+        lowercase: bool,
+        max_len: usize,
+        path: &str,
+    ) -> Result<KeyPlan, ConfigError> {
+        let parts = match self {
+            KeyConfig::One(k) => vec![k.clone()],
+            KeyConfig::Many(v) => v.clone(),
+        };
+        if parts.is_empty() || parts.len() > 8 {
+            return Err(ConfigError::new(
+                format!("{path}.key"),
+                "must have 1 to 8 components",
+            ));
+        }
+        for (j, p) in parts.iter().enumerate() {
+            p.validate(&format!("{path}.key[{j}]"))?;
+        }
+        if max_len == 0 || max_len > 4096 {
+            return Err(ConfigError::new(
+                format!("{path}.max_key_len"),
+                "must be from 1 to 4096",
+            ));
+        }
+        Ok(KeyPlan {
+            parts,
+            lowercase,
+            max_len,
+        })
+    }
+}
+
 /// A compiled key: its components, joined with 0x1f (unit separator) into one byte string.
 #[derive(Debug, Clone)]
 pub struct KeyPlan {

@@ -7,6 +7,7 @@ pub mod codec;
 pub mod error;
 pub mod hash;
 pub mod key;
+pub mod lease;
 pub mod matcher;
 pub mod metrics;
 pub mod normalize;

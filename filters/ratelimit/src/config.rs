@@ -3,7 +3,7 @@
 
 use crate::limiter::Params;
 use serde::Deserialize;
-use sg_core::key::{KeyPlan, KeySpec};
+use sg_core::key::{KeyConfig, KeyPlan};
 use sg_core::matcher::{MatchConfig, Matcher};
 use sg_core::metrics::valid_name;
 use sg_core::ConfigError;
@@ -82,13 +82,6 @@ impl Default for RejectConfig {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
-pub enum OneOrMany {
-    One(KeySpec),
-    Many(Vec<KeySpec>),
-}
-
-#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleConfig {
     /// Letters, digits, `_`; appears in metric names and shared-data keys.
@@ -96,10 +89,10 @@ pub struct RuleConfig {
     #[serde(default, rename = "match")]
     pub match_: MatchConfig,
     /// One key component or a list (composite key).
-    pub key: OneOrMany,
+    pub key: KeyConfig,
     #[serde(default)]
     pub lowercase_key: bool,
-    #[serde(default = "default_max_key_len")]
+    #[serde(default = "sg_core::key::default_max_key_len")]
     pub max_key_len: usize,
     /// `"N r/s"` or `"N r/m"` (spaces optional), as nginx's `rate=`.
     pub rate: String,
@@ -118,9 +111,6 @@ pub struct RuleConfig {
     pub max_keys: u32,
 }
 
-fn default_max_key_len() -> usize {
-    256
-}
 fn default_max_keys() -> u32 {
     10_000
 }
@@ -248,25 +238,7 @@ impl Config {
                 ));
             }
             let delay = parse_mode(&r.mode, &path)?;
-            let parts = match &r.key {
-                OneOrMany::One(k) => vec![k.clone()],
-                OneOrMany::Many(v) => v.clone(),
-            };
-            if parts.is_empty() || parts.len() > 8 {
-                return Err(ConfigError::new(
-                    format!("{path}.key"),
-                    "must have 1 to 8 components",
-                ));
-            }
-            for (j, p) in parts.iter().enumerate() {
-                p.validate(&format!("{path}.key[{j}]"))?;
-            }
-            if r.max_key_len == 0 || r.max_key_len > 4096 {
-                return Err(ConfigError::new(
-                    format!("{path}.max_key_len"),
-                    "must be from 1 to 4096",
-                ));
-            }
+            let key = r.key.compile(r.lowercase_key, r.max_key_len, &path)?;
             if r.max_keys == 0 || r.max_keys > MAX_KEYS {
                 return Err(ConfigError::new(
                     format!("{path}.max_keys"),
@@ -277,11 +249,7 @@ impl Config {
             rules.push(Rule {
                 name: r.name.clone(),
                 matcher,
-                key: KeyPlan {
-                    parts,
-                    lowercase: r.lowercase_key,
-                    max_len: r.max_key_len,
-                },
+                key,
                 params: Params {
                     rate,
                     burst: r.burst * 1000,
