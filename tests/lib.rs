@@ -11,6 +11,8 @@ pub use sg_integration::{envoy, http, loadgen, nginx, upstream};
 pub struct Stack {
     pub envoy: Envoy,
     pub app: Upstream,
+    /// The read-only simple-page backend (`simple_page` cluster).
+    pub simple: Upstream,
 }
 
 impl Stack {
@@ -25,6 +27,13 @@ impl Stack {
         edit: impl FnOnce(&mut Bundle),
     ) -> Stack {
         let app = Upstream::start(app).unwrap_or_else(|e| panic!("upstream: {e}"));
+        let simple = Upstream::start(UpstreamConfig {
+            name: "simple".into(),
+            capacity: 1024,
+            cache_control: Some("public, max-age=600".into()),
+            ..UpstreamConfig::default()
+        })
+        .unwrap_or_else(|e| panic!("simple-page upstream: {e}"));
         let mut b = Bundle::load().unwrap_or_else(|e| panic!("bundle: {e}"));
         let names: Vec<&str> = filters.iter().map(|(n, _)| *n).collect();
         b.keep_filters(&names);
@@ -36,11 +45,13 @@ impl Stack {
             .unwrap_or_else(|e| panic!("{e}"));
         b.set_cluster_port("outbound_api", app.port)
             .unwrap_or_else(|e| panic!("{e}"));
+        b.set_cluster_port("simple_page", simple.port)
+            .unwrap_or_else(|e| panic!("{e}"));
         edit(&mut b);
         let envoy = b
             .launch(concurrency)
             .unwrap_or_else(|e| panic!("envoy: {e}"));
-        Stack { envoy, app }
+        Stack { envoy, app, simple }
     }
 
     pub fn port(&self) -> u16 {

@@ -263,7 +263,15 @@ impl Envoy {
         let log = dir.join("envoy.log");
         let admin_file = dir.join("admin.addr");
         let child = Command::new(envoy_bin())
-            .args(["--disable-hot-restart", "-l", "info", "--concurrency"])
+            // Flush the log file every 100 ms (default 10 s) so tests can read it.
+            .args([
+                "--disable-hot-restart",
+                "-l",
+                "info",
+                "--file-flush-interval-msec",
+                "100",
+                "--concurrency",
+            ])
             .arg(concurrency.to_string())
             .arg("-c")
             .arg(cfg)
@@ -412,6 +420,20 @@ impl Envoy {
         let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<u64>().ok()).unwrap_or(0);
         // `rest` starts at field 3 (state), so utime (14) is index 11 and stime (15) index 12.
         (ticks(11) + ticks(12)) * 1_000_000 / clk_tck()
+    }
+
+    /// Polls Envoy's log until it contains `needle` or the deadline passes.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if self.log().contains(needle) {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn log(&self) -> String {

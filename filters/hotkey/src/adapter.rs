@@ -1,0 +1,485 @@
+//! The proxy-wasm adapter for `hotkey`. Request path: match, extract the key, count it in the
+//! worker's sketch (VM memory, no host call), and act if the key is in the worker's copy of
+//! the published hot set or blocked. Tick: merge the worker's counts into the shared view;
+//! the lease holder evaluates the view and publishes the hot set; every worker refreshes its
+//! copy of the hot set.
+
+use crate::config::{Config, Plan};
+use crate::detect::{Detector, Event};
+use crate::shed::{self, decide, Cause, Decision, ShedEntry};
+use crate::sketch::SpaceSaving;
+use crate::window::View;
+use proxy_wasm::hostcalls;
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action as HostAction, ContextType, LogLevel};
+use sg_core::hash::hash64;
+use sg_core::host::{
+    now_ms, plugin_config, property_string, send_reply, set_header, Counter, Gauge, HostRequest,
+    HostStore, REQUEST_HEADERS,
+};
+use sg_core::lease::try_acquire;
+use sg_core::metrics::{filter_metric, rule_metric};
+use sg_core::shared::{update, SharedStore, Step};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::time::Duration;
+
+const FILTER: &str = "hotkey";
+/// Shared-data key of the published hot set.
+const SHED_KEY: &str = "sg:hk:shed";
+
+fn view_key(rule: &str) -> String {
+    format!("sg:hk:{rule}:view")
+}
+
+proxy_wasm::main! {{
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+}}
+
+#[derive(Default)]
+struct RuleMetrics {
+    seen: Counter,
+    no_key: Counter,
+    shed: Counter,
+    diverted: Counter,
+    observed: Counter,
+    blocked: Counter,
+}
+
+#[derive(Default)]
+struct Metrics {
+    rules: Vec<RuleMetrics>,
+    detections: Counter,
+    view_cas_giveup: Counter,
+    bad_state: Counter,
+    hot_keys: Gauge,
+}
+
+impl Metrics {
+    fn define(plan: &Plan) -> Metrics {
+        let r = |rule: &str, what: &str| Counter::define(&rule_metric(FILTER, rule, what));
+        Metrics {
+            rules: plan
+                .rules
+                .iter()
+                .map(|x| RuleMetrics {
+                    seen: r(&x.name, "seen"),
+                    no_key: r(&x.name, "no_key"),
+                    shed: r(&x.name, "shed"),
+                    diverted: r(&x.name, "diverted"),
+                    observed: r(&x.name, "observed"),
+                    blocked: r(&x.name, "blocked"),
+                })
+                .collect(),
+            detections: Counter::define(&filter_metric(FILTER, "detections")),
+            view_cas_giveup: Counter::define(&filter_metric(FILTER, "view_cas_giveup")),
+            bad_state: Counter::define(&filter_metric(FILTER, "bad_state")),
+            hot_keys: Gauge::define(&filter_metric(FILTER, "hot_keys")),
+        }
+    }
+
+    fn flush(&self) {
+        for r in &self.rules {
+            for c in [
+                &r.seen,
+                &r.no_key,
+                &r.shed,
+                &r.diverted,
+                &r.observed,
+                &r.blocked,
+            ] {
+                c.flush();
+            }
+        }
+        for c in [&self.detections, &self.view_cas_giveup, &self.bad_state] {
+            c.flush();
+        }
+    }
+}
+
+/// A hot key as this worker knows it: its published rate and the `limit` credit.
+struct HotLocal {
+    milli_rps: u64,
+    credit: u64,
+}
+
+/// Per-worker state shared by the root and the HTTP contexts.
+#[derive(Default)]
+struct Worker {
+    sketches: Vec<SpaceSaving>,
+    hot: HashMap<(u16, u64), HotLocal>,
+    shed_seq: Option<u64>,
+}
+
+type SharedWorker = Rc<RefCell<Worker>>;
+
+#[derive(Default)]
+struct Root {
+    plan: Option<Rc<Plan>>,
+    worker: SharedWorker,
+    metrics: Rc<Metrics>,
+    detectors: Vec<Detector>,
+    me: u64,
+    leader: bool,
+}
+
+impl Context for Root {}
+
+impl Root {
+    fn merge_counts(&self, plan: &Plan, epoch: u64) {
+        let drained: Vec<(u64, Vec<crate::sketch::Counted>)> = {
+            let mut w = self.worker.borrow_mut();
+            w.sketches.iter_mut().map(|s| s.drain()).collect()
+        };
+        for (rule, (total, entries)) in plan.rules.iter().zip(drained) {
+            if total == 0 {
+                continue;
+            }
+            let mut bad = false;
+            let r = update(&HostStore, &view_key(&rule.name), 8, |cur| {
+                let mut v = match cur {
+                    None => View::default(),
+                    Some(b) => View::decode(b).unwrap_or_else(|| {
+                        bad = true;
+                        View::default()
+                    }),
+                };
+                v.merge(
+                    epoch,
+                    total,
+                    &entries,
+                    rule.window_buckets,
+                    plan.view_entries,
+                );
+                Step::Write(v.encode(), ())
+            });
+            if bad {
+                self.metrics.bad_state.inc();
+            }
+            if !matches!(r, sg_core::shared::Update::Done { .. }) {
+                self.metrics.view_cas_giveup.inc();
+            }
+        }
+    }
+
+    fn read_shed() -> Option<(u64, Vec<ShedEntry>)> {
+        let v = HostStore.get(SHED_KEY).ok()?;
+        shed::decode(v.value.as_deref()?)
+    }
+
+    /// Leader only: evaluate every rule's view and publish the hot set.
+    fn detect_and_publish(&mut self, plan: &Plan, now: u64, epoch: u64, became_leader: bool) {
+        if became_leader {
+            // Continue from what the previous leader published.
+            let published = Self::read_shed().map(|x| x.1).unwrap_or_default();
+            for (i, d) in self.detectors.iter_mut().enumerate() {
+                d.restore(
+                    published
+                        .iter()
+                        .filter(|e| usize::from(e.rule) == i)
+                        .map(|e| e.hot.clone())
+                        .collect(),
+                );
+            }
+        }
+        let mut entries = Vec::new();
+        for (i, rule) in plan.rules.iter().enumerate() {
+            let view = HostStore
+                .get(&view_key(&rule.name))
+                .ok()
+                .and_then(|v| v.value)
+                .and_then(|b| View::decode(&b))
+                .unwrap_or_default();
+            // The bucket being filled now is partial: evaluate the window of complete ones.
+            let (total, rates) =
+                view.rates(epoch.saturating_sub(1), rule.window_buckets, plan.tick_ms);
+            let Some(det) = self.detectors.get_mut(i) else {
+                continue;
+            };
+            for ev in det.update(now, total, &rates, &rule.thresholds) {
+                match ev {
+                    Event::Enter { key, milli_rps, .. } => {
+                        self.metrics.detections.inc();
+                        let top: Vec<String> = rates
+                            .iter()
+                            .take(5)
+                            .map(|r| {
+                                format!(
+                                    "{}:{}.{:03}",
+                                    String::from_utf8_lossy(&r.key),
+                                    r.milli_rps / 1000,
+                                    r.milli_rps % 1000
+                                )
+                            })
+                            .collect();
+                        log::warn!(
+                            "spikeguard alert filter=hotkey rule={} key={:?} rate={}.{:03}r/s reason=\"hot key: shedding started\" top5={:?}",
+                            rule.name,
+                            String::from_utf8_lossy(&key),
+                            milli_rps / 1000,
+                            milli_rps % 1000,
+                            top.join(",")
+                        );
+                    }
+                    Event::Exit { key, .. } => {
+                        log::info!(
+                            "hotkey: rule={} key={:?} cooled down; shedding stopped",
+                            rule.name,
+                            String::from_utf8_lossy(&key)
+                        );
+                    }
+                }
+            }
+            let rule_idx = u16::try_from(i).unwrap_or(u16::MAX);
+            entries.extend(det.hot().iter().map(|h| ShedEntry {
+                rule: rule_idx,
+                hot: h.clone(),
+            }));
+        }
+        self.metrics.hot_keys.set(entries.len() as u64);
+        let _ = update(&HostStore, SHED_KEY, 8, |cur| {
+            let seq = cur
+                .and_then(shed::decode)
+                .map_or(0, |x| x.0)
+                .wrapping_add(1);
+            Step::Write(shed::encode(seq, &entries), ())
+        });
+    }
+
+    /// Every worker: refresh the local copy of the hot set when it changed.
+    fn refresh_hot(&self) {
+        let Some((seq, entries)) = Self::read_shed() else {
+            return;
+        };
+        let mut w = self.worker.borrow_mut();
+        if w.shed_seq == Some(seq) {
+            return;
+        }
+        let mut hot = HashMap::with_capacity(entries.len());
+        for e in entries {
+            let id = (e.rule, e.hot.fp);
+            let credit = w.hot.get(&id).map_or(0, |h| h.credit);
+            hot.insert(
+                id,
+                HotLocal {
+                    milli_rps: e.hot.milli_rps,
+                    credit,
+                },
+            );
+        }
+        w.hot = hot;
+        w.shed_seq = Some(seq);
+    }
+}
+
+impl RootContext for Root {
+    fn on_vm_start(&mut self, _size: usize) -> bool {
+        // A per-VM identity for the lease: time and this VM's address space differ per worker.
+        let probe = 0u8;
+        self.me = sg_core::hash::mix64(now_ms() ^ ((&probe as *const u8 as usize as u64) << 17));
+        true
+    }
+
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let plan = match Config::parse(&plugin_config()) {
+            Ok(p) => p,
+            Err(e) => {
+                log::error!("{FILTER}: {e}");
+                return false;
+            }
+        };
+        if self.me == 0 {
+            self.me = sg_core::hash::mix64(now_ms().wrapping_add(1));
+        }
+        {
+            let mut w = self.worker.borrow_mut();
+            w.sketches = plan
+                .rules
+                .iter()
+                .map(|_| SpaceSaving::new(plan.sketch_capacity))
+                .collect();
+            w.hot.clear();
+            w.shed_seq = None;
+        }
+        self.detectors = plan.rules.iter().map(|_| Detector::new()).collect();
+        self.leader = false;
+        if hostcalls::set_tick_period(Duration::from_millis(plan.tick_ms)).is_err() {
+            log::warn!("{FILTER}: could not set the tick period; no detection on this worker");
+        }
+        self.metrics.flush();
+        self.metrics = Rc::new(Metrics::define(&plan));
+        log::info!(
+            "{FILTER}: configured {} rules, tick {} ms",
+            plan.rules.len(),
+            plan.tick_ms
+        );
+        self.plan = Some(Rc::new(plan));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(plan) = self.plan.clone() else {
+            return;
+        };
+        let now = now_ms();
+        let epoch = now / plan.tick_ms.max(1);
+        self.merge_counts(&plan, epoch);
+        let leader = try_acquire(
+            &HostStore,
+            FILTER,
+            self.me,
+            now,
+            plan.tick_ms.saturating_mul(3),
+        );
+        if leader {
+            let became = !self.leader;
+            self.detect_and_publish(&plan, now, epoch, became);
+        }
+        self.leader = leader;
+        self.refresh_hot();
+        self.metrics.flush();
+    }
+
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Http {
+            plan: self.plan.clone(),
+            worker: self.worker.clone(),
+            metrics: self.metrics.clone(),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Http {
+    plan: Option<Rc<Plan>>,
+    worker: SharedWorker,
+    metrics: Rc<Metrics>,
+}
+
+impl Context for Http {}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> HostAction {
+        let Some(plan) = self.plan.clone() else {
+            return HostAction::Continue;
+        };
+        let req = HostRequest::default();
+        let route = if plan.needs_route {
+            property_string(&["route_name"])
+        } else {
+            None
+        };
+        let mut now: Option<u64> = None;
+        for (i, rule) in plan.rules.iter().enumerate() {
+            if !rule.matcher.matches_request(&req, route.as_deref()) {
+                continue;
+            }
+            let m = self.metrics.rules.get(i);
+            let Some(key) = rule.key.key(&req) else {
+                if let Some(m) = m {
+                    m.no_key.inc();
+                }
+                continue;
+            };
+            let fp = hash64(rule.name.as_bytes(), &key);
+            let rule_idx = u16::try_from(i).unwrap_or(u16::MAX);
+            let blocked = rule.block.iter().any(|(k, exp)| {
+                k.as_slice() == key.as_slice()
+                    && exp.is_none_or(|e| *now.get_or_insert_with(now_ms) < e)
+            });
+            let decision = {
+                let Ok(mut w) = self.worker.try_borrow_mut() else {
+                    return HostAction::Continue;
+                };
+                if let Some(s) = w.sketches.get_mut(i) {
+                    s.add(fp, &key, 1);
+                }
+                let mut credit = 0;
+                let hot = w.hot.get(&(rule_idx, fp)).map(|h| {
+                    credit = h.credit;
+                    h.milli_rps
+                });
+                let d = decide(rule, &key, blocked, hot, &mut credit);
+                if let Some(h) = w.hot.get_mut(&(rule_idx, fp)) {
+                    h.credit = credit;
+                }
+                d
+            };
+            if let Some(m) = m {
+                m.seen.inc();
+                if matches!(
+                    decision,
+                    Decision::Observe(Cause::Blocked)
+                        | Decision::Reject {
+                            cause: Cause::Blocked,
+                            ..
+                        }
+                        | Decision::Redirect {
+                            cause: Cause::Blocked,
+                            ..
+                        }
+                        | Decision::Divert {
+                            cause: Cause::Blocked,
+                            ..
+                        }
+                ) {
+                    m.blocked.inc();
+                }
+            }
+            match decision {
+                Decision::Pass => {}
+                Decision::Observe(_) => {
+                    if let Some(m) = m {
+                        m.observed.inc();
+                    }
+                }
+                Decision::Divert { header, .. } => {
+                    if let Some(m) = m {
+                        m.diverted.inc();
+                    }
+                    set_header(REQUEST_HEADERS, &header, &rule.name);
+                    set_header(REQUEST_HEADERS, "x-spikeguard-action", FILTER);
+                }
+                Decision::Reject {
+                    status,
+                    body,
+                    retry_after_s,
+                    ..
+                } => {
+                    if let Some(m) = m {
+                        m.shed.inc();
+                    }
+                    let retry = retry_after_s.to_string();
+                    let headers = [
+                        ("content-type", "text/plain"),
+                        ("retry-after", retry.as_str()),
+                        ("x-spikeguard-action", FILTER),
+                    ];
+                    if send_reply(status, &headers, body.as_bytes()) {
+                        return HostAction::Pause;
+                    }
+                }
+                Decision::Redirect {
+                    status, location, ..
+                } => {
+                    if let Some(m) = m {
+                        m.shed.inc();
+                    }
+                    let headers = [
+                        ("location", location.as_str()),
+                        ("x-spikeguard-action", FILTER),
+                    ];
+                    if send_reply(status, &headers, b"") {
+                        return HostAction::Pause;
+                    }
+                }
+            }
+        }
+        HostAction::Continue
+    }
+}

@@ -1,0 +1,14 @@
+//! spikeguard `hotkey`: names the hot keys (blog ID, post ID) of each rule with bounded
+//! memory, and sheds, diverts, limits or only observes their traffic while everyone else is
+//! served. Pure logic in `sketch` (per-worker counting), `window` (the shared, windowed
+//! view), `detect` (thresholds and hysteresis), `shed` (what is published and the
+//! per-request decision); the adapter (wasm32 only) only moves data between them and Envoy.
+
+pub mod config;
+pub mod detect;
+pub mod shed;
+pub mod sketch;
+pub mod window;
+
+#[cfg(target_arch = "wasm32")]
+mod adapter;

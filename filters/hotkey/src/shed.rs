@@ -1,0 +1,236 @@
+//! What the leader publishes in `sg:hk:shed` for every worker: the hot keys of every rule,
+//! and the per-request decision for a key of a rule. Readers treat an unreadable value as
+//! "no hot keys" (fail open) and keep their last good copy.
+
+use crate::config::{ActionConfig, Rule};
+use crate::detect::Hot;
+use sg_core::codec::{Reader, Writer};
+
+pub const VERSION: u8 = 1;
+/// Entries published at most (rules x max_hot is far below this).
+pub const MAX_ENTRIES: usize = 4096;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShedEntry {
+    pub rule: u16,
+    pub hot: Hot,
+}
+
+/// Encodes (publish sequence, entries).
+pub fn encode(seq: u64, entries: &[ShedEntry]) -> Vec<u8> {
+    let mut w = Writer::with_capacity(16 + entries.len() * 64);
+    let n = entries.len().min(MAX_ENTRIES);
+    w.u8(VERSION).u64(seq).u32(n as u32);
+    for e in entries.iter().take(n) {
+        let key = e
+            .hot
+            .key
+            .get(..e.hot.key.len().min(crate::sketch::MAX_KEY_BYTES))
+            .unwrap_or(&[]);
+        w.u32(u32::from(e.rule))
+            .u64(e.hot.fp)
+            .u64(e.hot.milli_rps)
+            .u64(e.hot.since_ms)
+            .u64(e.hot.below_since_ms.map_or(0, |t| t.saturating_add(1)))
+            .u32(key.len() as u32)
+            .bytes(key);
+    }
+    w.finish()
+}
+
+pub fn decode(b: &[u8]) -> Option<(u64, Vec<ShedEntry>)> {
+    let mut r = Reader::new(b);
+    if r.u8()? != VERSION {
+        return None;
+    }
+    let seq = r.u64()?;
+    let n = r.u32()? as usize;
+    if n > MAX_ENTRIES {
+        return None;
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let rule = u16::try_from(r.u32()?).ok()?;
+        let fp = r.u64()?;
+        let milli_rps = r.u64()?;
+        let since_ms = r.u64()?;
+        let below = r.u64()?;
+        let len = r.u32()? as usize;
+        if len > crate::sketch::MAX_KEY_BYTES {
+            return None;
+        }
+        let key = r.take(len)?.to_vec();
+        out.push(ShedEntry {
+            rule,
+            hot: Hot {
+                fp,
+                key,
+                since_ms,
+                milli_rps,
+                below_since_ms: below.checked_sub(1),
+            },
+        });
+    }
+    (r.remaining() == 0).then_some((seq, out))
+}
+
+/// Why a request of a rule is acted on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cause {
+    Hot,
+    Blocked,
+}
+
+/// The per-request outcome.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Pass,
+    /// Counted only (`observe`).
+    Observe(Cause),
+    Reject {
+        status: u16,
+        body: String,
+        retry_after_s: u64,
+        cause: Cause,
+    },
+    Redirect {
+        status: u16,
+        location: String,
+        cause: Cause,
+    },
+    /// `divert`: set this header to the rule name.
+    Divert {
+        header: String,
+        cause: Cause,
+    },
+}
+
+/// Percent-encodes a key for a URL (unreserved characters kept).
+pub fn url_encode(key: &[u8]) -> String {
+    let mut s = String::with_capacity(key.len());
+    for &b in key {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            s.push(char::from(b));
+        } else {
+            s.push_str(&format!("%{b:02X}"));
+        }
+    }
+    s
+}
+
+/// `limit` admission: a per-key credit accumulator admits exactly `enter/rate` of the
+/// requests (spread evenly, no randomness). Returns (admit, new credit).
+pub fn limit_admit(credit: u64, enter_milli_rps: u64, rate_milli_rps: u64) -> (bool, u64) {
+    if rate_milli_rps <= enter_milli_rps {
+        return (true, 0);
+    }
+    let c = credit.saturating_add(enter_milli_rps);
+    if c >= rate_milli_rps {
+        (true, c - rate_milli_rps)
+    } else {
+        (false, c)
+    }
+}
+
+/// What to do with a request of `rule` whose key is `key`: `allowed` (allow list wins),
+/// `blocked` (operator), `hot` (the key's published rate, if hot), `credit` for `limit`.
+pub fn decide(
+    rule: &Rule,
+    key: &[u8],
+    blocked: bool,
+    hot: Option<u64>,
+    credit: &mut u64,
+) -> Decision {
+    if rule.allow.iter().any(|a| a.as_slice() == key) {
+        return Decision::Pass;
+    }
+    let cause = match (blocked, hot) {
+        (true, _) => Cause::Blocked,
+        (false, Some(_)) => Cause::Hot,
+        (false, None) => return Decision::Pass,
+    };
+    let reject = |cause| Decision::Reject {
+        status: 503,
+        body: "This page is very busy right now. Please try again in a moment.\n".into(),
+        retry_after_s: 5,
+        cause,
+    };
+    match &rule.action {
+        ActionConfig::Observe => Decision::Observe(cause),
+        ActionConfig::Reject {
+            status,
+            body,
+            retry_after_s,
+        } => Decision::Reject {
+            status: *status,
+            body: body.clone(),
+            retry_after_s: *retry_after_s,
+            cause,
+        },
+        ActionConfig::Redirect { status, location } => Decision::Redirect {
+            status: *status,
+            location: location.replace("{key}", &url_encode(key)),
+            cause,
+        },
+        ActionConfig::Limit => match (cause, hot) {
+            (Cause::Hot, Some(rate)) => {
+                let (admit, c) = limit_admit(*credit, rule.thresholds.enter_milli_rps, rate);
+                *credit = c;
+                if admit {
+                    Decision::Pass
+                } else {
+                    reject(cause)
+                }
+            }
+            _ => reject(cause),
+        },
+        ActionConfig::Divert { header } => Decision::Divert {
+            header: header.clone(),
+            cause,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shed_set_round_trips_and_garbage_is_none() {
+        let e = ShedEntry {
+            rule: 2,
+            hot: Hot {
+                fp: 9,
+                key: b"blog7".to_vec(),
+                since_ms: 100,
+                milli_rps: 5000,
+                below_since_ms: Some(0),
+            },
+        };
+        let b = encode(7, std::slice::from_ref(&e));
+        assert_eq!(decode(&b), Some((7, vec![e])));
+        assert_eq!(decode(&b[..b.len() - 1]), None);
+        assert_eq!(decode(&[9]), None);
+        assert_eq!(decode(&encode(1, &[])), Some((1, vec![])));
+    }
+
+    #[test]
+    fn limit_admits_exactly_the_threshold_share() {
+        // enter 100 r/s, key at 400 r/s: one in four admitted.
+        let mut c = 0;
+        let admitted = (0..400)
+            .filter(|_| {
+                let (a, n) = limit_admit(c, 100_000, 400_000);
+                c = n;
+                a
+            })
+            .count();
+        assert_eq!(admitted, 100);
+        assert_eq!(limit_admit(0, 100, 50), (true, 0));
+    }
+
+    #[test]
+    fn keys_are_url_encoded_in_redirects() {
+        assert_eq!(url_encode(b"a b/\xff~"), "a%20b%2F%FF~");
+    }
+}

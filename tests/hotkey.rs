@@ -1,0 +1,213 @@
+//! End-to-end tests of the `hotkey` filter in a real Envoy (1.40, V8, two workers).
+
+use serde_json::{json, Value};
+use sg_e2e::loadgen::{self, KeyMix, LoadConfig, Report};
+use sg_e2e::Stack;
+use std::time::{Duration, Instant};
+
+const STATS: Duration = Duration::from_secs(5);
+
+fn hk(rule: Value) -> Vec<(&'static str, Value)> {
+    vec![("hotkey", json!({"tick_ms": 200, "rules": [rule]}))]
+}
+
+fn load(url: &str, rps: f64, ms: u64, keys: KeyMix) -> Report {
+    loadgen::run(&LoadConfig {
+        target: url.to_string(),
+        rate_rps: rps,
+        duration_ms: ms,
+        path_template: "/PostView?blogId={key}&logNo=1".into(),
+        keys,
+        record: true,
+        max_in_flight: 10_000,
+        ..LoadConfig::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn shed_by_hotkey(r: &sg_e2e::loadgen::Record) -> bool {
+    r.headers
+        .iter()
+        .any(|(k, v)| k == "x-spikeguard-action" && v == "hotkey")
+}
+
+#[test]
+fn a_hot_key_is_shed_within_a_second_and_only_it_then_released_after_cooldown() {
+    // Baseline: 300 r/s Zipf(1.0) over 10,000 blogs (the top blog ~30 r/s). Threshold 60 r/s;
+    // the spike: one blog at 1,200 r/s (20x the threshold).
+    let rule = json!({"name": "post_view", "match": {"path_prefix": "/PostView"},
+        "key": {"query": "blogId"}, "window_ms": 1000, "threshold_rps": 60,
+        "exit_percent": 50, "cooldown_ms": 2000,
+        "action": {"reject": {"status": 503, "retry_after_s": 5}}});
+    let s = Stack::start(&hk(rule), 2);
+    let url = s.envoy.url();
+    let base_url = url.clone();
+    let baseline = std::thread::spawn(move || {
+        load(
+            &base_url,
+            300.0,
+            7000,
+            KeyMix {
+                zipf_n: 10_000,
+                zipf_s: 1.0,
+                key_prefix: "blog".into(),
+                ..KeyMix::default()
+            },
+        )
+    });
+    // Let the baseline run alone for 2 s (it must never be shed), then the spike for 3 s.
+    std::thread::sleep(Duration::from_secs(2));
+    let spike = load(
+        &url,
+        1200.0,
+        3000,
+        KeyMix {
+            key_prefix: "hot".into(),
+            ..KeyMix::default()
+        },
+    );
+    let base = baseline
+        .join()
+        .unwrap_or_else(|_| panic!("baseline thread"));
+
+    let first_shed = spike
+        .records
+        .iter()
+        .filter(|r| shed_by_hotkey(r))
+        .map(|r| r.intended_us)
+        .min();
+    let shed = spike.records.iter().filter(|r| shed_by_hotkey(r)).count();
+    let base_shed = base.records.iter().filter(|r| shed_by_hotkey(r)).count();
+    eprintln!(
+        "hotkey: first shed {:?} ms after the spike began; spike {shed}/{} shed; baseline {base_shed}/{} shed; baseline statuses {:?}",
+        first_shed.map(|u| u / 1000),
+        spike.sent,
+        base.sent,
+        base.by_status
+    );
+    let first =
+        first_shed.unwrap_or_else(|| panic!("the hot key was never shed: {:?}", spike.by_status));
+    assert!(
+        first <= 1_000_000,
+        "detected {} ms after crossing",
+        first / 1000
+    );
+    assert!(
+        shed as u64 >= spike.sent * 6 / 10,
+        "only {shed} of {} shed",
+        spike.sent
+    );
+    assert_eq!(base_shed, 0, "a normal key was shed");
+    assert_eq!(
+        base.by_status.get(&200).copied().unwrap_or(0),
+        base.sent,
+        "{:?}",
+        base.by_status
+    );
+
+    // After the spike: below the exit level for the 2 s cool-down, then released.
+    let released_by = Instant::now() + Duration::from_secs(10);
+    let mut polled_shed = 0;
+    loop {
+        let r = s.get("/PostView?blogId=hot0&logNo=1");
+        if r.status == 200 {
+            break;
+        }
+        polled_shed += 1;
+        assert!(
+            Instant::now() < released_by,
+            "still shed long after the cool-down: {r:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let detections = "wasmcustom.sg.hotkey.detections";
+    let episodes = s.envoy.wait_stat(detections, STATS, |v| v == 1);
+    assert_eq!(episodes, 1, "{}", s.envoy.log_tail(40));
+    // Every shed request is counted: the spike's and the release probes'.
+    let want = (shed + polled_shed) as i64;
+    let shed_stat = "wasmcustom.sg.hotkey.post_view.shed";
+    assert_eq!(s.envoy.wait_stat(shed_stat, STATS, |v| v == want), want);
+    let alert = "spikeguard alert filter=hotkey rule=post_view key=\"hot0\"";
+    assert!(s.envoy.wait_log(alert, STATS), "{}", s.envoy.log_tail(40));
+}
+
+#[test]
+fn divert_routes_the_hot_key_to_the_simple_page_backend() {
+    let rule = json!({"name": "post_view", "key": {"query": "blogId"}, "window_ms": 1000,
+        "threshold_rps": 50, "cooldown_ms": 5000, "action": {"divert": {}}, "allow": ["vip"]});
+    let s = Stack::start(&hk(rule), 2);
+    let url = s.envoy.url();
+    let spike = load(
+        &url,
+        400.0,
+        2500,
+        KeyMix {
+            hot: vec![("hot".into(), 0.5), ("vip".into(), 0.5)],
+            key_prefix: "x".into(),
+            ..KeyMix::default()
+        },
+    );
+    assert_eq!(
+        spike.by_status.get(&200).copied().unwrap_or(0),
+        spike.sent,
+        "{:?}",
+        spike.by_status
+    );
+    let simple = s.simple.stats();
+    let app = s.app.stats();
+    eprintln!(
+        "divert: simple page served {:?}, app served {:?}",
+        simple.by_key, app.by_key
+    );
+    assert!(
+        simple.by_key.get("hot").copied().unwrap_or(0) > 300,
+        "{simple:?}"
+    );
+    // The allow-listed key is never diverted, however hot.
+    assert_eq!(simple.by_key.get("vip").copied().unwrap_or(0), 0);
+    let vip_ok = spike
+        .by_key_status
+        .get("vip")
+        .and_then(|st| st.get(&200))
+        .copied();
+    assert_eq!(app.by_key.get("vip").copied(), vip_ok);
+}
+
+#[test]
+fn operator_block_list_from_config_sheds_a_cold_key_until_it_expires() {
+    let far = 4_000_000_000_000u64;
+    let rule = json!({"name": "post_view", "key": {"query": "blogId"}, "threshold_rps": 1000,
+        "action": {"redirect": {"status": 307, "location": "https://blog.example/busy?id={key}"}},
+        "block": [{"key": "bad id"}, {"key": "old", "expires_at_ms": 1000}, {"key": "later", "expires_at_ms": far}]});
+    let s = Stack::start(&hk(rule), 1);
+    let r = s.get("/PostView?blogId=bad+id&logNo=1");
+    assert_eq!(
+        (r.status, r.header("location")),
+        (307, Some("https://blog.example/busy?id=bad%20id"))
+    );
+    assert_eq!(s.get("/PostView?blogId=later&logNo=1").status, 307);
+    assert_eq!(
+        s.get("/PostView?blogId=old&logNo=1").status,
+        200,
+        "expired entry"
+    );
+    assert_eq!(s.get("/PostView?blogId=fine&logNo=1").status, 200);
+    assert_eq!(
+        s.envoy
+            .wait_stat("wasmcustom.sg.hotkey.post_view.blocked", STATS, |v| v == 2),
+        2
+    );
+}
+
+#[test]
+fn bad_hotkey_config_is_refused_naming_the_field() {
+    let mut b = sg_e2e::envoy::Bundle::load().unwrap_or_else(|e| panic!("{e}"));
+    b.keep_filters(&["hotkey"]);
+    let cfg =
+        json!({"rules": [{"name": "r", "key": "host", "threshold_rps": 0, "action": "observe"}]});
+    b.set_filter_config("hotkey", &cfg)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let log =
+        sg_e2e::envoy::expect_refused(&b, 1).unwrap_or_else(|e| panic!("served a bad config: {e}"));
+    assert!(log.contains("hotkey: rules[0].threshold_rps"), "{log}");
+}
