@@ -11,6 +11,18 @@ fn hk(rule: Value) -> Vec<(&'static str, Value)> {
     vec![("hotkey", json!({"tick_ms": 200, "rules": [rule]}))]
 }
 
+/// With the operator list polled every 300 ms and alerts posted, both to the test's control
+/// plane (`spikeguard_control`).
+fn hk_ops(rule: Value) -> Vec<(&'static str, Value)> {
+    vec![(
+        "hotkey",
+        json!({"tick_ms": 100, "rules": [rule],
+            "operator": {"cluster": "spikeguard_control", "path": "/blocklist", "poll_ms": 300, "timeout_ms": 3000},
+            "alert": {"webhook_cluster": "spikeguard_control", "webhook_path": "/hook",
+                      "link_template": "https://grafana.example/d/hot?rule={rule}&key={key}"}}),
+    )]
+}
+
 fn load(url: &str, rps: f64, ms: u64, keys: KeyMix) -> Report {
     loadgen::run(&LoadConfig {
         target: url.to_string(),
@@ -39,7 +51,7 @@ fn a_hot_key_is_shed_within_a_second_and_only_it_then_released_after_cooldown() 
         "key": {"query": "blogId"}, "window_ms": 1000, "threshold_rps": 60,
         "exit_percent": 50, "cooldown_ms": 2000,
         "action": {"reject": {"status": 503, "retry_after_s": 5}}});
-    let s = Stack::start(&hk(rule), 2);
+    let s = Stack::start(&hk_ops(rule), 2);
     let url = s.envoy.url();
     let base_url = url.clone();
     let baseline = std::thread::spawn(move || {
@@ -129,6 +141,15 @@ fn a_hot_key_is_shed_within_a_second_and_only_it_then_released_after_cooldown() 
     assert_eq!(s.envoy.wait_stat(shed_stat, STATS, |v| v == want), want);
     let alert = "spikeguard alert filter=hotkey rule=post_view key=\"hot0\"";
     assert!(s.envoy.wait_log(alert, STATS), "{}", s.envoy.log_tail(40));
+    // Exactly one webhook alert for the episode, naming the key, the rule and a link.
+    let hooks = s.control.hooks();
+    assert_eq!(hooks.len(), 1, "{hooks:#?}");
+    let hook: Value = serde_json::from_str(&hooks[0]).unwrap_or_else(|e| panic!("{e}: {hooks:?}"));
+    let text = hook["text"].as_str().unwrap_or("");
+    assert!(
+        text.contains("hot0") && text.contains("post_view") && text.contains("key=hot0"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -210,4 +231,90 @@ fn bad_hotkey_config_is_refused_naming_the_field() {
     let log =
         sg_e2e::envoy::expect_refused(&b, 1).unwrap_or_else(|e| panic!("served a bad config: {e}"));
     assert!(log.contains("hotkey: rules[0].threshold_rps"), "{log}");
+}
+
+#[test]
+fn operator_block_list_endpoint_applies_within_a_poll_and_survives_failures() {
+    let rule = json!({"name": "post_view", "key": {"query": "blogId"}, "threshold_rps": 1000,
+        "action": {"reject": {"status": 503}}});
+    let s = Stack::start(&hk_ops(rule), 2);
+    let path = "/PostView?blogId=badblog&logNo=1";
+    let wait_status = |want: u16, within: Duration| {
+        let deadline = Instant::now() + within;
+        loop {
+            let st = s.get(path).status;
+            if st == want {
+                return Instant::now();
+            }
+            assert!(Instant::now() < deadline, "still {st}, want {want}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    assert_eq!(s.get(path).status, 200);
+    // Added: in force within one poll (300 ms) plus a tick (200 ms) or two, on both workers.
+    let t0 = Instant::now();
+    s.control.set_blocklist(
+        200,
+        r#"{"entries":[{"rule":"post_view","key":"badblog"}]}"#,
+        Some("\"v1\""),
+    );
+    let applied = wait_status(503, Duration::from_secs(3));
+    eprintln!(
+        "operator list: blocked {} ms after it changed",
+        (applied - t0).as_millis()
+    );
+    for _ in 0..20 {
+        assert_eq!(s.get(path).status, 503);
+    }
+
+    // Unchanged list: the poller sends the ETag and gets 304.
+    let polls = s.control.polls();
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while s.control.not_modified() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "no 304 after {} polls",
+            s.control.polls() - polls
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(s
+        .control
+        .if_none_match_seen()
+        .contains(&"\"v1\"".to_string()));
+    // The endpoint fails, then returns garbage: the last good list stays in force.
+    for (status, body) in [(500, "oops"), (200, "{not json")] {
+        s.control.set_blocklist(status, body, None);
+        let seen = s.control.polls();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while s.control.polls() < seen + 2 {
+            assert!(Instant::now() < deadline, "poller stopped polling");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(
+            s.get(path).status,
+            503,
+            "last good list lost after {status} {body:?}"
+        );
+    }
+    // Removed: served again within a poll.
+    s.control
+        .set_blocklist(200, r#"{"entries":[]}"#, Some("\"v2\""));
+    wait_status(200, Duration::from_secs(3));
+    assert!(
+        s.envoy
+            .wait_stat("wasmcustom.sg.hotkey.operator_errors", STATS, |v| v >= 2)
+            >= 2
+    );
+    assert!(s.envoy.wait_log(
+        "operator list not applied, keeping the last good one",
+        STATS
+    ));
+    // One "blocked by operator" alert was posted.
+    let hooks = s.control.hooks();
+    assert_eq!(
+        hooks.iter().filter(|h| h.contains("badblog")).count(),
+        1,
+        "{hooks:#?}"
+    );
 }

@@ -1,10 +1,11 @@
 //! Shared helpers for the end-to-end tests: a bundle with one upstream behind it.
 
 use serde_json::Value;
+use sg_integration::control::Control;
 use sg_integration::envoy::{Bundle, Envoy};
 use sg_integration::upstream::{Upstream, UpstreamConfig};
 
-pub use sg_integration::{envoy, http, loadgen, nginx, upstream};
+pub use sg_integration::{control, envoy, http, loadgen, nginx, upstream};
 
 /// Envoy running the bundle with only the listed spikeguard filters, in front of a fresh
 /// demo upstream. Field order matters: Envoy is dropped (killed) before the upstream.
@@ -13,6 +14,8 @@ pub struct Stack {
     pub app: Upstream,
     /// The read-only simple-page backend (`simple_page` cluster).
     pub simple: Upstream,
+    /// The operator control plane (`spikeguard_control` cluster): block list, webhook.
+    pub control: Control,
 }
 
 impl Stack {
@@ -34,6 +37,7 @@ impl Stack {
             ..UpstreamConfig::default()
         })
         .unwrap_or_else(|e| panic!("simple-page upstream: {e}"));
+        let control = Control::start().unwrap_or_else(|e| panic!("control plane: {e}"));
         let mut b = Bundle::load().unwrap_or_else(|e| panic!("bundle: {e}"));
         let names: Vec<&str> = filters.iter().map(|(n, _)| *n).collect();
         b.keep_filters(&names);
@@ -47,11 +51,18 @@ impl Stack {
             .unwrap_or_else(|e| panic!("{e}"));
         b.set_cluster_port("simple_page", simple.port)
             .unwrap_or_else(|e| panic!("{e}"));
+        b.set_cluster_port("spikeguard_control", control.port)
+            .unwrap_or_else(|e| panic!("{e}"));
         edit(&mut b);
         let envoy = b
             .launch(concurrency)
             .unwrap_or_else(|e| panic!("envoy: {e}"));
-        Stack { envoy, app, simple }
+        Stack {
+            envoy,
+            app,
+            simple,
+            control,
+        }
     }
 
     pub fn port(&self) -> u16 {

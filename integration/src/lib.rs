@@ -1,5 +1,6 @@
 //! spikeguard test harness: Envoy launcher, demo upstream, load generator, tiny HTTP client.
 
+pub mod control;
 pub mod envoy;
 pub mod http;
 pub mod loadgen;

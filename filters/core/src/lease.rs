@@ -33,6 +33,25 @@ impl Lease {
     }
 }
 
+/// A number no other VM of this Envoy got: a CAS-incremented counter in shared data
+/// (`sg:lead:ids`). VMs cannot tell themselves apart otherwise: every worker's VM starts from
+/// the same image at about the same millisecond. None if shared data fails.
+pub fn unique_id<S: SharedStore + ?Sized>(store: &S) -> Option<u64> {
+    let r = update(store, "sg:lead:ids", 32, |cur| {
+        let next = cur
+            .and_then(|b| Reader::new(b).u64())
+            .unwrap_or(0)
+            .wrapping_add(1);
+        let mut w = Writer::with_capacity(8);
+        w.u64(next);
+        Step::Write(w.finish(), next)
+    });
+    match r {
+        Update::Done { result, .. } => Some(result),
+        _ => None,
+    }
+}
+
 /// Shared-data key of a task's lease.
 pub fn lease_key(task: &str) -> String {
     format!("sg:lead:{task}")
@@ -87,6 +106,14 @@ mod tests {
         assert!(try_acquire(&s, "hk", 7, 0, 100));
         s.set_failing(true);
         assert!(!try_acquire(&s, "hk", 7, 10, 100));
+    }
+
+    #[test]
+    fn unique_ids_differ() {
+        let s = MemStore::new();
+        let a = unique_id(&s);
+        let b = unique_id(&s);
+        assert!(a.is_some() && b.is_some() && a != b);
     }
 
     #[test]

@@ -11,7 +11,8 @@ use crate::sketch::SpaceSaving;
 use crate::window::View;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action as HostAction, ContextType, LogLevel};
+use proxy_wasm::types::{Action as HostAction, BufferType, ContextType, LogLevel, MapType};
+use sg_core::alert::{Alert, Deduper};
 use sg_core::hash::hash64;
 use sg_core::host::{
     now_ms, plugin_config, property_string, send_reply, set_header, Counter, Gauge, HostRequest,
@@ -19,15 +20,30 @@ use sg_core::host::{
 };
 use sg_core::lease::try_acquire;
 use sg_core::metrics::{filter_metric, rule_metric};
+use sg_core::oplist::{decode_list, encode_list, List, PollOutcome, Poller};
 use sg_core::shared::{update, SharedStore, Step};
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::collections::VecDeque;
 use std::rc::Rc;
 use std::time::Duration;
 
 const FILTER: &str = "hotkey";
 /// Shared-data key of the published hot set.
 const SHED_KEY: &str = "sg:hk:shed";
+/// Shared-data key of the operator block list, published by the leader's poller.
+const BLOCKLIST_KEY: &str = "sg:hk:blocklist";
+/// "Top 5 keys of the last 3 minutes" in alerts.
+const TOP_WINDOW_MS: u64 = 180_000;
+/// Outstanding HTTP calls tracked at most (polls and webhooks).
+const MAX_CALLS: usize = 64;
+
+/// What an outstanding `dispatch_http_call` was for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Call {
+    Poll,
+    Hook,
+}
 
 fn view_key(rule: &str) -> String {
     format!("sg:hk:{rule}:view")
@@ -54,6 +70,10 @@ struct Metrics {
     detections: Counter,
     view_cas_giveup: Counter,
     bad_state: Counter,
+    operator_applied: Counter,
+    operator_errors: Counter,
+    alerts: Counter,
+    webhook_errors: Counter,
     hot_keys: Gauge,
 }
 
@@ -76,6 +96,10 @@ impl Metrics {
             detections: Counter::define(&filter_metric(FILTER, "detections")),
             view_cas_giveup: Counter::define(&filter_metric(FILTER, "view_cas_giveup")),
             bad_state: Counter::define(&filter_metric(FILTER, "bad_state")),
+            operator_applied: Counter::define(&filter_metric(FILTER, "operator_applied")),
+            operator_errors: Counter::define(&filter_metric(FILTER, "operator_errors")),
+            alerts: Counter::define(&filter_metric(FILTER, "alerts")),
+            webhook_errors: Counter::define(&filter_metric(FILTER, "webhook_errors")),
             hot_keys: Gauge::define(&filter_metric(FILTER, "hot_keys")),
         }
     }
@@ -93,7 +117,15 @@ impl Metrics {
                 c.flush();
             }
         }
-        for c in [&self.detections, &self.view_cas_giveup, &self.bad_state] {
+        for c in [
+            &self.detections,
+            &self.view_cas_giveup,
+            &self.bad_state,
+            &self.operator_applied,
+            &self.operator_errors,
+            &self.alerts,
+            &self.webhook_errors,
+        ] {
             c.flush();
         }
     }
@@ -111,6 +143,9 @@ struct Worker {
     sketches: Vec<SpaceSaving>,
     hot: HashMap<(u16, u64), HotLocal>,
     shed_seq: Option<u64>,
+    /// The operator list as published, and a hash of its bytes (to notice a new one).
+    list: Rc<List>,
+    list_hash: u64,
 }
 
 type SharedWorker = Rc<RefCell<Worker>>;
@@ -123,11 +158,220 @@ struct Root {
     detectors: Vec<Detector>,
     me: u64,
     leader: bool,
+    /// Leader only: the operator endpoint's poller, calls in flight, alert state.
+    poller: Option<Poller>,
+    calls: HashMap<u32, Call>,
+    deduper: Option<Deduper>,
+    /// Per rule: (time, top 5 of that evaluation), for the alert's top keys of 3 minutes.
+    recent_top: Vec<VecDeque<(u64, Vec<(String, u64)>)>>,
 }
 
-impl Context for Root {}
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+impl Context for Root {
+    fn on_http_call_response(
+        &mut self,
+        token: u32,
+        _headers: usize,
+        body_size: usize,
+        _trailers: usize,
+    ) {
+        let Some(kind) = self.calls.remove(&token) else {
+            return;
+        };
+        let now = now_ms();
+        let headers: Vec<(String, String)> =
+            hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), lossy(&v)))
+                .collect();
+        let status: u16 = headers
+            .iter()
+            .find(|(k, _)| k == ":status")
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        match kind {
+            Call::Hook => {
+                if !(200..300).contains(&status) {
+                    self.metrics.webhook_errors.inc();
+                    log::warn!("{FILTER}: alert webhook answered {status}");
+                }
+            }
+            Call::Poll => {
+                let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                let Some(poller) = self.poller.as_mut() else {
+                    return;
+                };
+                let before: Vec<(Option<String>, String)> = block_keys(poller.list(), now);
+                match poller.on_response(now, status, &headers, &body) {
+                    PollOutcome::Applied { entries } => {
+                        self.metrics.operator_applied.inc();
+                        let bytes = encode_list(poller.version(), poller.list());
+                        let _ = update(&HostStore, BLOCKLIST_KEY, 8, |_| {
+                            Step::Write(bytes.clone(), ())
+                        });
+                        log::info!("{FILTER}: operator list applied ({entries} entries)");
+                        let added: Vec<(Option<String>, String)> = block_keys(poller.list(), now)
+                            .into_iter()
+                            .filter(|k| !before.contains(k))
+                            .collect();
+                        for (rule, key) in added {
+                            let rule = rule.unwrap_or_else(|| "*".to_string());
+                            self.alert(&rule, &key, 0, "blocked by operator", now, Vec::new());
+                        }
+                    }
+                    PollOutcome::NotModified => {}
+                    PollOutcome::KeptLastGood { reason } => {
+                        self.metrics.operator_errors.inc();
+                        log::warn!("{FILTER}: operator list not applied, keeping the last good one: {reason}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The top 5 keys of the recent evaluations: each key's highest rate, highest first.
+fn top_of(recent: &VecDeque<(u64, Vec<(String, u64)>)>) -> Vec<(String, u64)> {
+    let mut best: HashMap<&str, u64> = HashMap::new();
+    for (_, top) in recent {
+        for (k, r) in top {
+            let e = best.entry(k.as_str()).or_insert(0);
+            *e = (*e).max(*r);
+        }
+    }
+    let mut v: Vec<(String, u64)> = best.into_iter().map(|(k, r)| (k.to_string(), r)).collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    v.truncate(5);
+    v
+}
+
+/// (rule, key) of the key entries in force.
+fn block_keys(list: &List, now: u64) -> Vec<(Option<String>, String)> {
+    list.active(now)
+        .filter_map(|e| e.key.clone().map(|k| (e.rule.clone(), k)))
+        .collect()
+}
 
 impl Root {
+    /// One alert: a structured log line, and a webhook POST if configured; at most one per
+    /// rule and key per `alert.cooldown_ms`.
+    fn alert(
+        &mut self,
+        rule: &str,
+        key: &str,
+        milli_rps: u64,
+        reason: &str,
+        now: u64,
+        top: Vec<(String, u64)>,
+    ) {
+        let Some(plan) = self.plan.clone() else {
+            return;
+        };
+        if !self
+            .deduper
+            .as_mut()
+            .is_some_and(|d| d.should_send(rule, key, now))
+        {
+            return;
+        }
+        self.metrics.alerts.inc();
+        let a = Alert {
+            filter: FILTER.to_string(),
+            rule: rule.to_string(),
+            key: key.to_string(),
+            milli_rps,
+            reason: reason.to_string(),
+            top,
+            now_ms: now,
+        };
+        log::warn!("{}", a.log_line());
+        let Some(cluster) = plan.alert.webhook_cluster.as_deref() else {
+            return;
+        };
+        if self.calls.len() >= MAX_CALLS {
+            self.metrics.webhook_errors.inc();
+            return;
+        }
+        let body = a.slack_body(plan.alert.link_template.as_deref());
+        let headers = vec![
+            (":method", "POST"),
+            (":path", plan.alert.webhook_path.as_str()),
+            (":authority", plan.alert.webhook_authority.as_str()),
+            ("content-type", "application/json"),
+        ];
+        match hostcalls::dispatch_http_call(
+            cluster,
+            headers,
+            Some(&body),
+            vec![],
+            Duration::from_millis(2000),
+        ) {
+            Ok(token) => {
+                self.calls.insert(token, Call::Hook);
+            }
+            Err(_) => self.metrics.webhook_errors.inc(),
+        }
+    }
+
+    /// Leader only: poll the operator endpoint when due.
+    fn poll_operator(&mut self, plan: &Plan, now: u64) {
+        let (Some(op), Some(poller)) = (plan.operator.as_ref(), self.poller.as_mut()) else {
+            return;
+        };
+        if self.calls.len() >= MAX_CALLS || !poller.due(now) {
+            return;
+        }
+        let extra = poller.request_headers();
+        let mut headers = vec![
+            (":method", "GET"),
+            (":path", op.path.as_str()),
+            (":authority", op.authority.as_str()),
+        ];
+        headers.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        match hostcalls::dispatch_http_call(
+            &op.cluster,
+            headers,
+            None,
+            vec![],
+            Duration::from_millis(op.timeout_ms),
+        ) {
+            Ok(token) => {
+                self.calls.insert(token, Call::Poll);
+            }
+            Err(_) => {
+                poller.on_failure(now, "dispatch_http_call refused (unknown cluster?)");
+                self.metrics.operator_errors.inc();
+            }
+        }
+    }
+
+    /// Every worker: pick up a newly published operator list.
+    fn refresh_list(&self, plan: &Plan) {
+        let Some(bytes) = HostStore.get(BLOCKLIST_KEY).ok().and_then(|v| v.value) else {
+            return;
+        };
+        let h = hash64(b"blocklist", &bytes);
+        let mut w = self.worker.borrow_mut();
+        if w.list_hash == h {
+            return;
+        }
+        let max = plan.operator.as_ref().map_or(1000, |o| o.max_entries);
+        match decode_list(&bytes, max) {
+            Some((_, list)) => {
+                w.list = Rc::new(list);
+                w.list_hash = h;
+            }
+            None => self.metrics.bad_state.inc(),
+        }
+    }
+
     fn merge_counts(&self, plan: &Plan, epoch: u64) {
         let drained: Vec<(u64, Vec<crate::sketch::Counted>)> = {
             let mut w = self.worker.borrow_mut();
@@ -185,6 +429,7 @@ impl Root {
             }
         }
         let mut entries = Vec::new();
+        let mut enters = Vec::new();
         for (i, rule) in plan.rules.iter().enumerate() {
             let view = HostStore
                 .get(&view_key(&rule.name))
@@ -195,6 +440,20 @@ impl Root {
             // The bucket being filled now is partial: evaluate the window of complete ones.
             let (total, rates) =
                 view.rates(epoch.saturating_sub(1), rule.window_buckets, plan.tick_ms);
+            if let Some(recent) = self.recent_top.get_mut(i) {
+                let top5 = rates
+                    .iter()
+                    .take(5)
+                    .map(|r| (lossy(&r.key), r.milli_rps))
+                    .collect();
+                recent.push_back((now, top5));
+                while recent
+                    .front()
+                    .is_some_and(|(t, _)| t.saturating_add(TOP_WINDOW_MS) < now)
+                {
+                    recent.pop_front();
+                }
+            }
             let Some(det) = self.detectors.get_mut(i) else {
                 continue;
             };
@@ -202,26 +461,7 @@ impl Root {
                 match ev {
                     Event::Enter { key, milli_rps, .. } => {
                         self.metrics.detections.inc();
-                        let top: Vec<String> = rates
-                            .iter()
-                            .take(5)
-                            .map(|r| {
-                                format!(
-                                    "{}:{}.{:03}",
-                                    String::from_utf8_lossy(&r.key),
-                                    r.milli_rps / 1000,
-                                    r.milli_rps % 1000
-                                )
-                            })
-                            .collect();
-                        log::warn!(
-                            "spikeguard alert filter=hotkey rule={} key={:?} rate={}.{:03}r/s reason=\"hot key: shedding started\" top5={:?}",
-                            rule.name,
-                            String::from_utf8_lossy(&key),
-                            milli_rps / 1000,
-                            milli_rps % 1000,
-                            top.join(",")
-                        );
+                        enters.push((rule.name.clone(), lossy(&key), milli_rps, i));
                     }
                     Event::Exit { key, .. } => {
                         log::info!(
@@ -237,6 +477,17 @@ impl Root {
                 rule: rule_idx,
                 hot: h.clone(),
             }));
+        }
+        for (rule, key, milli_rps, i) in enters {
+            let top = self.recent_top.get(i).map(top_of).unwrap_or_default();
+            self.alert(
+                &rule,
+                &key,
+                milli_rps,
+                "hot key: shedding started",
+                now,
+                top,
+            );
         }
         self.metrics.hot_keys.set(entries.len() as u64);
         let _ = update(&HostStore, SHED_KEY, 8, |cur| {
@@ -275,13 +526,6 @@ impl Root {
 }
 
 impl RootContext for Root {
-    fn on_vm_start(&mut self, _size: usize) -> bool {
-        // A per-VM identity for the lease: time and this VM's address space differ per worker.
-        let probe = 0u8;
-        self.me = sg_core::hash::mix64(now_ms() ^ ((&probe as *const u8 as usize as u64) << 17));
-        true
-    }
-
     fn on_configure(&mut self, _size: usize) -> bool {
         let plan = match Config::parse(&plugin_config()) {
             Ok(p) => p,
@@ -290,9 +534,8 @@ impl RootContext for Root {
                 return false;
             }
         };
-        if self.me == 0 {
-            self.me = sg_core::hash::mix64(now_ms().wrapping_add(1));
-        }
+        // The lease identity is taken on this VM's first tick (see `on_tick`).
+        self.me = 0;
         {
             let mut w = self.worker.borrow_mut();
             w.sketches = plan
@@ -304,6 +547,13 @@ impl RootContext for Root {
             w.shed_seq = None;
         }
         self.detectors = plan.rules.iter().map(|_| Detector::new()).collect();
+        self.recent_top = plan.rules.iter().map(|_| VecDeque::new()).collect();
+        self.poller = plan
+            .operator
+            .as_ref()
+            .map(|o| Poller::new(o.poll_ms, o.max_entries));
+        self.deduper = Some(Deduper::new(plan.alert.cooldown_ms, 10_000));
+        self.calls.clear();
         self.leader = false;
         if hostcalls::set_tick_period(Duration::from_millis(plan.tick_ms)).is_err() {
             log::warn!("{FILTER}: could not set the tick period; no detection on this worker");
@@ -326,19 +576,29 @@ impl RootContext for Root {
         let now = now_ms();
         let epoch = now / plan.tick_ms.max(1);
         self.merge_counts(&plan, epoch);
-        let leader = try_acquire(
-            &HostStore,
-            FILTER,
-            self.me,
-            now,
-            plan.tick_ms.saturating_mul(3),
-        );
+        if self.me == 0 {
+            // The lease holder identity, unique per VM, taken from a shared-data counter on
+            // the first tick. Not earlier: Envoy clones the configured base VM, memory
+            // included, for each worker, so a value set in on_vm_start or on_configure can be
+            // identical on every worker (measured: every VM polled as "the" leader).
+            self.me = sg_core::lease::unique_id(&HostStore).unwrap_or(0);
+        }
+        let leader = self.me != 0
+            && try_acquire(
+                &HostStore,
+                FILTER,
+                self.me,
+                now,
+                plan.tick_ms.saturating_mul(3),
+            );
         if leader {
             let became = !self.leader;
             self.detect_and_publish(&plan, now, epoch, became);
+            self.poll_operator(&plan, now);
         }
         self.leader = leader;
         self.refresh_hot();
+        self.refresh_list(&plan);
         self.metrics.flush();
     }
 
@@ -388,10 +648,16 @@ impl HttpContext for Http {
             };
             let fp = hash64(rule.name.as_bytes(), &key);
             let rule_idx = u16::try_from(i).unwrap_or(u16::MAX);
+            let list = self
+                .worker
+                .try_borrow()
+                .map(|w| w.list.clone())
+                .unwrap_or_default();
             let blocked = rule.block.iter().any(|(k, exp)| {
                 k.as_slice() == key.as_slice()
                     && exp.is_none_or(|e| *now.get_or_insert_with(now_ms) < e)
-            });
+            }) || (!list.entries.is_empty()
+                && list.blocks_key(&rule.name, &key, *now.get_or_insert_with(now_ms)));
             let decision = {
                 let Ok(mut w) = self.worker.try_borrow_mut() else {
                     return HostAction::Continue;

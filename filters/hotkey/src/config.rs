@@ -22,6 +22,81 @@ pub struct Config {
     /// Keys kept per tick bucket of the shared view.
     #[serde(default = "default_view_entries")]
     pub view_entries: usize,
+    /// Operator block list polled from an HTTP endpoint (one poller per Envoy, the leader).
+    #[serde(default)]
+    pub operator: Option<OperatorConfig>,
+    /// Alerts: a structured log line always; a Slack-compatible webhook POST if configured.
+    #[serde(default)]
+    pub alert: AlertConfig,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorConfig {
+    /// Envoy cluster serving the list.
+    pub cluster: String,
+    #[serde(default = "default_operator_path")]
+    pub path: String,
+    #[serde(default = "default_authority")]
+    pub authority: String,
+    #[serde(default = "default_poll_ms")]
+    pub poll_ms: u64,
+    #[serde(default = "default_call_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_max_entries")]
+    pub max_entries: usize,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertConfig {
+    /// Envoy cluster of the webhook receiver (Slack-compatible JSON body).
+    #[serde(default)]
+    pub webhook_cluster: Option<String>,
+    #[serde(default = "default_hook_path")]
+    pub webhook_path: String,
+    #[serde(default = "default_authority")]
+    pub webhook_authority: String,
+    /// Link in the alert; `{key}` and `{rule}` are replaced (percent-encoded).
+    #[serde(default)]
+    pub link_template: Option<String>,
+    /// At most one alert per rule and key per this period.
+    #[serde(default = "default_alert_cooldown_ms")]
+    pub cooldown_ms: u64,
+}
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        AlertConfig {
+            webhook_cluster: None,
+            webhook_path: default_hook_path(),
+            webhook_authority: default_authority(),
+            link_template: None,
+            cooldown_ms: default_alert_cooldown_ms(),
+        }
+    }
+}
+
+fn default_operator_path() -> String {
+    "/blocklist".to_string()
+}
+fn default_hook_path() -> String {
+    "/hook".to_string()
+}
+fn default_authority() -> String {
+    "spikeguard".to_string()
+}
+fn default_poll_ms() -> u64 {
+    5000
+}
+fn default_call_timeout_ms() -> u64 {
+    1000
+}
+fn default_max_entries() -> usize {
+    1000
+}
+fn default_alert_cooldown_ms() -> u64 {
+    180_000
 }
 
 fn default_tick_ms() -> u64 {
@@ -156,6 +231,8 @@ pub struct Plan {
     pub sketch_capacity: usize,
     pub view_entries: usize,
     pub needs_route: bool,
+    pub operator: Option<OperatorConfig>,
+    pub alert: AlertConfig,
 }
 
 impl Config {
@@ -179,6 +256,47 @@ impl Config {
         }
         if !(4..=256).contains(&self.view_entries) {
             return Err(ConfigError::new("view_entries", "must be from 4 to 256"));
+        }
+        if let Some(op) = &self.operator {
+            if op.cluster.is_empty() {
+                return Err(ConfigError::new("operator.cluster", "must not be empty"));
+            }
+            if !op.path.starts_with('/') {
+                return Err(ConfigError::new(
+                    "operator.path",
+                    format!("{:?} must start with '/'", op.path),
+                ));
+            }
+            if !(100..=3_600_000).contains(&op.poll_ms) {
+                return Err(ConfigError::new(
+                    "operator.poll_ms",
+                    "must be from 100 to 3600000",
+                ));
+            }
+            if !(10..=60_000).contains(&op.timeout_ms) {
+                return Err(ConfigError::new(
+                    "operator.timeout_ms",
+                    "must be from 10 to 60000",
+                ));
+            }
+            if !(1..=100_000).contains(&op.max_entries) {
+                return Err(ConfigError::new(
+                    "operator.max_entries",
+                    "must be from 1 to 100000",
+                ));
+            }
+        }
+        if self.alert.webhook_cluster.as_deref() == Some("") {
+            return Err(ConfigError::new(
+                "alert.webhook_cluster",
+                "must not be empty",
+            ));
+        }
+        if !self.alert.webhook_path.starts_with('/') {
+            return Err(ConfigError::new(
+                "alert.webhook_path",
+                "must start with '/'",
+            ));
         }
         let mut rules: Vec<Rule> = Vec::with_capacity(self.rules.len());
         for (i, r) in self.rules.iter().enumerate() {
@@ -292,6 +410,38 @@ impl Config {
             tick_ms: self.tick_ms,
             sketch_capacity: self.sketch_capacity,
             view_entries: self.view_entries,
+            operator: self.operator.clone(),
+            alert: self.alert.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shipped_example_compiles() {
+        let p = Config::parse(include_str!("../../../config/hotkey.json").as_bytes());
+        assert!(p.as_ref().is_ok_and(|p| p.rules.len() == 2), "{:?}", p.err());
+    }
+
+    #[test]
+    fn bad_fields_are_named() {
+        let cases = [
+            (r#"{"rules":[]}"#, "rules"),
+            (r#"{"rules":[{"name":"r","key":"host","threshold_rps":0,"action":"observe"}]}"#, "rules[0].threshold_rps"),
+            (r#"{"rules":[{"name":"r","key":"host","threshold_rps":5,"window_ms":300,"action":"observe"}]}"#, "rules[0].window_ms"),
+            (r#"{"rules":[{"name":"r","key":"host","threshold_rps":5,"action":{"redirect":{"status":301,"location":"/x"}}}]}"#, "rules[0].action.redirect.status"),
+            (r#"{"rules":[{"name":"r","key":"host","threshold_rps":5,"action":{"divert":{"header":"X Bad"}}}]}"#, "rules[0].action.divert.header"),
+            (r#"{"tick_ms":10,"rules":[{"name":"r","key":"host","threshold_rps":5,"action":"observe"}]}"#, "tick_ms"),
+            (r#"{"rules":[{"name":"r","key":"host","threshold_rps":5,"action":"observe"}],"operator":{"cluster":"c","poll_ms":1}}"#, "operator.poll_ms"),
+        ];
+        for (json, field) in cases {
+            match Config::parse(json.as_bytes()) {
+                Ok(_) => panic!("accepted {json}"),
+                Err(e) => assert_eq!(e.path, field, "{json}: {e}"),
+            }
+        }
     }
 }
