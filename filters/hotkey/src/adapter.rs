@@ -593,6 +593,12 @@ impl RootContext for Root {
             );
         if leader {
             let became = !self.leader;
+            if became {
+                log::info!(
+                    "{FILTER}: this VM (id {}) now leads detection and polling",
+                    self.me
+                );
+            }
             self.detect_and_publish(&plan, now, epoch, became);
             self.poll_operator(&plan, now);
         }

@@ -423,19 +423,41 @@ mod tests {
     #[test]
     fn shipped_example_compiles() {
         let p = Config::parse(include_str!("../../../config/hotkey.json").as_bytes());
-        assert!(p.as_ref().is_ok_and(|p| p.rules.len() == 2), "{:?}", p.err());
+        assert!(
+            p.as_ref().is_ok_and(|p| p.rules.len() == 2),
+            "{:?}",
+            p.err()
+        );
     }
 
     #[test]
     fn bad_fields_are_named() {
         let cases = [
             (r#"{"rules":[]}"#, "rules"),
-            (r#"{"rules":[{"name":"r","key":"host","threshold_rps":0,"action":"observe"}]}"#, "rules[0].threshold_rps"),
-            (r#"{"rules":[{"name":"r","key":"host","threshold_rps":5,"window_ms":300,"action":"observe"}]}"#, "rules[0].window_ms"),
-            (r#"{"rules":[{"name":"r","key":"host","threshold_rps":5,"action":{"redirect":{"status":301,"location":"/x"}}}]}"#, "rules[0].action.redirect.status"),
-            (r#"{"rules":[{"name":"r","key":"host","threshold_rps":5,"action":{"divert":{"header":"X Bad"}}}]}"#, "rules[0].action.divert.header"),
-            (r#"{"tick_ms":10,"rules":[{"name":"r","key":"host","threshold_rps":5,"action":"observe"}]}"#, "tick_ms"),
-            (r#"{"rules":[{"name":"r","key":"host","threshold_rps":5,"action":"observe"}],"operator":{"cluster":"c","poll_ms":1}}"#, "operator.poll_ms"),
+            (
+                r#"{"rules":[{"name":"r","key":"host","threshold_rps":0,"action":"observe"}]}"#,
+                "rules[0].threshold_rps",
+            ),
+            (
+                r#"{"rules":[{"name":"r","key":"host","threshold_rps":5,"window_ms":300,"action":"observe"}]}"#,
+                "rules[0].window_ms",
+            ),
+            (
+                r#"{"rules":[{"name":"r","key":"host","threshold_rps":5,"action":{"redirect":{"status":301,"location":"/x"}}}]}"#,
+                "rules[0].action.redirect.status",
+            ),
+            (
+                r#"{"rules":[{"name":"r","key":"host","threshold_rps":5,"action":{"divert":{"header":"X Bad"}}}]}"#,
+                "rules[0].action.divert.header",
+            ),
+            (
+                r#"{"tick_ms":10,"rules":[{"name":"r","key":"host","threshold_rps":5,"action":"observe"}]}"#,
+                "tick_ms",
+            ),
+            (
+                r#"{"rules":[{"name":"r","key":"host","threshold_rps":5,"action":"observe"}],"operator":{"cluster":"c","poll_ms":1}}"#,
+                "operator.poll_ms",
+            ),
         ];
         for (json, field) in cases {
             match Config::parse(json.as_bytes()) {
