@@ -38,6 +38,9 @@ const TOP_WINDOW_MS: u64 = 180_000;
 /// Outstanding HTTP calls tracked at most (polls and webhooks).
 const MAX_CALLS: usize = 64;
 
+/// Per rule: (evaluation time, top 5 (key, milli-rps) of that evaluation).
+type TopHistory = VecDeque<(u64, Vec<(String, u64)>)>;
+
 /// What an outstanding `dispatch_http_call` was for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Call {
@@ -163,7 +166,7 @@ struct Root {
     calls: HashMap<u32, Call>,
     deduper: Option<Deduper>,
     /// Per rule: (time, top 5 of that evaluation), for the alert's top keys of 3 minutes.
-    recent_top: Vec<VecDeque<(u64, Vec<(String, u64)>)>>,
+    recent_top: Vec<TopHistory>,
 }
 
 fn lossy(b: &[u8]) -> String {
@@ -238,7 +241,7 @@ impl Context for Root {
 }
 
 /// The top 5 keys of the recent evaluations: each key's highest rate, highest first.
-fn top_of(recent: &VecDeque<(u64, Vec<(String, u64)>)>) -> Vec<(String, u64)> {
+fn top_of(recent: &TopHistory) -> Vec<(String, u64)> {
     let mut best: HashMap<&str, u64> = HashMap::new();
     for (_, top) in recent {
         for (k, r) in top {
