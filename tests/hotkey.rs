@@ -239,15 +239,27 @@ fn operator_block_list_endpoint_applies_within_a_poll_and_survives_failures() {
         "action": {"reject": {"status": 503}}});
     let s = Stack::start(&hk_ops(rule), 2);
     let path = "/PostView?blogId=badblog&logNo=1";
+    // Waits until 10 requests in a row (fresh connections, so spread over both workers) get
+    // `want`; returns when the first of them was sent.
     let wait_status = |want: u16, within: Duration| {
         let deadline = Instant::now() + within;
+        let mut run: Option<Instant> = None;
+        let mut streak = 0;
         loop {
+            let sent = Instant::now();
             let st = s.get(path).status;
             if st == want {
-                return Instant::now();
+                run.get_or_insert(sent);
+                streak += 1;
+                if streak == 10 {
+                    return run.unwrap_or(sent);
+                }
+            } else {
+                run = None;
+                streak = 0;
             }
             assert!(Instant::now() < deadline, "still {st}, want {want}");
-            std::thread::sleep(Duration::from_millis(50));
+            std::thread::sleep(Duration::from_millis(10));
         }
     };
     assert_eq!(s.get(path).status, 200);
@@ -259,6 +271,12 @@ fn operator_block_list_endpoint_applies_within_a_poll_and_survives_failures() {
         Some("\"v1\""),
     );
     let applied = wait_status(503, Duration::from_secs(3));
+    // Within one poll (300 ms) and the ticks that carry it (100 ms each), with slack.
+    assert!(
+        applied - t0 <= Duration::from_millis(1500),
+        "{:?}",
+        applied - t0
+    );
     eprintln!(
         "operator list: blocked {} ms after it changed",
         (applied - t0).as_millis()

@@ -48,9 +48,40 @@ pub fn request(
     req.extend_from_slice(b"\r\n");
     req.extend_from_slice(body);
     s.write_all(&req)?;
+    parse(&read_response(&mut s)?)
+}
+
+/// Reads one response: up to the end of the body as `content-length` or chunked encoding
+/// says, else to EOF. Not waiting for EOF matters: after a local reply Envoy may hold the
+/// connection open up to its delayed-close timeout (1 s) before closing it.
+fn read_response(s: &mut TcpStream) -> io::Result<Vec<u8>> {
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw)?;
-    parse(&raw)
+    let mut buf = [0u8; 16384];
+    loop {
+        if let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+            let body_len = raw.len() - split - 4;
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            let chunked = head
+                .lines()
+                .any(|l| l.starts_with("transfer-encoding:") && l.contains("chunked"));
+            let no_body = head.starts_with("http/1.1 304") || head.starts_with("http/1.1 204");
+            if no_body
+                || length.is_some_and(|n| body_len >= n)
+                || (chunked && raw.ends_with(b"0\r\n\r\n"))
+            {
+                return Ok(raw);
+            }
+        }
+        let n = s.read(&mut buf)?;
+        if n == 0 {
+            return Ok(raw);
+        }
+        raw.extend_from_slice(&buf[..n]);
+    }
 }
 
 pub fn get(port: u16, path: &str) -> io::Result<Response> {
