@@ -26,12 +26,13 @@ const USAGE: &str = "usage: bench [--out FILE] [--rounds N] [--seconds S] [--war
 const TARGET: f64 = 1.15;
 const BLOG_IDS: u32 = 1000;
 const DEFAULT_VARIANTS: &str =
-    "bare,noop_wasm,ratelimit,native_local_ratelimit,ratelimit_headers,ratelimit_nomatch";
+    "bare,noop_wasm,ratelimit,hotkey,native_local_ratelimit,ratelimit_headers,ratelimit_nomatch";
 /// Name, description. The last two are diagnostics that split `ratelimit`'s cost.
-const VARIANTS: [(&str, &str); 6] = [
+const VARIANTS: [(&str, &str); 7] = [
     ("bare", "no Wasm filter"),
     ("noop_wasm", "`sg_noop.wasm`, a Wasm filter that does nothing"),
     ("ratelimit", "`sg_ratelimit.wasm`, rule `bench`: key `query blogId`, `1000000r/s`, burst 1000000, nodelay, default options; never limits, so every request does the `:path` read, key extraction, a clock read, one shared-data get and one CAS set"),
+    ("hotkey", "`sg_hotkey.wasm`, rule `bench`: key `query blogId`, threshold far above the load, `observe`; every request is matched, keyed and counted in the worker's sketch (no shared-data call), the 200 ms tick merges into shared data"),
     ("native_local_ratelimit", "`envoy.filters.http.local_ratelimit`, token bucket of 10^8 tokens refilled every 1 s, enabled and enforced 100%; never limits"),
     ("ratelimit_headers", "diagnostic: `ratelimit` with `rate_limit_headers: true` (two response-header writes per request)"),
     ("ratelimit_nomatch", "diagnostic: `ratelimit` whose rule matches no request (header reads only, no shared data)"),
@@ -130,6 +131,13 @@ fn bundle(variant: &str) -> Res<Bundle> {
             "filter_enabled": pct("bench_local.enabled"),
             "filter_enforced": pct("bench_local.enforced")}});
         b.prepend_http_filter("ingress", f).map_err(e)?;
+    } else if variant == "hotkey" {
+        // Never hot (threshold far above the load): every request is matched, keyed,
+        // normalised and counted in the worker's sketch; the tick merges into shared data.
+        b.keep_filters(&["hotkey"]);
+        let hk = json!({"tick_ms": 200, "rules": [{"name": "bench", "key": {"query": "blogId"},
+            "threshold_rps": 10_000_000, "action": "observe"}]});
+        b.set_filter_config("hotkey", &hk).map_err(e)?;
     } else if variant.starts_with("ratelimit") {
         b.keep_filters(&["ratelimit"]);
         cfg["rules"] = json!([rule]);
@@ -141,6 +149,10 @@ fn bundle(variant: &str) -> Res<Bundle> {
 /// Counters that prove the filter under test saw every request: (passed, limited).
 fn counters(variant: &str) -> Option<(&'static str, &'static str)> {
     match variant {
+        "hotkey" => Some((
+            "wasmcustom.sg.hotkey.bench.seen",
+            "wasmcustom.sg.hotkey.bench.shed",
+        )),
         "ratelimit" | "ratelimit_headers" => Some((
             "wasmcustom.sg.ratelimit.bench.allowed",
             "wasmcustom.sg.ratelimit.bench.rejected",
