@@ -9,20 +9,14 @@
 //! - Anything else: `404`.
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
-use tokio::sync::watch;
 
 /// Most hook bodies kept by [`Control::hooks`] (the oldest are dropped first).
 pub const MAX_HOOKS: usize = 1000;
@@ -62,8 +56,7 @@ pub struct Control {
     /// Port it listens on (127.0.0.1).
     pub port: u16,
     shared: Arc<Shared>,
-    shutdown: Option<watch::Sender<bool>>,
-    thread: Option<JoinHandle<()>>,
+    _server: Server,
 }
 
 impl std::fmt::Debug for Control {
@@ -75,19 +68,8 @@ impl std::fmt::Debug for Control {
 impl Control {
     /// Starts on an ephemeral port of 127.0.0.1; returns once it is listening.
     pub fn start() -> std::io::Result<Control> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name("control")
-            .enable_all()
-            .build()?;
-        let listener = {
-            let _guard = rt.enter();
-            let socket = tokio::net::TcpSocket::new_v4()?;
-            socket.set_reuseaddr(true)?;
-            socket.bind(SocketAddr::from(([127, 0, 0, 1], 0)))?;
-            socket.listen(1024)?
-        };
-        let port = listener.local_addr()?.port();
+        let bound = server::bind("control", 0, 1)?;
+        let port = bound.port;
         let shared = Arc::new(Shared {
             blocklist: Mutex::new(Blocklist {
                 status: 200,
@@ -100,19 +82,14 @@ impl Control {
             hooks: Mutex::new(VecDeque::new()),
             hook_status: AtomicU16::new(200),
         });
-        let (tx, rx) = watch::channel(false);
-        let sh = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("control-{port}"))
-            .spawn(move || {
-                rt.block_on(accept_loop(listener, sh, rx));
-                rt.shutdown_timeout(Duration::from_millis(200));
-            })?;
+        let server = bound.serve(
+            shared.clone(),
+            |sh, req| async move { handle(&sh, req).await },
+        )?;
         Ok(Control {
             port,
             shared,
-            shutdown: Some(tx),
-            thread: Some(thread),
+            _server: server,
         })
     }
 
@@ -161,54 +138,7 @@ impl Control {
     }
 }
 
-impl Drop for Control {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(true);
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-async fn accept_loop(
-    listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.changed() => return,
-            r = listener.accept() => r,
-        };
-        let stream = match accepted {
-            Ok((s, _)) => s,
-            Err(_) => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let sh = shared.clone();
-        let mut stop = shutdown.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let sh = sh.clone();
-                async move { Ok::<_, Infallible>(handle(&sh, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc);
-            tokio::select! {
-                _ = conn => {}
-                _ = stop.changed() => {}
-            }
-        });
-    }
-}
-
-type Resp = Response<Full<Bytes>>;
+use crate::server::{self, Resp, Server};
 
 fn respond(status: u16, content_type: &'static str, body: Bytes) -> Resp {
     let mut resp = Response::new(Full::new(body));

@@ -5,4 +5,5 @@ pub mod envoy;
 pub mod http;
 pub mod loadgen;
 pub mod nginx;
+pub mod server;
 pub mod upstream;

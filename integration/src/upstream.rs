@@ -10,11 +10,8 @@
 //! methods of [`Upstream`] or through the admin endpoints under `/__admin/`.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::convert::Infallible;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -24,11 +21,11 @@ use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 
 /// Most distinct `blogId` values tracked in [`UpstreamStats::by_key`]; the rest count as `_other`.
 pub const MAX_TRACKED_KEYS: usize = 10_000;
@@ -238,8 +235,7 @@ pub struct Upstream {
     /// Port it listens on (127.0.0.1).
     pub port: u16,
     shared: Arc<Shared>,
-    shutdown: Option<watch::Sender<bool>>,
-    thread: Option<JoinHandle<()>>,
+    _server: Server,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -259,19 +255,8 @@ impl Upstream {
 
     /// Starts on `127.0.0.1:port` (0 = ephemeral); returns once it is listening.
     pub fn start_on(cfg: UpstreamConfig, port: u16) -> std::io::Result<Upstream> {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name(format!("upstream-{}", cfg.name))
-            .enable_all()
-            .build()?;
-        let listener = {
-            let _guard = rt.enter();
-            let socket = tokio::net::TcpSocket::new_v4()?;
-            socket.set_reuseaddr(true)?;
-            socket.bind(SocketAddr::from(([127, 0, 0, 1], port)))?;
-            socket.listen(1024)?
-        };
-        let port = listener.local_addr()?.port();
+        let bound = server::bind(&format!("upstream-{}", cfg.name), port, 2)?;
+        let port = bound.port;
 
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -301,19 +286,11 @@ impl Upstream {
             client,
         });
 
-        let (tx, rx) = watch::channel(false);
-        let sh = shared.clone();
-        let thread = std::thread::Builder::new()
-            .name(format!("upstream-{port}"))
-            .spawn(move || {
-                rt.block_on(accept_loop(listener, sh, rx));
-                rt.shutdown_timeout(Duration::from_millis(200));
-            })?;
+        let server = bound.serve(shared.clone(), handle)?;
         Ok(Upstream {
             port,
             shared,
-            shutdown: Some(tx),
-            thread: Some(thread),
+            _server: server,
         })
     }
 
@@ -367,55 +344,7 @@ impl Upstream {
     }
 }
 
-impl Drop for Upstream {
-    fn drop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(true);
-        }
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-async fn accept_loop(
-    listener: tokio::net::TcpListener,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.changed() => return,
-            r = listener.accept() => r,
-        };
-        let stream = match accepted {
-            Ok((s, _)) => s,
-            Err(_) => {
-                // e.g. too many open files: back off a little and go on.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
-        let sh = shared.clone();
-        let mut stop = shutdown.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let sh = sh.clone();
-                async move { Ok::<_, Infallible>(handle(sh, req).await) }
-            });
-            let conn = hyper::server::conn::http1::Builder::new()
-                .keep_alive(true)
-                .serve_connection(TokioIo::new(stream), svc);
-            tokio::select! {
-                _ = conn => {}
-                _ = stop.changed() => {}
-            }
-        });
-    }
-}
-
-type Resp = Response<Full<Bytes>>;
+use crate::server::{self, Resp, Server};
 
 fn respond(shared: &Shared, status: u16, content_type: &str, body: String) -> Resp {
     let mut resp = Response::new(Full::new(Bytes::from(body)));
