@@ -10,6 +10,19 @@ pub fn valid_name(name: &str) -> bool {
         && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
+/// Checks a rule name at config path `path` (`rules[i]`): valid for metric names and
+/// shared-data keys, and not used by an earlier rule (`taken`).
+pub fn check_rule_name(name: &str, taken: bool, path: &str) -> Result<(), crate::ConfigError> {
+    let err = |why: String| Err(crate::ConfigError::new(format!("{path}.name"), why));
+    if !valid_name(name) {
+        return err(format!("{name:?} must be 1-64 letters, digits or '_'"));
+    }
+    if taken {
+        return err(format!("{name:?} is used twice"));
+    }
+    Ok(())
+}
+
 pub fn rule_metric(filter: &str, rule: &str, what: &str) -> String {
     format!("sg.{filter}.{rule}.{what}")
 }

@@ -5,7 +5,7 @@ use crate::detect::Thresholds;
 use serde::Deserialize;
 use sg_core::key::{KeyConfig, KeyPlan};
 use sg_core::matcher::{MatchConfig, Matcher};
-use sg_core::metrics::valid_name;
+use sg_core::metrics::check_rule_name;
 use sg_core::ConfigError;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -302,15 +302,7 @@ impl Config {
         for (i, r) in self.rules.iter().enumerate() {
             let path = format!("rules[{i}]");
             let bad = |field: &str, why: String| ConfigError::new(format!("{path}.{field}"), why);
-            if !valid_name(&r.name) {
-                return Err(bad(
-                    "name",
-                    format!("{:?} must be 1-64 letters, digits or '_'", r.name),
-                ));
-            }
-            if rules.iter().any(|x| x.name == r.name) {
-                return Err(bad("name", format!("{:?} is used twice", r.name)));
-            }
+            check_rule_name(&r.name, rules.iter().any(|x| x.name == r.name), &path)?;
             if r.window_ms < self.tick_ms
                 || r.window_ms % self.tick_ms != 0
                 || r.window_ms / self.tick_ms > 60

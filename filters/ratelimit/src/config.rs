@@ -5,7 +5,7 @@ use crate::limiter::Params;
 use serde::Deserialize;
 use sg_core::key::{KeyConfig, KeyPlan};
 use sg_core::matcher::{MatchConfig, Matcher};
-use sg_core::metrics::valid_name;
+use sg_core::metrics::check_rule_name;
 use sg_core::ConfigError;
 
 /// Largest rate accepted, in requests per second (nginx has no cap; this keeps every
@@ -199,18 +199,11 @@ impl Config {
         let mut rules = Vec::with_capacity(self.rules.len());
         for (i, r) in self.rules.iter().enumerate() {
             let path = format!("rules[{i}]");
-            if !valid_name(&r.name) {
-                return Err(ConfigError::new(
-                    format!("{path}.name"),
-                    format!("{:?} must be 1-64 letters, digits or '_'", r.name),
-                ));
-            }
-            if rules.iter().any(|x: &Rule| x.name == r.name) {
-                return Err(ConfigError::new(
-                    format!("{path}.name"),
-                    format!("{:?} is used twice", r.name),
-                ));
-            }
+            check_rule_name(
+                &r.name,
+                rules.iter().any(|x: &Rule| x.name == r.name),
+                &path,
+            )?;
             let (n, window_s) = parse_rate(&r.rate).ok_or_else(|| {
                 ConfigError::new(
                     format!("{path}.rate"),
