@@ -159,6 +159,38 @@ impl Bundle {
         })
     }
 
+    /// Serves a spikeguard filter's config by ECDS from `file` (Envoy's extension config
+    /// discovery with a `path_config_source`) instead of inline: the filter keeps its place and
+    /// name in the chain, its current config is written to `file`, and Envoy applies every
+    /// later [`write_ecds`] of that file without a restart. This is how a plain-Envoy user
+    /// changes a filter's config live; Istio pushes `WasmPlugin` changes by ECDS too.
+    pub fn use_ecds_file(&mut self, filter: &str, file: &Path) -> io::Result<()> {
+        let name = format!("spikeguard.{filter}");
+        let f = self
+            .wasm_filter_mut(filter)
+            .ok_or_else(|| err(format!("no filter {name} in the bundle")))?;
+        let mut typed = f["typed_config"].take();
+        if let Some(code) = typed.pointer_mut("/config/vm_config/code/local/filename") {
+            if let Some(p) = code.as_str() {
+                if Path::new(p).is_relative() {
+                    *code = Value::String(repo_root().join(p).display().to_string());
+                }
+            }
+        }
+        write_ecds(file, &name, &typed)?;
+        *f = json!({
+            "name": name,
+            "config_discovery": {
+                "config_source": {
+                    "path_config_source": {"path": file.display().to_string()},
+                    "resource_api_version": "V3"
+                },
+                "type_urls": [WASM_TYPE_URL]
+            }
+        });
+        Ok(())
+    }
+
     /// Points a cluster's single endpoint at 127.0.0.1:port.
     pub fn set_cluster_port(&mut self, cluster: &str, port: u16) -> io::Result<()> {
         let cs = self.doc["static_resources"]["clusters"]
@@ -218,6 +250,26 @@ impl Bundle {
         validate(&cfg)?;
         Envoy::start(&cfg, &dir, concurrency)
     }
+}
+
+const WASM_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+
+/// Writes an ECDS resource file (a `DiscoveryResponse` with one `TypedExtensionConfig`)
+/// atomically: a temporary file renamed over `file`, the move Envoy's file watcher reacts to.
+/// `typed_config` is the filter's `typed_config` (see [`Bundle::wasm_filter`]).
+pub fn write_ecds(file: &Path, name: &str, typed_config: &Value) -> io::Result<()> {
+    let doc = json!({
+        "version_info": format!("{}", std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)),
+        "resources": [{
+            "@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
+            "name": name,
+            "typed_config": typed_config
+        }]
+    });
+    let tmp = file.with_extension("json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(&doc)?)?;
+    std::fs::rename(&tmp, file)
 }
 
 /// `envoy --mode validate`: fails with Envoy's own message.

@@ -48,5 +48,71 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Con
     } else {
         bytes
     };
-    serde_json::from_slice(trimmed).map_err(|e| ConfigError::from_json(&e))
+    let mut de = serde_json::Deserializer::from_slice(trimmed);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path.is_empty() || path == "." {
+            ConfigError::from_json(&inner)
+        } else {
+            // "rules[0].threshold_rps: invalid value: integer `-5`, expected u64 (line 1, column 73)"
+            ConfigError::new(
+                path,
+                format!("{inner}")
+                    .replace(" at line ", " (line ")
+                    .replace(" column ", ", column ")
+                    + ")",
+            )
+        }
+    })?;
+    de.end().map_err(|e| ConfigError::from_json(&e))?;
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::Deserialize;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Rule {
+        #[allow(dead_code)]
+        rps: u64,
+    }
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Doc {
+        #[allow(dead_code)]
+        rules: Vec<Rule>,
+    }
+
+    #[test]
+    fn type_errors_name_the_field_path() {
+        let e = parse_json::<Doc>(br#"{"rules": [{"rps": 1}, {"rps": -5}]}"#).err();
+        let e = e.map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            e.starts_with("rules[1].rps: invalid value: integer `-5`"),
+            "{e}"
+        );
+        let e = parse_json::<Doc>(br#"{"rules": [{"rps": 1, "burst": 2}]}"#).err();
+        let e = e.map(|e| e.to_string()).unwrap_or_default();
+        assert!(
+            e.starts_with("rules[0].burst: unknown field `burst`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_and_trailing_garbage_give_a_position() {
+        let e = parse_json::<Doc>(br#"{"rules": [}"#)
+            .err()
+            .map(|e| e.to_string());
+        assert!(e.unwrap_or_default().contains("line 1"));
+        assert!(parse_json::<Doc>(br#"{"rules": []} x"#).is_err());
+        assert!(
+            parse_json::<Doc>(b"  ").is_err(),
+            "empty is {{}}: rules missing"
+        );
+    }
 }

@@ -423,6 +423,23 @@ mod tests {
     }
 
     #[test]
+    fn shipped_ecds_example_compiles() {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../../../deploy/ecds/hotkey.json"))
+                .unwrap_or_default();
+        let cfg = doc
+            .pointer("/resources/0/typed_config/config/configuration/value")
+            .and_then(|v| v.as_str())
+            .unwrap_or("");
+        let p = Config::parse(cfg.as_bytes());
+        assert!(
+            p.as_ref().is_ok_and(|p| p.rules.len() == 1),
+            "{:?}",
+            p.err()
+        );
+    }
+
+    #[test]
     fn bad_fields_are_named() {
         let cases = [
             (r#"{"rules":[]}"#, "rules"),
