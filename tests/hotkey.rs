@@ -155,7 +155,7 @@ fn a_hot_key_is_shed_within_a_second_and_only_it_then_released_after_cooldown() 
 #[test]
 fn divert_routes_the_hot_key_to_the_simple_page_backend() {
     let rule = json!({"name": "post_view", "key": {"query": "blogId"}, "window_ms": 1000,
-        "threshold_rps": 50, "cooldown_ms": 5000, "action": {"divert": {}}, "allow": ["vip"]});
+        "threshold_rps": 50, "cooldown_ms": 5000, "action": {"divert": {"header": "x-spikeguard-divert"}}, "allow": ["vip"]});
     let s = Stack::start(&hk(rule), 2);
     let url = s.envoy.url();
     let spike = load(

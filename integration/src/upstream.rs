@@ -108,6 +108,9 @@ pub struct AdminConfig {
     /// New queue timeout in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_timeout_ms: Option<u64>,
+    /// New `Cache-Control` of page responses (empty: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_control: Option<String>,
 }
 
 #[derive(Default)]
@@ -125,7 +128,7 @@ struct Counters {
 struct Shared {
     name: String,
     egress_url: Option<String>,
-    cache_control: Option<HeaderValue>,
+    cache_control: Mutex<Option<HeaderValue>>,
     max_queue: usize,
     latency_ms: AtomicU64,
     queue_timeout_ms: AtomicU64,
@@ -172,6 +175,9 @@ impl Shared {
         }
         if let Some(c) = cfg.capacity {
             self.set_capacity(c);
+        }
+        if let Some(cc) = &cfg.cache_control {
+            *lock(&self.cache_control) = HeaderValue::from_str(cc).ok().filter(|_| !cc.is_empty());
         }
     }
 
@@ -272,7 +278,7 @@ impl Upstream {
         let shared = Arc::new(Shared {
             name: cfg.name,
             egress_url: cfg.egress_url.map(|u| u.trim_end_matches('/').to_string()),
-            cache_control,
+            cache_control: Mutex::new(cache_control),
             max_queue: cfg.max_queue,
             latency_ms: AtomicU64::new(cfg.latency_ms),
             queue_timeout_ms: AtomicU64::new(cfg.queue_timeout_ms),
@@ -487,7 +493,18 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Resp {
     };
     shared.record_arrival(&method, full_path, page, key);
 
-    let resp = serve(&shared, route).await;
+    // `?...&setcookie=1` pages answer with a session cookie (never cacheable).
+    let set_cookie = req
+        .uri()
+        .query()
+        .is_some_and(|q| q.split('&').any(|p| p == "setcookie=1"));
+    let mut resp = serve(&shared, route).await;
+    if set_cookie && resp.status() == 200 {
+        resp.headers_mut().insert(
+            hyper::header::SET_COOKIE,
+            HeaderValue::from_static("sid=abc123; Path=/; HttpOnly"),
+        );
+    }
     let thread_full = resp.headers().contains_key("x-thread-full");
     shared.record_status(resp.status().as_u16(), thread_full);
     resp
@@ -548,8 +565,8 @@ async fn work(shared: &Arc<Shared>, route: Route) -> Resp {
                 log_no = html_escape(log_no.as_deref().unwrap_or("")),
             );
             let mut r = respond(shared, 200, "html", body);
-            if let Some(cc) = &shared.cache_control {
-                r.headers_mut().insert(CACHE_CONTROL, cc.clone());
+            if let Some(cc) = lock(&shared.cache_control).clone() {
+                r.headers_mut().insert(CACHE_CONTROL, cc);
             }
             r
         }

@@ -6,8 +6,68 @@
 //! Rates are milli-requests per second, shown with one decimal, truncated (12345 -> "12.3").
 
 use crate::hash::hash64;
+use serde::Deserialize;
 use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertConfig {
+    /// Envoy cluster of the webhook receiver (Slack-compatible JSON body).
+    #[serde(default)]
+    pub webhook_cluster: Option<String>,
+    #[serde(default = "default_hook_path")]
+    pub webhook_path: String,
+    #[serde(default = "default_authority")]
+    pub webhook_authority: String,
+    /// Link in the alert; `{key}` and `{rule}` are replaced (percent-encoded).
+    #[serde(default)]
+    pub link_template: Option<String>,
+    /// At most one alert per rule and key per this period.
+    #[serde(default = "default_alert_cooldown_ms")]
+    pub cooldown_ms: u64,
+}
+
+impl Default for AlertConfig {
+    fn default() -> Self {
+        AlertConfig {
+            webhook_cluster: None,
+            webhook_path: default_hook_path(),
+            webhook_authority: default_authority(),
+            link_template: None,
+            cooldown_ms: default_alert_cooldown_ms(),
+        }
+    }
+}
+
+impl AlertConfig {
+    /// Refuses a bad alert config; `at` is its field path (`alert`).
+    pub fn validate(&self, at: &str) -> Result<(), crate::ConfigError> {
+        if self.webhook_cluster.as_deref() == Some("") {
+            return Err(crate::ConfigError::new(
+                format!("{at}.webhook_cluster"),
+                "must not be empty",
+            ));
+        }
+        if !self.webhook_path.starts_with('/') {
+            return Err(crate::ConfigError::new(
+                format!("{at}.webhook_path"),
+                "must start with '/'",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn default_hook_path() -> String {
+    "/hook".to_string()
+}
+fn default_authority() -> String {
+    "spikeguard".to_string()
+}
+fn default_alert_cooldown_ms() -> u64 {
+    180_000
+}
 
 /// Longest escaped key (or other value) in the log line and the Slack text, in bytes.
 pub const MAX_VALUE_BYTES: usize = 256;

@@ -52,6 +52,25 @@ mod raw {
             key_data: *const u8,
             key_size: usize,
         ) -> u32;
+        pub fn proxy_get_header_map_pairs(
+            map_type: u32,
+            return_map_data: *mut *mut u8,
+            return_map_size: *mut usize,
+        ) -> u32;
+        pub fn proxy_get_buffer_bytes(
+            buffer_type: u32,
+            start: usize,
+            max_size: usize,
+            return_buffer_data: *mut *mut u8,
+            return_buffer_size: *mut usize,
+        ) -> u32;
+        pub fn proxy_set_buffer_bytes(
+            buffer_type: u32,
+            start: usize,
+            size: usize,
+            buffer_data: *const u8,
+            buffer_size: usize,
+        ) -> u32;
         pub fn proxy_continue_stream(stream_type: u32) -> u32;
         pub fn proxy_set_effective_context(context_id: u32) -> u32;
         #[allow(clippy::too_many_arguments)]
@@ -83,6 +102,77 @@ mod raw {
 
 pub const REQUEST_HEADERS: u32 = 0;
 pub const RESPONSE_HEADERS: u32 = 2;
+/// Buffer type of the response body (`proxy_get_buffer_bytes`).
+pub const RESPONSE_BODY: u32 = 1;
+
+/// All headers of a map as (lower-case name, lossy value) pairs; empty on any failure or
+/// malformed host data.
+pub fn header_pairs(map: u32) -> Vec<(String, String)> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: valid pointers to locals; the returned buffer is owned by us.
+    let status = unsafe { raw::proxy_get_header_map_pairs(map, &mut data, &mut size) };
+    if status != raw::OK {
+        return Vec::new();
+    }
+    // SAFETY: the host call succeeded and returned this buffer.
+    let bytes = unsafe { raw::take(data, size) };
+    deserialize_map(&bytes).unwrap_or_default()
+}
+
+/// proxy-wasm map serialisation (see `serialize_map`), checked at every step.
+fn deserialize_map(b: &[u8]) -> Option<Vec<(String, String)>> {
+    let u32_at = |i: usize| -> Option<usize> {
+        let s = b.get(i..i.checked_add(4)?)?;
+        Some(u32::from_le_bytes([
+            s.first().copied()?,
+            s.get(1).copied()?,
+            s.get(2).copied()?,
+            s.get(3).copied()?,
+        ]) as usize)
+    };
+    let n = u32_at(0)?;
+    if n > 10_000 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(n);
+    let mut pos = 4usize.checked_add(n.checked_mul(8)?)?;
+    for i in 0..n {
+        let kl = u32_at(4 + i * 8)?;
+        let vl = u32_at(8 + i * 8)?;
+        let k = b.get(pos..pos.checked_add(kl)?)?;
+        pos = pos.checked_add(kl)?.checked_add(1)?;
+        let v = b.get(pos..pos.checked_add(vl)?)?;
+        pos = pos.checked_add(vl)?.checked_add(1)?;
+        out.push((
+            String::from_utf8_lossy(k).to_ascii_lowercase(),
+            lossy(v.to_vec()),
+        ));
+    }
+    Some(out)
+}
+
+/// Bytes `start..start+max` of a buffer (e.g. `RESPONSE_BODY`); None on failure.
+pub fn get_buffer(kind: u32, start: usize, max: usize) -> Option<Vec<u8>> {
+    let mut data: *mut u8 = std::ptr::null_mut();
+    let mut size: usize = 0;
+    // SAFETY: valid pointers to locals; the returned buffer is owned by us.
+    let status = unsafe { raw::proxy_get_buffer_bytes(kind, start, max, &mut data, &mut size) };
+    match status {
+        // SAFETY: the host call succeeded and returned this buffer.
+        raw::OK => Some(unsafe { raw::take(data, size) }),
+        raw::NOT_FOUND => Some(Vec::new()),
+        _ => None,
+    }
+}
+
+/// Replaces `start..start+size` of a buffer with `value`; false on failure.
+pub fn set_buffer(kind: u32, start: usize, size: usize, value: &[u8]) -> bool {
+    // SAFETY: pointer and length of a live slice.
+    unsafe {
+        raw::proxy_set_buffer_bytes(kind, start, size, value.as_ptr(), value.len()) == raw::OK
+    }
+}
 
 /// Envoy's shared data, through the host calls.
 pub struct HostStore;

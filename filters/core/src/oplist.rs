@@ -21,6 +21,63 @@ pub const ENCODING_VERSION: u8 = 1;
 /// missing callback cannot stop polling for good.
 pub const LOST_CALL_MS: u64 = 60_000;
 
+/// Where the operator list is polled from (one poller per Envoy, the lease holder).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OperatorConfig {
+    /// Envoy cluster serving the list.
+    pub cluster: String,
+    #[serde(default = "default_operator_path")]
+    pub path: String,
+    #[serde(default = "default_authority")]
+    pub authority: String,
+    #[serde(default = "default_poll_ms")]
+    pub poll_ms: u64,
+    #[serde(default = "default_call_timeout_ms")]
+    pub timeout_ms: u64,
+    #[serde(default = "default_max_entries")]
+    pub max_entries: usize,
+}
+
+impl OperatorConfig {
+    /// Refuses a bad operator config; `at` is its field path (`operator`).
+    pub fn validate(&self, at: &str) -> Result<(), crate::ConfigError> {
+        let bad = |f: &str, why: String| crate::ConfigError::new(format!("{at}.{f}"), why);
+        if self.cluster.is_empty() {
+            return Err(bad("cluster", "must not be empty".into()));
+        }
+        if !self.path.starts_with('/') {
+            return Err(bad("path", format!("{:?} must start with '/'", self.path)));
+        }
+        if !(100..=3_600_000).contains(&self.poll_ms) {
+            return Err(bad("poll_ms", "must be from 100 to 3600000".into()));
+        }
+        if !(10..=60_000).contains(&self.timeout_ms) {
+            return Err(bad("timeout_ms", "must be from 10 to 60000".into()));
+        }
+        if !(1..=100_000).contains(&self.max_entries) {
+            return Err(bad("max_entries", "must be from 1 to 100000".into()));
+        }
+        Ok(())
+    }
+}
+
+fn default_operator_path() -> String {
+    "/blocklist".to_string()
+}
+fn default_authority() -> String {
+    "spikeguard".to_string()
+}
+fn default_poll_ms() -> u64 {
+    5000
+}
+fn default_call_timeout_ms() -> u64 {
+    1000
+}
+fn default_max_entries() -> usize {
+    1000
+}
+
 /// One entry: which rule (None = all rules), which key (exact, after normalisation) or path
 /// prefix, optional expiry (ms since Unix epoch).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]

@@ -4,7 +4,7 @@
 //! the lease holder evaluates the view and publishes the hot set; every worker refreshes its
 //! copy of the hot set.
 
-use crate::config::{Config, Plan};
+use crate::config::{ActionConfig, Config, Plan};
 use crate::detect::{Detector, Event};
 use crate::shed::{self, decide, Cause, Decision, ShedEntry};
 use crate::sketch::SpaceSaving;
@@ -18,9 +18,10 @@ use sg_core::host::{
     now_ms, plugin_config, property_string, send_reply, set_header, Counter, Gauge, HostRequest,
     HostStore, REQUEST_HEADERS,
 };
+use sg_core::key::RequestView;
 use sg_core::lease::try_acquire;
 use sg_core::metrics::{filter_metric, rule_metric};
-use sg_core::oplist::{decode_list, encode_list, List, PollOutcome, Poller};
+use sg_core::oplist::{decode_list, encode_list, Entry as ListEntry, List, PollOutcome, Poller};
 use sg_core::shared::{update, SharedStore, Step};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -33,6 +34,9 @@ const FILTER: &str = "hotkey";
 const SHED_KEY: &str = "sg:hk:shed";
 /// Shared-data key of the operator block list, published by the leader's poller.
 const BLOCKLIST_KEY: &str = "sg:hk:blocklist";
+/// Shared-data key of the hot keys of `divert` rules, read by `simplepage`
+/// (an `oplist` list: rule name, key).
+const DIVERT_KEY: &str = "sg:hk:divert";
 /// "Top 5 keys of the last 3 minutes" in alerts.
 const TOP_WINDOW_MS: u64 = 180_000;
 /// Outstanding HTTP calls tracked at most (polls and webhooks).
@@ -432,6 +436,7 @@ impl Root {
             }
         }
         let mut entries = Vec::new();
+        let mut divert = List::default();
         let mut enters = Vec::new();
         for (i, rule) in plan.rules.iter().enumerate() {
             let view = HostStore
@@ -476,6 +481,14 @@ impl Root {
                 }
             }
             let rule_idx = u16::try_from(i).unwrap_or(u16::MAX);
+            if matches!(rule.action, ActionConfig::Divert { .. }) {
+                divert.entries.extend(det.hot().iter().map(|h| ListEntry {
+                    rule: Some(rule.name.clone()),
+                    key: Some(lossy(&h.key)),
+                    path_prefix: None,
+                    expires_at_ms: None,
+                }));
+            }
             entries.extend(det.hot().iter().map(|h| ShedEntry {
                 rule: rule_idx,
                 hot: h.clone(),
@@ -499,6 +512,18 @@ impl Root {
                 .map_or(0, |x| x.0)
                 .wrapping_add(1);
             Step::Write(shed::encode(seq, &entries), ())
+        });
+        // For `simplepage`: the hot keys of `divert` rules, by rule name (rewritten only when
+        // they change, so readers can skip an unchanged version).
+        let _ = update(&HostStore, DIVERT_KEY, 8, |cur| {
+            let old = cur.and_then(|b| decode_list(b, shed::MAX_ENTRIES));
+            match old {
+                Some((_, l)) if l == divert => Step::Keep(()),
+                o => Step::Write(
+                    encode_list(o.map_or(0, |x| x.0).wrapping_add(1), &divert),
+                    (),
+                ),
+            }
         });
     }
 
@@ -717,8 +742,14 @@ impl HttpContext for Http {
                     if let Some(m) = m {
                         m.diverted.inc();
                     }
-                    set_header(REQUEST_HEADERS, &header, &rule.name);
-                    set_header(REQUEST_HEADERS, "x-spikeguard-action", FILTER);
+                    // Only reads go to the read-only simple page; `simplepage` applies its
+                    // own rules to the published key.
+                    if let Some(h) = header {
+                        if matches!(req.method(), "GET" | "HEAD") {
+                            set_header(REQUEST_HEADERS, &h, &rule.name);
+                            set_header(REQUEST_HEADERS, "x-spikeguard-action", FILTER);
+                        }
+                    }
                 }
                 Decision::Reject {
                     status,

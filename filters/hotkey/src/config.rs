@@ -3,9 +3,11 @@
 
 use crate::detect::Thresholds;
 use serde::Deserialize;
+pub use sg_core::alert::AlertConfig;
 use sg_core::key::{KeyConfig, KeyPlan};
 use sg_core::matcher::{MatchConfig, Matcher};
 use sg_core::metrics::check_rule_name;
+pub use sg_core::oplist::OperatorConfig;
 use sg_core::ConfigError;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -28,75 +30,6 @@ pub struct Config {
     /// Alerts: a structured log line always; a Slack-compatible webhook POST if configured.
     #[serde(default)]
     pub alert: AlertConfig,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct OperatorConfig {
-    /// Envoy cluster serving the list.
-    pub cluster: String,
-    #[serde(default = "default_operator_path")]
-    pub path: String,
-    #[serde(default = "default_authority")]
-    pub authority: String,
-    #[serde(default = "default_poll_ms")]
-    pub poll_ms: u64,
-    #[serde(default = "default_call_timeout_ms")]
-    pub timeout_ms: u64,
-    #[serde(default = "default_max_entries")]
-    pub max_entries: usize,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AlertConfig {
-    /// Envoy cluster of the webhook receiver (Slack-compatible JSON body).
-    #[serde(default)]
-    pub webhook_cluster: Option<String>,
-    #[serde(default = "default_hook_path")]
-    pub webhook_path: String,
-    #[serde(default = "default_authority")]
-    pub webhook_authority: String,
-    /// Link in the alert; `{key}` and `{rule}` are replaced (percent-encoded).
-    #[serde(default)]
-    pub link_template: Option<String>,
-    /// At most one alert per rule and key per this period.
-    #[serde(default = "default_alert_cooldown_ms")]
-    pub cooldown_ms: u64,
-}
-
-impl Default for AlertConfig {
-    fn default() -> Self {
-        AlertConfig {
-            webhook_cluster: None,
-            webhook_path: default_hook_path(),
-            webhook_authority: default_authority(),
-            link_template: None,
-            cooldown_ms: default_alert_cooldown_ms(),
-        }
-    }
-}
-
-fn default_operator_path() -> String {
-    "/blocklist".to_string()
-}
-fn default_hook_path() -> String {
-    "/hook".to_string()
-}
-fn default_authority() -> String {
-    "spikeguard".to_string()
-}
-fn default_poll_ms() -> u64 {
-    5000
-}
-fn default_call_timeout_ms() -> u64 {
-    1000
-}
-fn default_max_entries() -> usize {
-    1000
-}
-fn default_alert_cooldown_ms() -> u64 {
-    180_000
 }
 
 fn default_tick_ms() -> u64 {
@@ -131,11 +64,13 @@ pub enum ActionConfig {
     },
     /// Admit up to the enter threshold, shed the excess (with `reject`'s defaults).
     Limit,
-    /// Mark the request for the simple-page backend: sets `header` (value: the rule name),
-    /// which the bundle's route table matches.
+    /// Hand the key to the `simplepage` filter: the leader publishes the rule's hot keys in
+    /// `sg:hk:divert`, and `simplepage` diverts their GET/HEAD requests (its own safety rules,
+    /// cache and response header). With `header` set, `hotkey` also marks GET/HEAD requests
+    /// itself (header value: the rule name), for a bundle without `simplepage`.
     Divert {
-        #[serde(default = "default_divert_header")]
-        header: String,
+        #[serde(default)]
+        header: Option<String>,
     },
 }
 
@@ -150,9 +85,6 @@ fn default_retry_after() -> u64 {
 }
 fn default_redirect_status() -> u16 {
     302
-}
-fn default_divert_header() -> String {
-    "x-spikeguard-divert".to_string()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -258,46 +190,9 @@ impl Config {
             return Err(ConfigError::new("view_entries", "must be from 4 to 256"));
         }
         if let Some(op) = &self.operator {
-            if op.cluster.is_empty() {
-                return Err(ConfigError::new("operator.cluster", "must not be empty"));
-            }
-            if !op.path.starts_with('/') {
-                return Err(ConfigError::new(
-                    "operator.path",
-                    format!("{:?} must start with '/'", op.path),
-                ));
-            }
-            if !(100..=3_600_000).contains(&op.poll_ms) {
-                return Err(ConfigError::new(
-                    "operator.poll_ms",
-                    "must be from 100 to 3600000",
-                ));
-            }
-            if !(10..=60_000).contains(&op.timeout_ms) {
-                return Err(ConfigError::new(
-                    "operator.timeout_ms",
-                    "must be from 10 to 60000",
-                ));
-            }
-            if !(1..=100_000).contains(&op.max_entries) {
-                return Err(ConfigError::new(
-                    "operator.max_entries",
-                    "must be from 1 to 100000",
-                ));
-            }
+            op.validate("operator")?;
         }
-        if self.alert.webhook_cluster.as_deref() == Some("") {
-            return Err(ConfigError::new(
-                "alert.webhook_cluster",
-                "must not be empty",
-            ));
-        }
-        if !self.alert.webhook_path.starts_with('/') {
-            return Err(ConfigError::new(
-                "alert.webhook_path",
-                "must start with '/'",
-            ));
-        }
+        self.alert.validate("alert")?;
         let mut rules: Vec<Rule> = Vec::with_capacity(self.rules.len());
         for (i, r) in self.rules.iter().enumerate() {
             let path = format!("rules[{i}]");
@@ -349,10 +244,11 @@ impl Config {
                 ActionConfig::Redirect { location, .. } if location.is_empty() => {
                     return Err(bad("action.redirect.location", "must not be empty".into()));
                 }
-                ActionConfig::Divert { header }
-                    if header.is_empty()
-                        || header.starts_with(':')
-                        || header.bytes().any(|b| b.is_ascii_uppercase() || b == b' ') =>
+                ActionConfig::Divert {
+                    header: Some(header),
+                } if header.is_empty()
+                    || header.starts_with(':')
+                    || header.bytes().any(|b| b.is_ascii_uppercase() || b == b' ') =>
                 {
                     return Err(bad(
                         "action.divert.header",

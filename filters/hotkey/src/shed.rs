@@ -98,9 +98,9 @@ pub enum Decision {
         location: String,
         cause: Cause,
     },
-    /// `divert`: set this header to the rule name.
+    /// `divert`: published for `simplepage`; with a header, also set it to the rule name.
     Divert {
-        header: String,
+        header: Option<String>,
         cause: Cause,
     },
 }

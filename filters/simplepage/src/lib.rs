@@ -1,0 +1,17 @@
+//! spikeguard `simplepage`: diverts page traffic to a read-only simple-page backend when the
+//! page's key is hot (published by `hotkey`), listed by an operator, when the main backend is
+//! overloaded, or always (maintenance switch); and keeps the hottest diverted pages in an
+//! in-proxy micro-cache with `stale-while-revalidate` / `stale-if-error`.
+//!
+//! Pure logic: `config`, `cache` (Cache-Control, cacheability, the slot entry and its
+//! freshness, refresh collapsing), `overload` (windowed load with a latency histogram and
+//! hysteresis), `decide` (safety rules and triggers). The adapter (wasm32 only) moves data
+//! between them and Envoy.
+
+pub mod cache;
+pub mod config;
+pub mod decide;
+pub mod overload;
+
+#[cfg(target_arch = "wasm32")]
+mod adapter;

@@ -1,0 +1,511 @@
+//! End-to-end tests of the `simplepage` filter in a real Envoy (1.40, V8, two workers), with
+//! `hotkey` where the trigger comes from it. The simple-page backend and the main app are
+//! separate processes with their own counters, so "served by the simple page" is counted
+//! where it happened, not inferred from a header.
+#![allow(clippy::panic, clippy::indexing_slicing)]
+
+use serde_json::{json, Value};
+use sg_e2e::http;
+use sg_e2e::loadgen::{self, KeyMix, LoadConfig, Report};
+use sg_e2e::upstream::AdminConfig;
+use sg_e2e::Stack;
+use std::time::{Duration, Instant};
+
+const STATS: Duration = Duration::from_secs(5);
+const HDR: &str = "x-spikeguard-simple-page";
+
+fn sp(rules: Value, extra: Value) -> Value {
+    let mut c = json!({"tick_ms": 100, "rules": rules});
+    if let (Some(c), Some(e)) = (c.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    c
+}
+
+fn load(url: &str, rps: f64, ms: u64, keys: KeyMix) -> Report {
+    loadgen::run(&LoadConfig {
+        target: url.to_string(),
+        rate_rps: rps,
+        duration_ms: ms,
+        path_template: "/PostView?blogId={key}&logNo=1".into(),
+        keys,
+        record: true,
+        max_in_flight: 10_000,
+        ..LoadConfig::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn one_key(key: &str) -> KeyMix {
+    KeyMix {
+        hot: vec![(key.to_string(), 1.0)],
+        ..KeyMix::default()
+    }
+}
+
+/// Requests for a blog key the simple-page backend received.
+fn simple_count(s: &Stack, key: &str) -> u64 {
+    s.simple.stats().by_key.get(key).copied().unwrap_or(0)
+}
+fn app_count(s: &Stack, key: &str) -> u64 {
+    s.app.stats().by_key.get(key).copied().unwrap_or(0)
+}
+
+#[test]
+fn a_hot_key_from_hotkey_goes_to_the_simple_page_others_and_posts_to_the_app() {
+    let hk = json!({"tick_ms": 100, "rules": [{"name": "post_view", "key": {"query": "blogId"},
+        "window_ms": 1000, "threshold_rps": 50, "cooldown_ms": 5000, "action": {"divert": {}}}]});
+    let rules = json!([{"name": "post_view", "match": {"path_prefix": "/PostView"},
+        "key": {"query": "blogId"}, "triggers": {"hotkey": "post_view"},
+        "exclude_cookies": ["SESSION"]}]);
+    let cfg = sp(
+        rules,
+        json!({"inbound_alert_ms": 1000,
+               "alert": {"webhook_cluster": "spikeguard_control", "webhook_path": "/hook"}}),
+    );
+    let s = Stack::start(&[("hotkey", hk), ("simplepage", cfg)], 2);
+    // Nothing diverted yet: no "simple page inbound" alert.
+    std::thread::sleep(Duration::from_millis(1300));
+    assert!(!s.envoy.log().contains("simple page inbound"));
+    let url = s.envoy.url();
+    let r = load(
+        &url,
+        400.0,
+        2500,
+        KeyMix {
+            hot: vec![("hot".into(), 0.5)],
+            zipf_n: 1000,
+            key_prefix: "cold".into(),
+            ..KeyMix::default()
+        },
+    );
+    assert_eq!(
+        r.by_status.get(&200).copied(),
+        Some(r.sent),
+        "{:?}",
+        r.by_status
+    );
+    let simple = s.simple.stats();
+    let app = s.app.stats();
+    let hot_simple = simple_count(&s, "hot");
+    let tagged = r
+        .records
+        .iter()
+        .filter(|x| x.headers.iter().any(|(k, v)| k == HDR && v == "hotkey"))
+        .count() as u64;
+    eprintln!(
+        "hotkey divert: hot served by simple page {hot_simple}, by app {}; cold keys on simple page {}; tagged responses {tagged}",
+        app_count(&s, "hot"),
+        simple.total - hot_simple
+    );
+    // Detection takes one window (1 s) of the 2.5 s: more than a third of ~500 hot requests.
+    assert!(hot_simple > 300, "{simple:?}");
+    assert_eq!(
+        simple.total, hot_simple,
+        "a cold key reached the simple page: {simple:?}"
+    );
+    assert_eq!(
+        tagged, hot_simple,
+        "every simple page is tagged, nothing else"
+    );
+    assert!(app.by_key.len() > 100, "cold keys served by the app");
+    assert!(
+        s.envoy.wait_stat(
+            "wasmcustom.sg.simplepage.post_view.diverted_hotkey",
+            STATS,
+            |v| v as u64 == hot_simple
+        ) as u64
+            == hot_simple
+    );
+
+    // While hot: POST and a session cookie stay on the app; GET goes to the simple page.
+    let before = (simple_count(&s, "hot"), app_count(&s, "hot"));
+    let post = http::request(
+        s.port(),
+        "POST",
+        "/PostView?blogId=hot&logNo=1",
+        &[],
+        b"x=1",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let cookie = http::request(
+        s.port(),
+        "GET",
+        "/PostView?blogId=hot&logNo=1",
+        &[("cookie", b"theme=dark; SESSION=1")],
+        b"",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let get = s.get("/PostView?blogId=hot&logNo=1");
+    assert_eq!((post.status, cookie.status, get.status), (200, 200, 200));
+    assert_eq!(post.header(HDR), None);
+    assert_eq!(cookie.header(HDR), None);
+    assert_eq!(get.header(HDR), Some("hotkey"));
+    assert_eq!(
+        (simple_count(&s, "hot"), app_count(&s, "hot")),
+        (before.0 + 1, before.1 + 2),
+        "POST and the session request must reach the app"
+    );
+    assert_eq!(
+        s.app.stats().requests_by_method.get("POST").copied(),
+        Some(1)
+    );
+    assert_eq!(
+        s.simple.stats().requests_by_method.get("POST").copied(),
+        None
+    );
+    assert_eq!(
+        s.envoy
+            .wait_stat("wasmcustom.sg.simplepage.post_view.excluded", STATS, |v| v
+                == 2),
+        2
+    );
+    // The periodic "simple page inbound" alert names the count and the top URL.
+    assert!(
+        s.envoy.wait_log("reason=\"simple page inbound: ", STATS),
+        "{}",
+        s.envoy.log_tail(20)
+    );
+    let log = s.envoy.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("simple page inbound"))
+        .unwrap_or("");
+    assert!(
+        line.contains("top5=\"/PostView?blogId=hot&logNo=1:"),
+        "{line}"
+    );
+    let hooks = s.control.hooks();
+    assert!(
+        hooks.iter().any(|h| h.contains("simple page inbound")),
+        "{hooks:?}"
+    );
+}
+
+#[test]
+fn operator_list_diverts_keys_and_path_prefixes_until_removed() {
+    let rules = json!([{"name": "pages", "key": {"query": "blogId"}, "triggers": {"operator": true},
+        "divert": {"header": {"name": "x-spikeguard-divert"}}},
+        {"name": "lists", "match": {"path_prefix": "/PostList"}, "triggers": {"operator": true},
+         "divert": {"redirect": {"status": 307, "base_url": "https://simple.blog.example"}}}]);
+    let op = json!({"operator": {"cluster": "spikeguard_control", "path": "/blocklist/simplepage",
+        "poll_ms": 300, "timeout_ms": 3000}});
+    // The first rule matches everything: the PostList rule only sees what it does not.
+    let rules = json!([rules[1], rules[0]]);
+    let s = Stack::start(&[("simplepage", sp(rules, op))], 2);
+    assert_eq!(s.get("/PostView?blogId=listed&logNo=1").header(HDR), None);
+    s.control.set_blocklist(
+        200,
+        r#"{"entries": [{"rule": "pages", "key": "listed"},
+                        {"rule": "pages", "path_prefix": "/special"},
+                        {"rule": "lists", "path_prefix": "/PostList"},
+                        {"rule": "pages", "key": "expired", "expires_at_ms": 1000}]}"#,
+        Some("\"v1\""),
+    );
+    let deadline = Instant::now() + STATS;
+    while s.get("/PostView?blogId=listed&logNo=1").header(HDR) != Some("operator") {
+        assert!(Instant::now() < deadline, "operator entry never applied");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let listed_before = simple_count(&s, "listed");
+    for _ in 0..10 {
+        let r = s.get("/PostView?blogId=listed&logNo=1");
+        assert_eq!((r.status, r.header(HDR)), (200, Some("operator")));
+    }
+    assert_eq!(simple_count(&s, "listed"), listed_before + 10);
+    assert_eq!(
+        s.get("/special/page?blogId=x").header(HDR),
+        Some("operator")
+    );
+    assert_eq!(s.get("/PostView?blogId=expired&logNo=1").header(HDR), None);
+    assert_eq!(s.get("/PostView?blogId=other&logNo=1").header(HDR), None);
+    let r = s.get("/PostList?blogId=a&page=2");
+    assert_eq!(
+        (r.status, r.header("location")),
+        (
+            307,
+            Some("https://simple.blog.example/PostList?blogId=a&page=2")
+        )
+    );
+    // A failing endpoint keeps the list; removal applies.
+    s.control.set_blocklist(500, "oops", None);
+    std::thread::sleep(Duration::from_millis(700));
+    assert_eq!(
+        s.get("/PostView?blogId=listed&logNo=1").header(HDR),
+        Some("operator")
+    );
+    s.control
+        .set_blocklist(200, r#"{"entries": []}"#, Some("\"v2\""));
+    let deadline = Instant::now() + STATS;
+    while s
+        .get("/PostView?blogId=listed&logNo=1")
+        .header(HDR)
+        .is_some()
+    {
+        assert!(Instant::now() < deadline, "removal never applied");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Every worker picks the change up on its next tick.
+    std::thread::sleep(Duration::from_millis(300));
+    for _ in 0..10 {
+        assert_eq!(s.get("/PostList?blogId=a").status, 200);
+        assert_eq!(s.get("/PostView?blogId=listed&logNo=1").header(HDR), None);
+    }
+}
+
+#[test]
+fn overload_trigger_fires_when_the_app_is_slow_and_clears_when_it_recovers() {
+    let rules = json!([{"name": "post_view", "match": {"path_prefix": "/PostView"},
+        "triggers": {"overload": {"p99_ms": 200, "min_samples": 10, "window_ms": 1000,
+                                  "clear_after_ms": 1500, "probe_percent": 10}}}]);
+    let alert =
+        json!({"alert": {"webhook_cluster": "spikeguard_control", "webhook_path": "/hook"}});
+    let s = Stack::start(&[("simplepage", sp(rules, alert))], 2);
+    let url = s.envoy.url();
+    let mix = || KeyMix {
+        zipf_n: 100,
+        ..KeyMix::default()
+    };
+    let diverted = |r: &Report| {
+        r.records
+            .iter()
+            .filter(|x| {
+                x.headers
+                    .iter()
+                    .any(|(k, v)| k == HDR && v == "overload:latency")
+            })
+            .count()
+    };
+    // Healthy: nothing diverted.
+    let calm = load(&url, 100.0, 1500, mix());
+    assert_eq!(diverted(&calm), 0);
+    // The app slows to 400 ms per request: diverted within a window or two.
+    s.app.apply(&AdminConfig {
+        latency_ms: Some(400),
+        ..AdminConfig::default()
+    });
+    let slow_started = Instant::now();
+    let slow = load(&url, 100.0, 4000, mix());
+    let first = slow
+        .records
+        .iter()
+        .filter(|x| {
+            x.headers
+                .iter()
+                .any(|(k, v)| k == HDR && v == "overload:latency")
+        })
+        .map(|x| x.intended_us)
+        .min();
+    let d = diverted(&slow);
+    eprintln!(
+        "overload: first diverted {:?} ms after the app slowed; {d} of {} diverted; simple page got {}",
+        first.map(|u| u / 1000),
+        slow.sent,
+        s.simple.stats().total
+    );
+    assert!(
+        first.is_some_and(|us| us < 3_000_000),
+        "not diverted in time"
+    );
+    assert!(d as u64 > slow.sent / 3, "{d} of {}", slow.sent);
+    assert_eq!(s.simple.stats().total as usize, d);
+    assert!(
+        s.envoy
+            .wait_log("reason=\"main backend overloaded (latency)", STATS),
+        "{}",
+        s.envoy.log_tail(30)
+    );
+    // Probes keep measuring the app while diverted.
+    assert!(s.envoy.stat("wasmcustom.sg.simplepage.post_view.probes") > 0);
+    // Recovery: the probes see a fast app again; diversion ends after clear_after_ms.
+    s.app.apply(&AdminConfig {
+        latency_ms: Some(0),
+        ..AdminConfig::default()
+    });
+    let _ = slow_started;
+    let recovered = Instant::now();
+    let deadline = recovered + Duration::from_secs(15);
+    loop {
+        let r = load(&url, 100.0, 500, mix());
+        if diverted(&r) == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still diverted 15 s after recovery"
+        );
+    }
+    eprintln!(
+        "overload: cleared {} ms after the app recovered",
+        recovered.elapsed().as_millis()
+    );
+    assert!(s.envoy.wait_log("overload over, main backend back", STATS));
+    assert_eq!(s.envoy.stat("wasmcustom.sg.simplepage.overload_events"), 1);
+    assert_eq!(s.control.hooks().len(), 1, "{:?}", s.control.hooks());
+}
+
+/// Cache on, diversion always on (maintenance switch).
+fn cached(extra: Value) -> Vec<(&'static str, Value)> {
+    let mut cache = json!({"ttl_ms": 1000});
+    if let (Some(c), Some(e)) = (cache.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    let rules = json!([{"name": "post_view", "match": {"path_prefix": "/PostView"},
+        "triggers": {"always": true}, "cache": cache}]);
+    vec![(
+        "simplepage",
+        sp(
+            rules,
+            json!({"cache": {"slots": 16, "max_body_bytes": 4096}}),
+        ),
+    )]
+}
+
+#[test]
+fn micro_cache_sends_at_most_one_request_per_refresh_interval_to_the_backend() {
+    let s = Stack::start(&cached(json!({})), 2);
+    // First fill.
+    let first = s.get("/PostView?blogId=c&logNo=1");
+    assert_eq!(
+        first.header(HDR),
+        Some("always"),
+        "a miss goes to the backend"
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let before = simple_count(&s, "c");
+    let started = Instant::now();
+    let r = load(&s.envoy.url(), 2000.0, 5000, one_key("c"));
+    let secs = started.elapsed().as_secs_f64();
+    let backend = simple_count(&s, "c") - before;
+    let hits = s
+        .envoy
+        .wait_stat("wasmcustom.sg.simplepage.cache_hit", STATS, |v| v > 0);
+    let stale = s.envoy.stat("wasmcustom.sg.simplepage.cache_stale");
+    eprintln!(
+        "micro-cache: {} requests in {secs:.1} s for one page; backend got {backend}; cache hits {hits}, stale {stale}; statuses {:?}",
+        r.sent, r.by_status
+    );
+    assert_eq!(r.sent, 10_000);
+    assert_eq!(r.by_status.get(&200).copied(), Some(r.sent));
+    // One refresh per 1 s interval (the run lasts ~5 s) plus one for an interval boundary.
+    let allowed = secs.ceil() as u64 + 1;
+    assert!(
+        backend <= allowed,
+        "backend got {backend} requests, allowed {allowed}"
+    );
+    assert!(backend >= 1, "the cache never refreshed");
+    // Bodies from the cache are the backend's page.
+    let body = s.get("/PostView?blogId=c&logNo=1").body;
+    assert!(
+        body.contains("upstream simple") && body.contains("blogId=c"),
+        "{body}"
+    );
+}
+
+#[test]
+fn micro_cache_never_keeps_set_cookie_and_memory_stays_in_its_slots() {
+    let s = Stack::start(&cached(json!({})), 2);
+    for _ in 0..20 {
+        let r = s.get("/PostView?blogId=ck&logNo=1&setcookie=1");
+        assert_eq!(r.status, 200);
+        assert!(r.header("set-cookie").is_some());
+    }
+    assert_eq!(
+        simple_count(&s, "ck"),
+        20,
+        "a Set-Cookie response was served from the cache"
+    );
+    assert!(
+        s.envoy
+            .wait_stat("wasmcustom.sg.simplepage.cache_not_cacheable", STATS, |v| v
+                >= 20)
+            >= 20
+    );
+    // 3,000 distinct pages through a 16-slot cache of 4 KiB bodies.
+    let r = load(
+        &s.envoy.url(),
+        1500.0,
+        2000,
+        KeyMix {
+            unique: true,
+            key_prefix: "m".into(),
+            ..KeyMix::default()
+        },
+    );
+    assert_eq!(r.by_status.get(&200).copied(), Some(r.sent));
+    let fills = s
+        .envoy
+        .wait_stat("wasmcustom.sg.simplepage.cache_fill", STATS, |v| v >= 1000);
+    let bytes = s
+        .envoy
+        .wait_stat("wasmcustom.sg.simplepage.cache_bytes", STATS, |v| v > 0);
+    let bound = 16 * (4096 + 4096 + 2048 + 128);
+    eprintln!(
+        "micro-cache memory: {fills} fills of distinct pages; cache bytes {bytes} (bound {bound})"
+    );
+    assert!(fills >= 1000, "{fills}");
+    assert!(bytes > 0 && bytes <= bound, "{bytes}");
+    // Each page is ~300 bytes: 16 slots hold at most 16 of them.
+    assert!(bytes <= 16 * 600, "{bytes}");
+}
+
+#[test]
+fn stale_if_error_serves_the_last_good_page_when_the_backend_fails() {
+    let s = Stack::start(
+        &cached(json!({"stale_while_revalidate_ms": 0, "stale_if_error_ms": 60000})),
+        1,
+    );
+    let good = s.get("/PostView?blogId=e&logNo=1");
+    assert_eq!(good.status, 200);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        s.get("/PostView?blogId=e&logNo=1").header(HDR),
+        Some("always; cache=hit")
+    );
+    s.simple.apply(&AdminConfig {
+        error_rate: Some(1.0),
+        error_status: Some(503),
+        ..AdminConfig::default()
+    });
+    std::thread::sleep(Duration::from_millis(1100));
+    let before = simple_count(&s, "e");
+    let r = s.get("/PostView?blogId=e&logNo=1");
+    assert_eq!(
+        simple_count(&s, "e"),
+        before + 1,
+        "expired: the backend is asked"
+    );
+    assert_eq!(
+        (r.status, r.header(HDR)),
+        (200, Some("always; cache=stale-if-error"))
+    );
+    assert_eq!(r.body, good.body);
+    // Not cached at all: the backend's error goes through.
+    let r = s.get("/PostView?blogId=never&logNo=1");
+    assert_eq!(r.status, 503);
+    assert_eq!(
+        s.envoy.wait_stat(
+            "wasmcustom.sg.simplepage.cache_stale_if_error",
+            STATS,
+            |v| v == 1
+        ),
+        1
+    );
+}
+
+#[test]
+fn bad_simplepage_config_is_refused_naming_the_field() {
+    let mut b = sg_e2e::envoy::Bundle::load().unwrap_or_else(|e| panic!("{e}"));
+    b.keep_filters(&["simplepage"]);
+    let cfg = json!({"rules": [{"name": "r", "triggers": {"hotkey": "post_view"}}]});
+    b.set_filter_config("simplepage", &cfg)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let log =
+        sg_e2e::envoy::expect_refused(&b, 1).unwrap_or_else(|e| panic!("served a bad config: {e}"));
+    assert!(log.contains("simplepage: rules[0].key"), "{log}");
+}
