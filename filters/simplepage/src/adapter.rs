@@ -790,6 +790,8 @@ struct Stream {
 
 struct CacheJob {
     rule: usize,
+    /// Only a GET's answer fills the cache (a HEAD's has no body).
+    fill: bool,
     key: Vec<u8>,
     slot: u32,
     stale: Option<Entry>,
@@ -821,7 +823,14 @@ impl Http {
         now_needed: &mut bool,
     ) -> (Signals, Option<Vec<u8>>) {
         let w = self.worker.borrow();
-        let key = rule.key.as_ref().and_then(|k| k.key(req));
+        // The key is extracted only when a published list could name it.
+        let wanted = (rule.operator && !w.list.entries.is_empty())
+            || (rule.hotkey_rule.is_some() && !w.hot.entries.is_empty());
+        let key = if wanted {
+            rule.key.as_ref().and_then(|k| k.key(req))
+        } else {
+            None
+        };
         let mut s = Signals {
             always: rule.always,
             ..Signals::default()
@@ -937,6 +946,7 @@ impl Http {
         let stale = entry.filter(|e| e.state(now) != State::Expired);
         self.state.cache = Some(CacheJob {
             rule: i,
+            fill: req.method() == "GET",
             key,
             slot,
             stale,
@@ -1116,6 +1126,9 @@ impl HttpContext for Http {
         let Some(c) = plan.rules.get(job.rule).and_then(|r| r.cache.as_ref()) else {
             return HostAction::Continue;
         };
+        if !job.fill {
+            return HostAction::Continue;
+        }
         let headers = header_pairs(RESPONSE_HEADERS);
         let length = headers
             .iter()

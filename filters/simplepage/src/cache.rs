@@ -84,6 +84,9 @@ pub enum NotCacheable {
     /// `private`, `no-store` or `no-cache`.
     Directive,
     TooLarge,
+    /// An encoded body (`Content-Encoding`) or `Vary` on a request header other than
+    /// `Accept-Encoding`: one stored copy could be wrong for the next client.
+    Varies,
 }
 
 /// Freshness windows of a response stored at `now`.
@@ -118,6 +121,18 @@ pub fn policy(
     let d = parse_cache_control(&cc);
     if d.private || d.no_store || d.no_cache {
         return Err(NotCacheable::Directive);
+    }
+    let encoded = headers
+        .iter()
+        .any(|(k, v)| k == "content-encoding" && !v.trim().eq_ignore_ascii_case("identity"));
+    let varies = headers
+        .iter()
+        .filter(|(k, _)| k == "vary")
+        .flat_map(|(_, v)| v.split(','))
+        .map(str::trim)
+        .any(|v| !v.is_empty() && !v.eq_ignore_ascii_case("accept-encoding"));
+    if encoded || varies {
+        return Err(NotCacheable::Varies);
     }
     if content_length.is_some_and(|n| n > s.max_body_bytes) {
         return Err(NotCacheable::TooLarge);
@@ -349,6 +364,24 @@ mod tests {
             policy(200, &ok, Some(1025), &S, 0),
             Err(NotCacheable::TooLarge)
         );
+        for (k, v) in [
+            ("content-encoding", "gzip"),
+            ("vary", "Cookie"),
+            ("vary", "*"),
+        ] {
+            let x = h(&[(k, v)]);
+            assert_eq!(
+                policy(200, &x, None, &S, 0),
+                Err(NotCacheable::Varies),
+                "{k}: {v}"
+            );
+        }
+        for (k, v) in [
+            ("content-encoding", "identity"),
+            ("vary", "Accept-Encoding"),
+        ] {
+            assert!(policy(200, &h(&[(k, v)]), None, &S, 0).is_ok(), "{k}: {v}");
+        }
     }
 
     #[test]

@@ -392,6 +392,13 @@ impl Config {
             }
             let cache = match &r.cache {
                 None => None,
+                Some(_) if matches!(r.divert, DivertConfig::Redirect { .. }) => {
+                    return Err(bad(
+                        "cache",
+                        "the micro-cache needs the header divert (a redirect leaves the proxy)"
+                            .into(),
+                    ));
+                }
                 Some(c) => {
                     if !(1..=86_400_000).contains(&c.ttl_ms) {
                         return Err(bad("cache.ttl_ms", "must be from 1 to 86400000".into()));
@@ -507,6 +514,10 @@ mod tests {
             (
                 format!(r#"{{"rules":[{{{ok_rule},"cache":{{"ttl_ms":0}}}}]}}"#),
                 "rules[0].cache.ttl_ms",
+            ),
+            (
+                format!(r#"{{"rules":[{{{ok_rule},"cache":{{}},"divert":{{"redirect":{{"base_url":"https://s"}}}}}}]}}"#),
+                "rules[0].cache",
             ),
             (
                 format!(r#"{{"cache":{{"slots":0}},"rules":[{{{ok_rule}}}]}}"#),
