@@ -82,6 +82,7 @@ struct Metrics {
     cache_fill: Counter,
     cache_not_cacheable: Counter,
     cache_write_failed: Counter,
+    cache_slot_busy: Counter,
     overload_events: Counter,
     operator_applied: Counter,
     operator_errors: Counter,
@@ -120,6 +121,7 @@ impl Metrics {
             cache_fill: f("cache_fill"),
             cache_not_cacheable: f("cache_not_cacheable"),
             cache_write_failed: f("cache_write_failed"),
+            cache_slot_busy: f("cache_slot_busy"),
             overload_events: f("overload_events"),
             operator_applied: f("operator_applied"),
             operator_errors: f("operator_errors"),
@@ -149,6 +151,7 @@ impl Metrics {
             &self.cache_fill,
             &self.cache_not_cacheable,
             &self.cache_write_failed,
+            &self.cache_slot_busy,
             &self.overload_events,
             &self.operator_applied,
             &self.operator_errors,
@@ -964,11 +967,26 @@ impl Http {
         };
         let bytes = entry.encode();
         let new_len = bytes.len() as u64;
+        let now = entry.stored_ms;
+        // A slot holding another page that is still fresh keeps it (no thrashing between two
+        // pages of one slot); the newcomer gets the slot once that page goes stale.
         let r = update(&HostStore, &slot_key(f.slot), 4, |cur| {
-            Step::Write(bytes.clone(), cur.map_or(0, |c| c.len() as u64))
+            let busy = cur
+                .and_then(Entry::decode)
+                .is_some_and(|e| e.key != f.key && e.state(now) == State::Fresh);
+            if busy {
+                Step::Keep(None)
+            } else {
+                Step::Write(bytes.clone(), Some(cur.map_or(0, |c| c.len() as u64)))
+            }
         });
         match r {
-            sg_core::shared::Update::Done { result: old, .. } => {
+            sg_core::shared::Update::Done { result: None, .. } => {
+                self.metrics.cache_slot_busy.inc();
+            }
+            sg_core::shared::Update::Done {
+                result: Some(old), ..
+            } => {
                 self.metrics.cache_fill.inc();
                 if old != new_len {
                     let _ = update(&HostStore, CACHE_BYTES_KEY, 8, |cur| {

@@ -26,13 +26,15 @@ const USAGE: &str = "usage: bench [--out FILE] [--rounds N] [--seconds S] [--war
 const TARGET: f64 = 1.15;
 const BLOG_IDS: u32 = 1000;
 const DEFAULT_VARIANTS: &str =
-    "bare,noop_wasm,ratelimit,hotkey,native_local_ratelimit,ratelimit_headers,ratelimit_nomatch";
+    "bare,noop_wasm,ratelimit,hotkey,simplepage,simplepage_cached,native_local_ratelimit,ratelimit_headers,ratelimit_nomatch";
 /// Name, description. The last two are diagnostics that split `ratelimit`'s cost.
-const VARIANTS: [(&str, &str); 7] = [
+const VARIANTS: [(&str, &str); 9] = [
     ("bare", "no Wasm filter"),
     ("noop_wasm", "`sg_noop.wasm`, a Wasm filter that does nothing"),
     ("ratelimit", "`sg_ratelimit.wasm`, rule `bench`: key `query blogId`, `1000000r/s`, burst 1000000, nodelay, default options; never limits, so every request does the `:path` read, key extraction, a clock read, one shared-data get and one CAS set"),
     ("hotkey", "`sg_hotkey.wasm`, rule `bench`: key `query blogId`, threshold far above the load, `observe`; every request is matched, keyed and counted in the worker's sketch (no shared-data call), the 200 ms tick merges into shared data"),
+    ("simplepage", "`sg_simplepage.wasm`, rule `bench`: triggers `hotkey` (nothing hot) and `overload` (thresholds far above the load); nothing is diverted, every request is matched, counted and timed to its response headers (two clock reads, a `:status` read), the 100 ms tick merges the tallies into shared data"),
+    ("simplepage_cached", "`sg_simplepage.wasm`, rule `bench` with trigger `always` and the micro-cache (TTL 60 s, 4096 slots): after the first request per blog ID almost every request is answered from the cache (IDs that share a slot with a fresh page miss) (one shared-data get of the slot, a local reply)"),
     ("native_local_ratelimit", "`envoy.filters.http.local_ratelimit`, token bucket of 10^8 tokens refilled every 1 s, enabled and enforced 100%; never limits"),
     ("ratelimit_headers", "diagnostic: `ratelimit` with `rate_limit_headers: true` (two response-header writes per request)"),
     ("ratelimit_nomatch", "diagnostic: `ratelimit` whose rule matches no request (header reads only, no shared data)"),
@@ -138,6 +140,18 @@ fn bundle(variant: &str) -> Res<Bundle> {
         let hk = json!({"tick_ms": 200, "rules": [{"name": "bench", "key": {"query": "blogId"},
             "threshold_rps": 10_000_000, "action": "observe"}]});
         b.set_filter_config("hotkey", &hk).map_err(e)?;
+    } else if variant == "simplepage" {
+        b.keep_filters(&["simplepage"]);
+        let sp = json!({"rules": [{"name": "bench", "key": {"query": "blogId"},
+            "triggers": {"hotkey": "bench", "overload": {"p99_ms": 100_000,
+                "capacity_rps": 100_000_000, "window_ms": 1000}}}]});
+        b.set_filter_config("simplepage", &sp).map_err(e)?;
+    } else if variant == "simplepage_cached" {
+        b.keep_filters(&["simplepage"]);
+        let sp = json!({"cache": {"slots": 4096, "max_body_bytes": 4096},
+            "rules": [{"name": "bench", "triggers": {"always": true},
+                       "cache": {"ttl_ms": 60_000}}]});
+        b.set_filter_config("simplepage", &sp).map_err(e)?;
     } else if variant.starts_with("ratelimit") {
         b.keep_filters(&["ratelimit"]);
         cfg["rules"] = json!([rule]);
@@ -152,6 +166,14 @@ fn counters(variant: &str) -> Option<(&'static str, &'static str)> {
         "hotkey" => Some((
             "wasmcustom.sg.hotkey.bench.seen",
             "wasmcustom.sg.hotkey.bench.shed",
+        )),
+        "simplepage" => Some((
+            "wasmcustom.sg.simplepage.bench.seen",
+            "wasmcustom.sg.simplepage.bench.diverted_overload",
+        )),
+        "simplepage_cached" => Some((
+            "wasmcustom.sg.simplepage.bench.seen",
+            "wasmcustom.sg.simplepage.bench.excluded",
         )),
         "ratelimit" | "ratelimit_headers" => Some((
             "wasmcustom.sg.ratelimit.bench.allowed",
@@ -282,6 +304,17 @@ fn measure(variant: &str, conc: u32, o: &Opts, script: &Path) -> Res<Sample> {
                 s.requests
             ));
         }
+        // The cached variant must really answer from the cache.
+        if variant == "simplepage_cached" {
+            let hits = d("wasmcustom.sg.simplepage.cache_hit");
+            // 1,000 IDs in 4,096 direct-mapped slots: a few share a slot and miss.
+            if hits < s.requests as i64 * 8 / 10 {
+                return Err(format!(
+                    "only {hits} cache hits for {} requests",
+                    s.requests
+                ));
+            }
+        }
     }
     Ok(s)
 }
@@ -328,16 +361,22 @@ fn tables(o: &Opts, res: &Results) -> String {
             "\n### `--concurrency {conc}` ({setup}), medians of {} rounds\n\n",
             o.rounds
         );
-        md.push_str("| variant | req/s | p50 | p99 | Envoy CPU µs/req | req/s vs bare | CPU/req vs bare |\n");
-        md.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+        md.push_str("| variant | req/s | p50 | p99 | Envoy CPU µs/req | req/s vs bare | CPU/req vs bare | CPU/req vs noop_wasm |\n");
+        md.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
         let bare = &res[ci][0];
+        let noop = o
+            .variants
+            .iter()
+            .position(|v| v == "noop_wasm")
+            .map(|i| &res[ci][i]);
         for (v, s) in o.variants.iter().zip(&res[ci]) {
             let (p50, p99) = (med(s, |x| x.p50_us), med(s, |x| x.p99_us));
             let (rps, cpu) = (ratio(s, bare, RPS).1, ratio(s, bare, CPU).1);
+            let vs_noop = noop.map_or("–".to_string(), |n| ratio(s, n, CPU).1);
             let (r, c) = (med(s, RPS), med(s, CPU));
             let _ = writeln!(
                 md,
-                "| {v} | {r:.0} | {p50:.0} µs | {p99:.0} µs | {c:.2} | {rps} | {cpu} |"
+                "| {v} | {r:.0} | {p50:.0} µs | {p99:.0} µs | {c:.2} | {rps} | {cpu} | {vs_noop} |"
             );
         }
         md.push_str("\nPer round, req/s / Envoy CPU µs per request:\n\n| variant |");
