@@ -69,6 +69,71 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Con
     Ok(value)
 }
 
+/// Fields of an example config that its JSON schema does not describe (`config/*.schema.json`
+/// must keep step with the structs; the shipped example uses every field). Follows local
+/// `$ref`s, `items` and `oneOf` (the best-matching alternative); a schema without
+/// `properties` / `items` accepts anything below it.
+pub fn schema_gaps(schema: &serde_json::Value, example: &serde_json::Value) -> Vec<String> {
+    let mut out = Vec::new();
+    gaps(schema, schema, example, "", &mut out);
+    out
+}
+
+fn gaps(
+    root: &serde_json::Value,
+    s: &serde_json::Value,
+    v: &serde_json::Value,
+    at: &str,
+    out: &mut Vec<String>,
+) {
+    use serde_json::Value;
+    let s = match s.get("$ref").and_then(Value::as_str) {
+        Some(r) => r
+            .strip_prefix('#')
+            .and_then(|p| root.pointer(p))
+            .unwrap_or(&Value::Null),
+        None => s,
+    };
+    if let Some(alts) = s.get("oneOf").and_then(Value::as_array) {
+        let best = alts
+            .iter()
+            .map(|a| {
+                let mut g = Vec::new();
+                gaps(root, a, v, at, &mut g);
+                g
+            })
+            .min_by_key(Vec::len);
+        out.extend(best.unwrap_or_default());
+        return;
+    }
+    match v {
+        Value::Object(m) => {
+            let Some(props) = s.get("properties") else {
+                return;
+            };
+            for (k, sub) in m {
+                let path = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                match props.get(k) {
+                    Some(ps) => gaps(root, ps, sub, &path, out),
+                    None => out.push(path),
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(is) = s.get("items") {
+                for (i, x) in items.iter().enumerate() {
+                    gaps(root, is, x, &format!("{at}[{i}]"), out);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,6 +165,23 @@ mod tests {
         assert!(
             e.starts_with("rules[0].burst: unknown field `burst`"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn schema_gaps_name_undescribed_fields() {
+        let schema = serde_json::json!({"properties": {
+            "rules": {"items": {"$ref": "#/$defs/rule"}},
+            "mode": {"oneOf": [{"properties": {"a": {}}}, {"properties": {"b": {}}}]}},
+            "$defs": {"rule": {"properties": {"name": {}, "key": {}}}}});
+        let ok =
+            serde_json::json!({"rules": [{"name": "r", "key": {"anything": 1}}], "mode": {"b": 1}});
+        assert!(schema_gaps(&schema, &ok).is_empty());
+        let bad =
+            serde_json::json!({"rules": [{"name": "r", "rate": 1}], "mode": {"c": 1}, "x": 0});
+        assert_eq!(
+            schema_gaps(&schema, &bad),
+            vec!["mode.c", "rules[0].rate", "x"]
         );
     }
 
