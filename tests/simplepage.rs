@@ -220,6 +220,10 @@ fn operator_list_diverts_keys_and_path_prefixes_until_removed() {
         s.get("/special/page?blogId=x").header(HDR),
         Some("operator")
     );
+    // URL variants of a listed path prefix are listed too.
+    for variant in ["//special//page?blogId=x", "/%73pecial/page"] {
+        assert_eq!(s.get(variant).header(HDR), Some("operator"), "{variant}");
+    }
     assert_eq!(s.get("/PostView?blogId=expired&logNo=1").header(HDR), None);
     assert_eq!(s.get("/PostView?blogId=other&logNo=1").header(HDR), None);
     let r = s.get("/PostList?blogId=a&page=2");

@@ -841,9 +841,12 @@ impl Http {
         if rule.operator && !w.list.entries.is_empty() {
             *now_needed = true;
             let now = now_ms();
-            let path = req.path();
-            let path_only = path.split('?').next().unwrap_or(path);
-            s.listed = w.list.blocks_path(&rule.name, path_only, now)
+            // Normalised (percent-decoded, `//` and trailing `/` folded) so `/PostList//42/`
+            // or `/Post%4Cist/42` cannot escape a `/PostList/42` entry.
+            let (path_only, _) = sg_core::normalize::split_path(req.path());
+            let norm = sg_core::normalize::normalize_path(path_only);
+            let norm = String::from_utf8_lossy(&norm);
+            s.listed = w.list.blocks_path(&rule.name, &norm, now)
                 || key
                     .as_deref()
                     .is_some_and(|k| w.list.blocks_key(&rule.name, k, now));
