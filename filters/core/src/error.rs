@@ -52,7 +52,10 @@ pub fn parse_json<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, Con
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if path.is_empty() || path == "." {
+        // A path names a field only for data errors (wrong type, unknown field); a syntax
+        // error is located by line and column.
+        let data = inner.classify() == serde_json::error::Category::Data;
+        if !data || path.is_empty() || path == "." || path.contains('?') {
             ConfigError::from_json(&inner)
         } else {
             // "rules[0].threshold_rps: invalid value: integer `-5`, expected u64 (line 1, column 73)"
@@ -187,10 +190,14 @@ mod tests {
 
     #[test]
     fn syntax_errors_and_trailing_garbage_give_a_position() {
-        let e = parse_json::<Doc>(br#"{"rules": [}"#)
-            .err()
-            .map(|e| e.to_string());
-        assert!(e.unwrap_or_default().contains("line 1"));
+        for bad in [
+            &br#"{"rules": [}"#[..],
+            b"{not json",
+            b"{\"rules\": [{\"rps\": 1",
+        ] {
+            let e = parse_json::<Doc>(bad).err().map(|e| e.to_string());
+            assert!(e.as_deref().unwrap_or("").starts_with("(line 1"), "{e:?}");
+        }
         assert!(parse_json::<Doc>(br#"{"rules": []} x"#).is_err());
         assert!(
             parse_json::<Doc>(b"  ").is_err(),

@@ -269,10 +269,10 @@ impl Config {
         if !(1..=4096).contains(&self.cache.slots) {
             return Err(ConfigError::new("cache.slots", "must be from 1 to 4096"));
         }
-        if !(1..=1_048_576).contains(&self.cache.max_body_bytes) {
+        if !(1..=524_288).contains(&self.cache.max_body_bytes) {
             return Err(ConfigError::new(
                 "cache.max_body_bytes",
-                "must be from 1 to 1048576",
+                "must be from 1 to 524288 (a body is buffered up to this size; Envoy's default buffer limit is 1 MiB)",
             ));
         }
         if let Some(op) = &self.operator {
