@@ -17,5 +17,7 @@ pub mod shared;
 
 #[cfg(target_arch = "wasm32")]
 pub mod host;
+#[cfg(target_arch = "wasm32")]
+pub mod ops;
 
 pub use error::ConfigError;

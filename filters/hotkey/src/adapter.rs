@@ -11,8 +11,8 @@ use crate::sketch::SpaceSaving;
 use crate::window::View;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action as HostAction, BufferType, ContextType, LogLevel, MapType};
-use sg_core::alert::{Alert, Deduper};
+use proxy_wasm::types::{Action as HostAction, ContextType, LogLevel};
+use sg_core::alert::Alert;
 use sg_core::hash::hash64;
 use sg_core::host::{
     now_ms, plugin_config, property_string, send_reply, set_header, Counter, Gauge, HostRequest,
@@ -21,7 +21,8 @@ use sg_core::host::{
 use sg_core::key::RequestView;
 use sg_core::lease::try_acquire;
 use sg_core::metrics::{filter_metric, rule_metric};
-use sg_core::oplist::{decode_list, encode_list, Entry as ListEntry, List, PollOutcome, Poller};
+use sg_core::oplist::{decode_list, encode_list, Entry as ListEntry, List, PollOutcome};
+use sg_core::ops::{Answer, Ops, OpsMetrics};
 use sg_core::shared::{update, SharedStore, Step};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -39,18 +40,9 @@ const BLOCKLIST_KEY: &str = "sg:hk:blocklist";
 const DIVERT_KEY: &str = "sg:hk:divert";
 /// "Top 5 keys of the last 3 minutes" in alerts.
 const TOP_WINDOW_MS: u64 = 180_000;
-/// Outstanding HTTP calls tracked at most (polls and webhooks).
-const MAX_CALLS: usize = 64;
 
 /// Per rule: (evaluation time, top 5 (key, milli-rps) of that evaluation).
 type TopHistory = VecDeque<(u64, Vec<(String, u64)>)>;
-
-/// What an outstanding `dispatch_http_call` was for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Call {
-    Poll,
-    Hook,
-}
 
 fn view_key(rule: &str) -> String {
     format!("sg:hk:{rule}:view")
@@ -85,6 +77,14 @@ struct Metrics {
 }
 
 impl Metrics {
+    fn ops(&self) -> OpsMetrics<'_> {
+        OpsMetrics {
+            alerts: &self.alerts,
+            webhook_errors: &self.webhook_errors,
+            operator_errors: &self.operator_errors,
+        }
+    }
+
     fn define(plan: &Plan) -> Metrics {
         let r = |rule: &str, what: &str| Counter::define(&rule_metric(FILTER, rule, what));
         Metrics {
@@ -166,9 +166,7 @@ struct Root {
     me: u64,
     leader: bool,
     /// Leader only: the operator endpoint's poller, calls in flight, alert state.
-    poller: Option<Poller>,
-    calls: HashMap<u32, Call>,
-    deduper: Option<Deduper>,
+    ops: Option<Ops>,
     /// Per rule: (time, top 5 of that evaluation), for the alert's top keys of 3 minutes.
     recent_top: Vec<TopHistory>,
 }
@@ -185,61 +183,37 @@ impl Context for Root {
         body_size: usize,
         _trailers: usize,
     ) {
-        let Some(kind) = self.calls.remove(&token) else {
+        let now = now_ms();
+        let metrics = self.metrics.clone();
+        let Some(ops) = self.ops.as_mut() else {
             return;
         };
-        let now = now_ms();
-        let headers: Vec<(String, String)> =
-            hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), lossy(&v)))
-                .collect();
-        let status: u16 = headers
-            .iter()
-            .find(|(k, _)| k == ":status")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
-        match kind {
-            Call::Hook => {
-                if !(200..300).contains(&status) {
-                    self.metrics.webhook_errors.inc();
-                    log::warn!("{FILTER}: alert webhook answered {status}");
-                }
-            }
-            Call::Poll => {
-                let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
-                let Some(poller) = self.poller.as_mut() else {
-                    return;
-                };
-                let before: Vec<(Option<String>, String)> = block_keys(poller.list(), now);
-                match poller.on_response(now, status, &headers, &body) {
-                    PollOutcome::Applied { entries } => {
-                        self.metrics.operator_applied.inc();
-                        let bytes = encode_list(poller.version(), poller.list());
-                        let _ = update(&HostStore, BLOCKLIST_KEY, 8, |_| {
-                            Step::Write(bytes.clone(), ())
-                        });
-                        log::info!("{FILTER}: operator list applied ({entries} entries)");
-                        let added: Vec<(Option<String>, String)> = block_keys(poller.list(), now)
-                            .into_iter()
-                            .filter(|k| !before.contains(k))
-                            .collect();
-                        for (rule, key) in added {
-                            let rule = rule.unwrap_or_else(|| "*".to_string());
-                            self.alert(&rule, &key, 0, "blocked by operator", now, Vec::new());
-                        }
-                    }
-                    PollOutcome::NotModified => {}
-                    PollOutcome::KeptLastGood { reason } => {
-                        self.metrics.operator_errors.inc();
-                        log::warn!("{FILTER}: operator list not applied, keeping the last good one: {reason}");
-                    }
-                }
-            }
+        let before: Vec<(Option<String>, String)> = ops
+            .poller
+            .as_ref()
+            .map(|p| block_keys(p.list(), now))
+            .unwrap_or_default();
+        let Answer::Poll(PollOutcome::Applied { entries }) =
+            ops.on_response(token, body_size, now, &metrics.ops())
+        else {
+            return;
+        };
+        let Some(poller) = ops.poller.as_ref() else {
+            return;
+        };
+        metrics.operator_applied.inc();
+        let bytes = encode_list(poller.version(), poller.list());
+        let added: Vec<(Option<String>, String)> = block_keys(poller.list(), now)
+            .into_iter()
+            .filter(|k| !before.contains(k))
+            .collect();
+        let _ = update(&HostStore, BLOCKLIST_KEY, 8, |_| {
+            Step::Write(bytes.clone(), ())
+        });
+        log::info!("{FILTER}: operator list applied ({entries} entries)");
+        for (rule, key) in added {
+            let rule = rule.unwrap_or_else(|| "*".to_string());
+            self.alert(&rule, &key, 0, "blocked by operator", now, Vec::new());
         }
     }
 }
@@ -278,17 +252,9 @@ impl Root {
         now: u64,
         top: Vec<(String, u64)>,
     ) {
-        let Some(plan) = self.plan.clone() else {
+        let (Some(plan), Some(ops)) = (self.plan.clone(), self.ops.as_mut()) else {
             return;
         };
-        if !self
-            .deduper
-            .as_mut()
-            .is_some_and(|d| d.should_send(rule, key, now))
-        {
-            return;
-        }
-        self.metrics.alerts.inc();
         let a = Alert {
             filter: FILTER.to_string(),
             rule: rule.to_string(),
@@ -298,65 +264,7 @@ impl Root {
             top,
             now_ms: now,
         };
-        log::warn!("{}", a.log_line());
-        let Some(cluster) = plan.alert.webhook_cluster.as_deref() else {
-            return;
-        };
-        if self.calls.len() >= MAX_CALLS {
-            self.metrics.webhook_errors.inc();
-            return;
-        }
-        let body = a.slack_body(plan.alert.link_template.as_deref());
-        let headers = vec![
-            (":method", "POST"),
-            (":path", plan.alert.webhook_path.as_str()),
-            (":authority", plan.alert.webhook_authority.as_str()),
-            ("content-type", "application/json"),
-        ];
-        match hostcalls::dispatch_http_call(
-            cluster,
-            headers,
-            Some(&body),
-            vec![],
-            Duration::from_millis(2000),
-        ) {
-            Ok(token) => {
-                self.calls.insert(token, Call::Hook);
-            }
-            Err(_) => self.metrics.webhook_errors.inc(),
-        }
-    }
-
-    /// Leader only: poll the operator endpoint when due.
-    fn poll_operator(&mut self, plan: &Plan, now: u64) {
-        let (Some(op), Some(poller)) = (plan.operator.as_ref(), self.poller.as_mut()) else {
-            return;
-        };
-        if self.calls.len() >= MAX_CALLS || !poller.due(now) {
-            return;
-        }
-        let extra = poller.request_headers();
-        let mut headers = vec![
-            (":method", "GET"),
-            (":path", op.path.as_str()),
-            (":authority", op.authority.as_str()),
-        ];
-        headers.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        match hostcalls::dispatch_http_call(
-            &op.cluster,
-            headers,
-            None,
-            vec![],
-            Duration::from_millis(op.timeout_ms),
-        ) {
-            Ok(token) => {
-                self.calls.insert(token, Call::Poll);
-            }
-            Err(_) => {
-                poller.on_failure(now, "dispatch_http_call refused (unknown cluster?)");
-                self.metrics.operator_errors.inc();
-            }
-        }
+        ops.alert(&plan.alert, &a, true, &self.metrics.ops());
     }
 
     /// Every worker: pick up a newly published operator list.
@@ -576,12 +484,7 @@ impl RootContext for Root {
         }
         self.detectors = plan.rules.iter().map(|_| Detector::new()).collect();
         self.recent_top = plan.rules.iter().map(|_| VecDeque::new()).collect();
-        self.poller = plan
-            .operator
-            .as_ref()
-            .map(|o| Poller::new(o.poll_ms, o.max_entries));
-        self.deduper = Some(Deduper::new(plan.alert.cooldown_ms, 10_000));
-        self.calls.clear();
+        self.ops = Some(Ops::new(FILTER, plan.operator.as_ref(), &plan.alert));
         self.leader = false;
         if hostcalls::set_tick_period(Duration::from_millis(plan.tick_ms)).is_err() {
             log::warn!("{FILTER}: could not set the tick period; no detection on this worker");
@@ -628,7 +531,9 @@ impl RootContext for Root {
                 );
             }
             self.detect_and_publish(&plan, now, epoch, became);
-            self.poll_operator(&plan, now);
+            if let Some(ops) = self.ops.as_mut() {
+                ops.poll(plan.operator.as_ref(), now, &self.metrics.ops());
+            }
         }
         self.leader = leader;
         self.refresh_hot();

@@ -12,8 +12,8 @@ use crate::decide::{eligible, is_probe, redirect_location, trigger, Signals, Tri
 use crate::overload::{Change, Detector, LoadWindow, Reason, Tally};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action as HostAction, BufferType, ContextType, LogLevel, MapType};
-use sg_core::alert::{Alert, Deduper};
+use proxy_wasm::types::{Action as HostAction, ContextType, LogLevel};
+use sg_core::alert::Alert;
 use sg_core::codec::{Reader, Writer};
 use sg_core::hash::{hash64, slot_of};
 use sg_core::host::{
@@ -24,7 +24,8 @@ use sg_core::host::{
 use sg_core::key::RequestView;
 use sg_core::lease::try_acquire;
 use sg_core::metrics::{filter_metric, rule_metric};
-use sg_core::oplist::{decode_list, encode_list, List, PollOutcome, Poller};
+use sg_core::oplist::{decode_list, encode_list, List, PollOutcome};
+use sg_core::ops::{Answer, Ops, OpsMetrics};
 use sg_core::shared::{update, SharedStore, Step};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -42,7 +43,6 @@ const STATE_KEY: &str = "sg:sp:state";
 const INBOUND_KEY: &str = "sg:sp:inbound";
 /// Bytes held in cache slots.
 const CACHE_BYTES_KEY: &str = "sg:sp:cbytes";
-const MAX_CALLS: usize = 64;
 /// URLs kept per worker per tick and in the shared inbound tally.
 const MAX_URLS: usize = 32;
 const MAX_URL_BYTES: usize = 256;
@@ -94,6 +94,14 @@ struct Metrics {
 }
 
 impl Metrics {
+    fn ops(&self) -> OpsMetrics<'_> {
+        OpsMetrics {
+            alerts: &self.alerts,
+            webhook_errors: &self.webhook_errors,
+            operator_errors: &self.operator_errors,
+        }
+    }
+
     fn define(plan: &Plan) -> Metrics {
         let r = |rule: &str, what: &str| Counter::define(&rule_metric(FILTER, rule, what));
         let f = |what: &str| Counter::define(&filter_metric(FILTER, what));
@@ -181,12 +189,6 @@ struct Worker {
 
 type SharedWorker = Rc<RefCell<Worker>>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Call {
-    Poll,
-    Hook,
-}
-
 #[derive(Default)]
 struct Root {
     plan: Option<Rc<Plan>>,
@@ -195,14 +197,8 @@ struct Root {
     me: u64,
     leader: bool,
     detectors: Vec<Detector>,
-    poller: Option<Poller>,
-    deduper: Option<Deduper>,
-    calls: HashMap<u32, Call>,
+    ops: Option<Ops>,
     inbound_period_start: u64,
-}
-
-fn lossy(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
 }
 
 // ---- shared encodings owned by this filter ------------------------------------------------
@@ -309,53 +305,21 @@ impl Inbound {
 
 impl Context for Root {
     fn on_http_call_response(&mut self, token: u32, _h: usize, body_size: usize, _t: usize) {
-        let Some(kind) = self.calls.remove(&token) else {
+        let now = now_ms();
+        let metrics = self.metrics.clone();
+        let Some(ops) = self.ops.as_mut() else {
             return;
         };
-        let now = now_ms();
-        let headers: Vec<(String, String)> =
-            hostcalls::get_map_bytes(MapType::HttpCallResponseHeaders)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|(k, v)| (k.to_ascii_lowercase(), lossy(&v)))
-                .collect();
-        let status: u16 = headers
-            .iter()
-            .find(|(k, _)| k == ":status")
-            .and_then(|(_, v)| v.parse().ok())
-            .unwrap_or(0);
-        match kind {
-            Call::Hook => {
-                if !(200..300).contains(&status) {
-                    self.metrics.webhook_errors.inc();
-                    log::warn!("{FILTER}: alert webhook answered {status}");
-                }
-            }
-            Call::Poll => {
-                let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
-                let Some(poller) = self.poller.as_mut() else {
-                    return;
-                };
-                match poller.on_response(now, status, &headers, &body) {
-                    PollOutcome::Applied { entries } => {
-                        self.metrics.operator_applied.inc();
-                        let bytes = encode_list(poller.version(), poller.list());
-                        let _ = update(&HostStore, OPLIST_KEY, 8, |_| {
-                            Step::Write(bytes.clone(), ())
-                        });
-                        log::info!("{FILTER}: operator list applied ({entries} entries)");
-                    }
-                    PollOutcome::NotModified => {}
-                    PollOutcome::KeptLastGood { reason } => {
-                        self.metrics.operator_errors.inc();
-                        log::warn!(
-                            "{FILTER}: operator list not applied, keeping the last good one: {reason}"
-                        );
-                    }
-                }
+        if let Answer::Poll(PollOutcome::Applied { entries }) =
+            ops.on_response(token, body_size, now, &metrics.ops())
+        {
+            if let Some(poller) = ops.poller.as_ref() {
+                metrics.operator_applied.inc();
+                let bytes = encode_list(poller.version(), poller.list());
+                let _ = update(&HostStore, OPLIST_KEY, 8, |_| {
+                    Step::Write(bytes.clone(), ())
+                });
+                log::info!("{FILTER}: operator list applied ({entries} entries)");
             }
         }
     }
@@ -376,15 +340,9 @@ impl Root {
         now: u64,
         always: bool,
     ) {
-        if !always
-            && !self
-                .deduper
-                .as_mut()
-                .is_some_and(|d| d.should_send(rule, key, now))
-        {
+        let Some(ops) = self.ops.as_mut() else {
             return;
-        }
-        self.metrics.alerts.inc();
+        };
         let a = Alert {
             filter: FILTER.to_string(),
             rule: rule.to_string(),
@@ -394,64 +352,7 @@ impl Root {
             top,
             now_ms: now,
         };
-        log::warn!("{}", a.log_line());
-        let Some(cluster) = plan.alert.webhook_cluster.as_deref() else {
-            return;
-        };
-        if self.calls.len() >= MAX_CALLS {
-            self.metrics.webhook_errors.inc();
-            return;
-        }
-        let body = a.slack_body(plan.alert.link_template.as_deref());
-        let headers = vec![
-            (":method", "POST"),
-            (":path", plan.alert.webhook_path.as_str()),
-            (":authority", plan.alert.webhook_authority.as_str()),
-            ("content-type", "application/json"),
-        ];
-        match hostcalls::dispatch_http_call(
-            cluster,
-            headers,
-            Some(&body),
-            vec![],
-            Duration::from_millis(2000),
-        ) {
-            Ok(token) => {
-                self.calls.insert(token, Call::Hook);
-            }
-            Err(_) => self.metrics.webhook_errors.inc(),
-        }
-    }
-
-    fn poll_operator(&mut self, plan: &Plan, now: u64) {
-        let (Some(op), Some(poller)) = (plan.operator.as_ref(), self.poller.as_mut()) else {
-            return;
-        };
-        if self.calls.len() >= MAX_CALLS || !poller.due(now) {
-            return;
-        }
-        let extra = poller.request_headers();
-        let mut headers = vec![
-            (":method", "GET"),
-            (":path", op.path.as_str()),
-            (":authority", op.authority.as_str()),
-        ];
-        headers.extend(extra.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-        match hostcalls::dispatch_http_call(
-            &op.cluster,
-            headers,
-            None,
-            vec![],
-            Duration::from_millis(op.timeout_ms),
-        ) {
-            Ok(token) => {
-                self.calls.insert(token, Call::Poll);
-            }
-            Err(_) => {
-                poller.on_failure(now, "dispatch_http_call refused (unknown cluster?)");
-                self.metrics.operator_errors.inc();
-            }
-        }
+        ops.alert(&plan.alert, &a, !always, &self.metrics.ops());
     }
 
     /// Every worker: merge this tick's load tallies and inbound counts into shared data.
@@ -693,12 +594,7 @@ impl RootContext for Root {
             w.tallies = vec![Tally::default(); plan.rules.len()];
         }
         self.detectors = plan.rules.iter().map(|_| Detector::default()).collect();
-        self.poller = plan
-            .operator
-            .as_ref()
-            .map(|o| Poller::new(o.poll_ms, o.max_entries));
-        self.deduper = Some(Deduper::new(plan.alert.cooldown_ms, 10_000));
-        self.calls.clear();
+        self.ops = Some(Ops::new(FILTER, plan.operator.as_ref(), &plan.alert));
         self.leader = false;
         self.inbound_period_start = 0;
         if hostcalls::set_tick_period(Duration::from_millis(plan.tick_ms)).is_err() {
@@ -746,7 +642,9 @@ impl RootContext for Root {
                 );
             }
             self.evaluate(&plan, now, epoch, became);
-            self.poll_operator(&plan, now);
+            if let Some(ops) = self.ops.as_mut() {
+                ops.poll(plan.operator.as_ref(), now, &self.metrics.ops());
+            }
             self.inbound_alert(&plan, now);
             let bytes = HostStore
                 .get(CACHE_BYTES_KEY)
