@@ -373,13 +373,16 @@ fn cached(extra: Value) -> Vec<(&'static str, Value)> {
 #[test]
 fn micro_cache_sends_at_most_one_request_per_refresh_interval_to_the_backend() {
     let s = Stack::start(&cached(json!({})), 2);
-    // First fill.
-    let first = s.get("/PostView?blogId=c&logNo=1");
-    assert_eq!(
-        first.header(HDR),
-        Some("always"),
-        "a miss goes to the backend"
-    );
+    // First fill, by the same client (the cache key includes the Host header).
+    let first = load(&s.envoy.url(), 1.0, 1000, one_key("c"));
+    assert_eq!(first.sent, 1);
+    let tags: Vec<&str> = first.records[0]
+        .headers
+        .iter()
+        .filter(|(k, _)| k == HDR)
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(tags, ["always"], "a miss goes to the backend");
     std::thread::sleep(Duration::from_millis(300));
     let before = simple_count(&s, "c");
     let started = Instant::now();
@@ -390,6 +393,13 @@ fn micro_cache_sends_at_most_one_request_per_refresh_interval_to_the_backend() {
         .envoy
         .wait_stat("wasmcustom.sg.simplepage.cache_hit", STATS, |v| v > 0);
     let stale = s.envoy.stat("wasmcustom.sg.simplepage.cache_stale");
+    let refresh = s.envoy.stat("wasmcustom.sg.simplepage.cache_refresh");
+    let miss = s.envoy.stat("wasmcustom.sg.simplepage.cache_miss");
+    eprintln!("refreshes {refresh}, misses {miss} (1 is the first fill)");
+    assert_eq!(
+        miss, 1,
+        "after the first fill every request is a hit, stale or a refresh"
+    );
     eprintln!(
         "micro-cache: {} requests in {secs:.1} s for one page; backend got {backend}; cache hits {hits}, stale {stale}; statuses {:?}",
         r.sent, r.by_status

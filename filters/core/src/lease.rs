@@ -83,6 +83,41 @@ pub fn try_acquire<S: SharedStore + ?Sized>(
     matches!(r, Update::Done { result: true, .. })
 }
 
+/// One VM's side of a task's lease, called on every tick. Its id is taken on the first tick,
+/// not earlier: Envoy clones the configured base VM, memory included, for each worker, so a
+/// value made in `on_vm_start` or `on_configure` can be the same on every worker (measured:
+/// every VM polled as "the" leader).
+#[derive(Debug, Default)]
+pub struct Leadership {
+    me: u64,
+    leading: bool,
+}
+
+impl Leadership {
+    /// Some(true when it just became the holder) while this VM holds the lease of `task`
+    /// (renewed to `now + ttl_ms`); None otherwise.
+    pub fn tick<S: SharedStore + ?Sized>(
+        &mut self,
+        store: &S,
+        task: &str,
+        now: u64,
+        ttl_ms: u64,
+    ) -> Option<bool> {
+        if self.me == 0 {
+            self.me = unique_id(store).unwrap_or(0);
+        }
+        let leader = self.me != 0 && try_acquire(store, task, self.me, now, ttl_ms);
+        let became = leader && !self.leading;
+        self.leading = leader;
+        leader.then_some(became)
+    }
+
+    /// This VM's id (0 before its first tick).
+    pub fn id(&self) -> u64 {
+        self.me
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +141,25 @@ mod tests {
         assert!(try_acquire(&s, "hk", 7, 0, 100));
         s.set_failing(true);
         assert!(!try_acquire(&s, "hk", 7, 10, 100));
+    }
+
+    #[test]
+    fn leadership_reports_takeover_once() {
+        let s = MemStore::new();
+        let (mut a, mut b) = (Leadership::default(), Leadership::default());
+        assert_eq!(a.tick(&s, "t", 0, 100), Some(true));
+        assert_eq!(b.tick(&s, "t", 10, 100), None);
+        assert_eq!(a.tick(&s, "t", 50, 100), Some(false));
+        assert!(a.id() != 0 && b.id() != 0 && a.id() != b.id());
+        // a stops ticking; b takes over once the lease expires.
+        assert_eq!(b.tick(&s, "t", 149, 100), None);
+        assert_eq!(b.tick(&s, "t", 150, 100), Some(true));
+        assert_eq!(b.tick(&s, "t", 160, 100), Some(false));
+        assert_eq!(a.tick(&s, "t", 170, 100), None);
+        s.set_failing(true);
+        assert_eq!(b.tick(&s, "t", 180, 100), None);
+        s.set_failing(false);
+        assert_eq!(b.tick(&s, "t", 190, 100), Some(true), "lost and regained");
     }
 
     #[test]

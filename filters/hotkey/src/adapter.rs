@@ -19,7 +19,7 @@ use sg_core::host::{
     HostStore, REQUEST_HEADERS,
 };
 use sg_core::key::RequestView;
-use sg_core::lease::try_acquire;
+use sg_core::lease::Leadership;
 use sg_core::metrics::{filter_metric, rule_metric};
 use sg_core::oplist::{decode_list, encode_list, Entry as ListEntry, List, PollOutcome};
 use sg_core::ops::{Answer, Ops, OpsMetrics};
@@ -163,8 +163,7 @@ struct Root {
     worker: SharedWorker,
     metrics: Rc<Metrics>,
     detectors: Vec<Detector>,
-    me: u64,
-    leader: bool,
+    lead: Leadership,
     /// Leader only: the operator endpoint's poller, calls in flight, alert state.
     ops: Option<Ops>,
     /// Per rule: (time, top 5 of that evaluation), for the alert's top keys of 3 minutes.
@@ -470,8 +469,6 @@ impl RootContext for Root {
                 return false;
             }
         };
-        // The lease identity is taken on this VM's first tick (see `on_tick`).
-        self.me = 0;
         {
             let mut w = self.worker.borrow_mut();
             w.sketches = plan
@@ -485,7 +482,7 @@ impl RootContext for Root {
         self.detectors = plan.rules.iter().map(|_| Detector::new()).collect();
         self.recent_top = plan.rules.iter().map(|_| VecDeque::new()).collect();
         self.ops = Some(Ops::new(FILTER, plan.operator.as_ref(), &plan.alert));
-        self.leader = false;
+        self.lead = Leadership::default();
         if hostcalls::set_tick_period(Duration::from_millis(plan.tick_ms)).is_err() {
             log::warn!("{FILTER}: could not set the tick period; no detection on this worker");
         }
@@ -507,27 +504,14 @@ impl RootContext for Root {
         let now = now_ms();
         let epoch = now / plan.tick_ms.max(1);
         self.merge_counts(&plan, epoch);
-        if self.me == 0 {
-            // The lease holder identity, unique per VM, taken from a shared-data counter on
-            // the first tick. Not earlier: Envoy clones the configured base VM, memory
-            // included, for each worker, so a value set in on_vm_start or on_configure can be
-            // identical on every worker (measured: every VM polled as "the" leader).
-            self.me = sg_core::lease::unique_id(&HostStore).unwrap_or(0);
-        }
-        let leader = self.me != 0
-            && try_acquire(
-                &HostStore,
-                FILTER,
-                self.me,
-                now,
-                plan.tick_ms.saturating_mul(3),
-            );
-        if leader {
-            let became = !self.leader;
+        let lead = self
+            .lead
+            .tick(&HostStore, FILTER, now, plan.tick_ms.saturating_mul(3));
+        if let Some(became) = lead {
             if became {
                 log::info!(
                     "{FILTER}: this VM (id {}) now leads detection and polling",
-                    self.me
+                    self.lead.id()
                 );
             }
             self.detect_and_publish(&plan, now, epoch, became);
@@ -535,7 +519,6 @@ impl RootContext for Root {
                 ops.poll(plan.operator.as_ref(), now, &self.metrics.ops());
             }
         }
-        self.leader = leader;
         self.refresh_hot();
         self.refresh_list(&plan);
         self.metrics.flush();

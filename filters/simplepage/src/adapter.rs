@@ -22,7 +22,7 @@ use sg_core::host::{
     RESPONSE_BODY, RESPONSE_HEADERS,
 };
 use sg_core::key::RequestView;
-use sg_core::lease::try_acquire;
+use sg_core::lease::Leadership;
 use sg_core::metrics::{filter_metric, rule_metric};
 use sg_core::oplist::{decode_list, encode_list, List, PollOutcome};
 use sg_core::ops::{Answer, Ops, OpsMetrics};
@@ -194,8 +194,7 @@ struct Root {
     plan: Option<Rc<Plan>>,
     worker: SharedWorker,
     metrics: Rc<Metrics>,
-    me: u64,
-    leader: bool,
+    lead: Leadership,
     detectors: Vec<Detector>,
     ops: Option<Ops>,
     inbound_period_start: u64,
@@ -587,7 +586,6 @@ impl RootContext for Root {
                 return false;
             }
         };
-        self.me = 0;
         {
             let mut w = self.worker.borrow_mut();
             w.overloaded = vec![None; plan.rules.len()];
@@ -595,7 +593,7 @@ impl RootContext for Root {
         }
         self.detectors = plan.rules.iter().map(|_| Detector::default()).collect();
         self.ops = Some(Ops::new(FILTER, plan.operator.as_ref(), &plan.alert));
-        self.leader = false;
+        self.lead = Leadership::default();
         self.inbound_period_start = 0;
         if hostcalls::set_tick_period(Duration::from_millis(plan.tick_ms)).is_err() {
             log::warn!("{FILTER}: could not set the tick period; state will not refresh");
@@ -620,25 +618,14 @@ impl RootContext for Root {
         let now = now_ms();
         let epoch = now / plan.tick_ms.max(1);
         self.merge(&plan, epoch);
-        if self.me == 0 {
-            // Taken on the first tick, not earlier: Envoy clones the configured VM for every
-            // worker (see hotkey's adapter).
-            self.me = sg_core::lease::unique_id(&HostStore).unwrap_or(0);
-        }
-        let leader = self.me != 0
-            && try_acquire(
-                &HostStore,
-                FILTER,
-                self.me,
-                now,
-                plan.tick_ms.saturating_mul(3),
-            );
-        if leader {
-            let became = !self.leader;
+        let lead = self
+            .lead
+            .tick(&HostStore, FILTER, now, plan.tick_ms.saturating_mul(3));
+        if let Some(became) = lead {
             if became {
                 log::info!(
                     "{FILTER}: this VM (id {}) now leads overload detection and polling",
-                    self.me
+                    self.lead.id()
                 );
             }
             self.evaluate(&plan, now, epoch, became);
@@ -653,7 +640,6 @@ impl RootContext for Root {
                 .and_then(|b| Reader::new(&b).u64());
             self.metrics.cache_bytes.set(bytes.unwrap_or(0));
         }
-        self.leader = leader;
         self.refresh(&plan);
         self.metrics.flush();
     }
