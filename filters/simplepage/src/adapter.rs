@@ -9,7 +9,8 @@
 use crate::cache::{self, Entry, Lock, State};
 use crate::config::{Config, DivertConfig, Plan, Rule};
 use crate::decide::{eligible, is_probe, redirect_location, trigger, Signals, Trigger};
-use crate::overload::{Change, Detector, LoadWindow, Reason, Tally};
+use crate::inbound::{Inbound, MAX_URLS};
+use crate::overload::{decode_state, encode_state, Change, Detector, LoadWindow, Reason, Tally};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action as HostAction, ContextType, LogLevel};
@@ -43,8 +44,6 @@ const STATE_KEY: &str = "sg:sp:state";
 const INBOUND_KEY: &str = "sg:sp:inbound";
 /// Bytes held in cache slots.
 const CACHE_BYTES_KEY: &str = "sg:sp:cbytes";
-/// URLs kept per worker per tick and in the shared inbound tally.
-const MAX_URLS: usize = 32;
 const MAX_URL_BYTES: usize = 256;
 
 fn load_key(rule: &str) -> String {
@@ -198,106 +197,6 @@ struct Root {
     detectors: Vec<Detector>,
     ops: Option<Ops>,
     inbound_period_start: u64,
-}
-
-// ---- shared encodings owned by this filter ------------------------------------------------
-
-/// `sg:sp:state`: (rule name, reason 0..3, since) per rule in overload.
-fn encode_state(s: &[(String, Reason, u64)]) -> Vec<u8> {
-    let mut w = Writer::with_capacity(8 + s.len() * 48);
-    w.u8(1).u32(s.len() as u32);
-    for (name, r, since) in s {
-        let code = match r {
-            Reason::Rate => 1,
-            Reason::Errors => 2,
-            Reason::Latency => 3,
-        };
-        w.u32(name.len() as u32)
-            .bytes(name.as_bytes())
-            .u8(code)
-            .u64(*since);
-    }
-    w.finish()
-}
-
-fn decode_state(b: &[u8]) -> Option<Vec<(String, Reason, u64)>> {
-    let mut r = Reader::new(b);
-    if r.u8()? != 1 {
-        return None;
-    }
-    let n = r.u32()? as usize;
-    if n > 4096 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let len = r.u32()? as usize;
-        let name = String::from_utf8(r.take(len)?.to_vec()).ok()?;
-        let reason = match r.u8()? {
-            1 => Reason::Rate,
-            2 => Reason::Errors,
-            3 => Reason::Latency,
-            _ => return None,
-        };
-        out.push((name, reason, r.u64()?));
-    }
-    (r.remaining() == 0).then_some(out)
-}
-
-/// `sg:sp:inbound`: (period start, count, top URLs with counts).
-#[derive(Debug, Default)]
-struct Inbound {
-    period: u64,
-    count: u64,
-    urls: Vec<(String, u64)>,
-}
-
-impl Inbound {
-    fn encode(&self) -> Vec<u8> {
-        let mut w = Writer::with_capacity(32 + self.urls.len() * 64);
-        w.u8(1)
-            .u64(self.period)
-            .u64(self.count)
-            .u32(self.urls.len() as u32);
-        for (u, c) in &self.urls {
-            w.u32(u.len() as u32).bytes(u.as_bytes()).u64(*c);
-        }
-        w.finish()
-    }
-    fn decode(b: &[u8]) -> Option<Inbound> {
-        let mut r = Reader::new(b);
-        if r.u8()? != 1 {
-            return None;
-        }
-        let period = r.u64()?;
-        let count = r.u64()?;
-        let n = r.u32()? as usize;
-        if n > MAX_URLS {
-            return None;
-        }
-        let mut urls = Vec::with_capacity(n);
-        for _ in 0..n {
-            let len = r.u32()? as usize;
-            let u = String::from_utf8(r.take(len)?.to_vec()).ok()?;
-            urls.push((u, r.u64()?));
-        }
-        (r.remaining() == 0).then_some(Inbound {
-            period,
-            count,
-            urls,
-        })
-    }
-    fn add(&mut self, count: u64, urls: &HashMap<String, u64>) {
-        self.count = self.count.saturating_add(count);
-        for (u, c) in urls {
-            match self.urls.iter_mut().find(|(x, _)| x == u) {
-                Some((_, n)) => *n = n.saturating_add(*c),
-                None => self.urls.push((u.clone(), *c)),
-            }
-        }
-        self.urls.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        self.urls.truncate(MAX_URLS);
-    }
 }
 
 // ---- root context -----------------------------------------------------------------------

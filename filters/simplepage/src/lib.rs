@@ -5,12 +5,14 @@
 //!
 //! Pure logic: `config`, `cache` (Cache-Control, cacheability, the slot entry and its
 //! freshness, refresh collapsing), `overload` (windowed load with a latency histogram and
-//! hysteresis), `decide` (safety rules and triggers). The adapter (wasm32 only) moves data
+//! hysteresis, the published overload state), `decide` (safety rules and triggers), `inbound`
+//! (the "simple page inbound" tally). The adapter (wasm32 only) moves data
 //! between them and Envoy.
 
 pub mod cache;
 pub mod config;
 pub mod decide;
+pub mod inbound;
 pub mod overload;
 
 #[cfg(target_arch = "wasm32")]

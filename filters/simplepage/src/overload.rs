@@ -293,6 +293,48 @@ impl Detector {
     }
 }
 
+/// `sg:sp:state`: (rule name, reason 0..3, since) per rule in overload.
+pub fn encode_state(s: &[(String, Reason, u64)]) -> Vec<u8> {
+    let mut w = Writer::with_capacity(8 + s.len() * 48);
+    w.u8(1).u32(s.len() as u32);
+    for (name, r, since) in s {
+        let code = match r {
+            Reason::Rate => 1,
+            Reason::Errors => 2,
+            Reason::Latency => 3,
+        };
+        w.u32(name.len() as u32)
+            .bytes(name.as_bytes())
+            .u8(code)
+            .u64(*since);
+    }
+    w.finish()
+}
+
+pub fn decode_state(b: &[u8]) -> Option<Vec<(String, Reason, u64)>> {
+    let mut r = Reader::new(b);
+    if r.u8()? != 1 {
+        return None;
+    }
+    let n = r.u32()? as usize;
+    if n > 4096 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let len = r.u32()? as usize;
+        let name = String::from_utf8(r.take(len)?.to_vec()).ok()?;
+        let reason = match r.u8()? {
+            1 => Reason::Rate,
+            2 => Reason::Errors,
+            3 => Reason::Latency,
+            _ => return None,
+        };
+        out.push((name, reason, r.u64()?));
+    }
+    (r.remaining() == 0).then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -373,6 +415,19 @@ mod tests {
         assert_eq!(d.update(3000, &ok, &S), None);
         assert_eq!(d.update(3100, &ok, &S), Some(Change::Ended));
         assert_eq!(d.on, None);
+    }
+
+    #[test]
+    fn published_state_round_trips_and_garbage_is_none() {
+        let st = vec![
+            ("post_view".to_string(), Reason::Latency, 17),
+            ("list".to_string(), Reason::Rate, 0),
+        ];
+        let b = encode_state(&st);
+        assert_eq!(decode_state(&b), Some(st));
+        assert_eq!(decode_state(&b[..b.len() - 1]), None);
+        assert_eq!(decode_state(b"\x01\x01\x00\x00\x00"), None);
+        assert_eq!(decode_state(&encode_state(&[])), Some(vec![]));
     }
 
     #[test]
