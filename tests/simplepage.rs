@@ -120,6 +120,18 @@ fn a_hot_key_from_hotkey_goes_to_the_simple_page_others_and_posts_to_the_app() {
             == hot_simple
     );
 
+    // A client cannot divert itself: the bundle drops spikeguard's internal headers first.
+    let forged = http::request(
+        s.port(),
+        "GET",
+        "/PostView?blogId=cold7&logNo=1",
+        &[("x-spikeguard-divert", b"hotkey")],
+        b"",
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!((forged.status, forged.header(HDR)), (200, None));
+    assert_eq!(simple_count(&s, "cold7"), 0, "a forged divert header reached the simple page");
+
     // While hot: POST and a session cookie stay on the app; GET goes to the simple page.
     let before = (simple_count(&s, "hot"), app_count(&s, "hot"));
     let post = http::request(
