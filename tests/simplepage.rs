@@ -130,7 +130,11 @@ fn a_hot_key_from_hotkey_goes_to_the_simple_page_others_and_posts_to_the_app() {
     )
     .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!((forged.status, forged.header(HDR)), (200, None));
-    assert_eq!(simple_count(&s, "cold7"), 0, "a forged divert header reached the simple page");
+    assert_eq!(
+        simple_count(&s, "cold7"),
+        0,
+        "a forged divert header reached the simple page"
+    );
 
     // While hot: POST and a session cookie stay on the app; GET goes to the simple page.
     let before = (simple_count(&s, "hot"), app_count(&s, "hot"));
@@ -544,4 +548,138 @@ fn bad_simplepage_config_is_refused_naming_the_field() {
     let log =
         sg_e2e::envoy::expect_refused(&b, 1).unwrap_or_else(|e| panic!("served a bad config: {e}"));
     assert!(log.contains("simplepage: rules[0].key"), "{log}");
+}
+
+fn tags(r: &Report) -> std::collections::BTreeMap<String, u64> {
+    let mut m = std::collections::BTreeMap::new();
+    for x in &r.records {
+        let t = x
+            .headers
+            .iter()
+            .find(|(k, _)| k == HDR)
+            .map_or("none".to_string(), |(_, v)| v.clone());
+        *m.entry(t).or_insert(0) += 1;
+    }
+    m
+}
+
+#[test]
+fn a_cold_page_is_fetched_once_while_the_other_requests_wait_for_it() {
+    let s = Stack::start(&cached(json!({"lock_timeout_ms": 2000})), 2);
+    // A slow simple-page backend: the first fetch takes 300 ms.
+    s.simple.apply(&AdminConfig {
+        latency_ms: Some(300),
+        ..AdminConfig::default()
+    });
+    let r = load(&s.envoy.url(), 2000.0, 100, one_key("cold"));
+    let t = tags(&r);
+    eprintln!(
+        "cache lock: {} requests for a cold page; backend got {}; tags {t:?}",
+        r.sent,
+        simple_count(&s, "cold")
+    );
+    assert_eq!(
+        r.by_status.get(&200).copied(),
+        Some(r.sent),
+        "{:?}",
+        r.by_status
+    );
+    assert_eq!(simple_count(&s, "cold"), 1, "one fetch for everyone");
+    assert_eq!(t.get("always").copied(), Some(1), "{t:?}");
+    assert_eq!(
+        t.get("always; cache=hit").copied(),
+        Some(r.sent - 1),
+        "{t:?}"
+    );
+    let waited = "wasmcustom.sg.simplepage.cache_wait_hit";
+    assert_eq!(
+        s.envoy.wait_stat(waited, STATS, |v| v as u64 == r.sent - 1) as u64,
+        r.sent - 1
+    );
+
+    // The fetch outlives the wait (lock 2 s, backend 3 s): the waiters go to the backend.
+    s.simple.apply(&AdminConfig {
+        latency_ms: Some(3000),
+        ..AdminConfig::default()
+    });
+    let r = loadgen::run(&LoadConfig {
+        target: s.envoy.url(),
+        rate_rps: 100.0,
+        duration_ms: 100,
+        path_template: "/PostView?blogId={key}&logNo=1".into(),
+        keys: one_key("slow"),
+        record: true,
+        timeout_ms: 10_000,
+        ..LoadConfig::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        r.by_status.get(&200).copied(),
+        Some(r.sent),
+        "{:?}",
+        r.by_status
+    );
+    eprintln!(
+        "cache lock timeout: backend got {}; tags {:?}; p50 {} ms",
+        simple_count(&s, "slow"),
+        tags(&r),
+        r.latency_us.p50 / 1000
+    );
+    assert_eq!(
+        simple_count(&s, "slow"),
+        r.sent,
+        "every waiter went on to the backend"
+    );
+    assert_eq!(
+        app_count(&s, "slow"),
+        0,
+        "a timed-out waiter must stay diverted"
+    );
+    let timed_out = "wasmcustom.sg.simplepage.cache_wait_timeout";
+    assert_eq!(
+        s.envoy
+            .wait_stat(timed_out, STATS, |v| v as u64 == r.sent - 1) as u64,
+        r.sent - 1
+    );
+
+    // An uncacheable page (Set-Cookie): the waiters go on as soon as the fetch ends, not at
+    // the lock timeout.
+    s.simple.apply(&AdminConfig {
+        latency_ms: Some(300),
+        ..AdminConfig::default()
+    });
+    let timeouts = s.envoy.stat(timed_out);
+    let r = loadgen::run(&LoadConfig {
+        target: s.envoy.url(),
+        rate_rps: 100.0,
+        duration_ms: 100,
+        path_template: "/PostView?blogId={key}&logNo=1&setcookie=1".into(),
+        keys: one_key("private"),
+        record: true,
+        timeout_ms: 10_000,
+        ..LoadConfig::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        r.by_status.get(&200).copied(),
+        Some(r.sent),
+        "{:?}",
+        r.by_status
+    );
+    assert_eq!(simple_count(&s, "private"), r.sent);
+    let released = "wasmcustom.sg.simplepage.cache_wait_released";
+    let got = s
+        .envoy
+        .wait_stat(released, STATS, |v| v as u64 == r.sent - 1) as u64;
+    eprintln!(
+        "cache lock, uncacheable page: {} requests, {got} released when the fetch ended; p50 {} ms",
+        r.sent,
+        r.latency_us.p50 / 1000
+    );
+    assert_eq!(got, r.sent - 1);
+    assert_eq!(
+        s.envoy.stat(timed_out),
+        timeouts,
+        "no waiter sat out the 2 s timeout"
+    );
 }

@@ -254,6 +254,14 @@ pub fn resume_request_of(id: u32) -> bool {
     }
 }
 
+/// Answers a paused request of context `id` with a local reply (from a root context's
+/// tick); false when the context is gone or the host refused.
+pub fn reply_for(id: u32, status: u16, headers: &[(&str, &str)], body: &[u8]) -> bool {
+    // SAFETY: plain integer argument.
+    let ok = unsafe { raw::proxy_set_effective_context(id) == raw::OK };
+    ok && send_reply(status, headers, body)
+}
+
 /// proxy-wasm header map serialisation: count, (key len, value len)*, then key\0value\0*.
 fn serialize_map(headers: &[(&str, &str)]) -> Vec<u8> {
     let mut out = Vec::new();

@@ -19,8 +19,8 @@ use sg_core::codec::{Reader, Writer};
 use sg_core::hash::{hash64, slot_of};
 use sg_core::host::{
     get_buffer, get_header, header_pairs, now_ms, plugin_config, property_string, remove_header,
-    send_reply, set_buffer, set_header, Counter, Gauge, HostRequest, HostStore, REQUEST_HEADERS,
-    RESPONSE_BODY, RESPONSE_HEADERS,
+    reply_for, resume_request_of, send_reply, set_buffer, set_header, Counter, Gauge, HostRequest,
+    HostStore, REQUEST_HEADERS, RESPONSE_BODY, RESPONSE_HEADERS,
 };
 use sg_core::key::RequestView;
 use sg_core::lease::Leadership;
@@ -45,6 +45,10 @@ const INBOUND_KEY: &str = "sg:sp:inbound";
 /// Bytes held in cache slots.
 const CACHE_BYTES_KEY: &str = "sg:sp:cbytes";
 const MAX_URL_BYTES: usize = 256;
+/// Requests of one worker waiting for a cache fill at most (more go to the backend).
+const MAX_WAITERS: usize = 4096;
+/// Tick while any rule's cache has a lock: waiters are answered within this.
+const FAST_TICK_MS: u64 = 10;
 
 fn load_key(rule: &str) -> String {
     format!("sg:sp:{rule}:load")
@@ -82,6 +86,9 @@ struct Metrics {
     cache_not_cacheable: Counter,
     cache_write_failed: Counter,
     cache_slot_busy: Counter,
+    cache_wait_hit: Counter,
+    cache_wait_timeout: Counter,
+    cache_wait_released: Counter,
     overload_events: Counter,
     operator_applied: Counter,
     operator_errors: Counter,
@@ -129,6 +136,9 @@ impl Metrics {
             cache_not_cacheable: f("cache_not_cacheable"),
             cache_write_failed: f("cache_write_failed"),
             cache_slot_busy: f("cache_slot_busy"),
+            cache_wait_hit: f("cache_wait_hit"),
+            cache_wait_timeout: f("cache_wait_timeout"),
+            cache_wait_released: f("cache_wait_released"),
             overload_events: f("overload_events"),
             operator_applied: f("operator_applied"),
             operator_errors: f("operator_errors"),
@@ -159,6 +169,9 @@ impl Metrics {
             &self.cache_not_cacheable,
             &self.cache_write_failed,
             &self.cache_slot_busy,
+            &self.cache_wait_hit,
+            &self.cache_wait_timeout,
+            &self.cache_wait_released,
             &self.overload_events,
             &self.operator_applied,
             &self.operator_errors,
@@ -184,6 +197,19 @@ struct Worker {
     probe_n: u64,
     inbound: u64,
     urls: HashMap<String, u64>,
+    /// Requests paused until the page they miss is filled by another request.
+    waiters: Vec<Waiter>,
+}
+
+/// A request waiting for a cache fill (nginx `proxy_cache_lock`).
+struct Waiter {
+    id: u32,
+    slot: u32,
+    fp: u64,
+    key: Vec<u8>,
+    /// Response header value when answered from the cache.
+    why: String,
+    deadline_ms: u64,
 }
 
 type SharedWorker = Rc<RefCell<Worker>>;
@@ -197,6 +223,8 @@ struct Root {
     detectors: Vec<Detector>,
     ops: Option<Ops>,
     inbound_period_start: u64,
+    /// The periodic work runs every `tick_ms`; the timer may tick faster for waiters.
+    next_work_ms: u64,
 }
 
 // ---- root context -----------------------------------------------------------------------
@@ -251,6 +279,69 @@ impl Root {
             now_ms: now,
         };
         ops.alert(&plan.alert, &a, !always, &self.metrics.ops());
+    }
+
+    /// Every tick: answer the requests waiting for a fill from the cache once it is there;
+    /// send those whose wait is over to the backend.
+    fn answer_waiters(&self, now: u64) {
+        let waiters = {
+            let mut w = self.worker.borrow_mut();
+            if w.waiters.is_empty() {
+                return;
+            }
+            std::mem::take(&mut w.waiters)
+        };
+        let read = |key: String| HostStore.get(&key).ok().and_then(|v| v.value);
+        let mut slots: HashMap<u32, (Option<Entry>, Option<Lock>)> = HashMap::new();
+        let mut keep = Vec::new();
+        for wt in waiters {
+            let (entry, lock) = slots.entry(wt.slot).or_insert_with(|| {
+                (
+                    read(slot_key(wt.slot)).and_then(|b| Entry::decode(&b)),
+                    read(lock_key(wt.slot)).and_then(|b| Lock::decode(&b)),
+                )
+            });
+            // The fetch this request waits for is over (or its lock was lost to another
+            // page of the slot) without a usable copy: go to the backend now.
+            let fetch_over = !lock
+                .as_ref()
+                .is_some_and(|l| l.key_fp == wt.fp && l.until_ms != 0);
+            let timed_out = now >= wt.deadline_ms
+                || lock
+                    .as_ref()
+                    .is_some_and(|l| l.key_fp == wt.fp && l.until_ms != 0 && l.until_ms <= now);
+            match entry
+                .as_ref()
+                .filter(|e| e.key == wt.key && e.state(now) != State::Expired)
+            {
+                Some(e) => {
+                    let headers = reply_headers(e, &wt.why, now, &self.response_header());
+                    let h: Vec<(&str, &str)> = headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str(), v.as_str()))
+                        .collect();
+                    if reply_for(wt.id, 200, &h, &e.body) {
+                        self.metrics.cache_wait_hit.inc();
+                    }
+                }
+                None if timed_out => {
+                    self.metrics.cache_wait_timeout.inc();
+                    let _ = resume_request_of(wt.id);
+                }
+                None if fetch_over => {
+                    self.metrics.cache_wait_released.inc();
+                    let _ = resume_request_of(wt.id);
+                }
+                None => keep.push(wt),
+            }
+        }
+        self.worker.borrow_mut().waiters.extend(keep);
+    }
+
+    fn response_header(&self) -> String {
+        self.plan
+            .as_ref()
+            .map_or_else(String::new, |p| p.response_header.clone())
     }
 
     /// Every worker: merge this tick's load tallies and inbound counts into shared data.
@@ -494,7 +585,13 @@ impl RootContext for Root {
         self.ops = Some(Ops::new(FILTER, plan.operator.as_ref(), &plan.alert));
         self.lead = Leadership::default();
         self.inbound_period_start = 0;
-        if hostcalls::set_tick_period(Duration::from_millis(plan.tick_ms)).is_err() {
+        let locks = plan
+            .rules
+            .iter()
+            .any(|r| r.cache.as_ref().is_some_and(|c| c.lock_timeout_ms > 0));
+        let period = if locks { FAST_TICK_MS } else { plan.tick_ms };
+        self.next_work_ms = 0;
+        if hostcalls::set_tick_period(Duration::from_millis(period)).is_err() {
             log::warn!("{FILTER}: could not set the tick period; state will not refresh");
         }
         self.metrics.flush();
@@ -515,6 +612,13 @@ impl RootContext for Root {
             return;
         };
         let now = now_ms();
+        self.answer_waiters(now);
+        if now < self.next_work_ms {
+            return;
+        }
+        self.next_work_ms = now
+            .saturating_add(plan.tick_ms)
+            .saturating_sub(FAST_TICK_MS / 2);
         let epoch = now / plan.tick_ms.max(1);
         self.merge(&plan, epoch);
         let lead = self
@@ -543,8 +647,9 @@ impl RootContext for Root {
         self.metrics.flush();
     }
 
-    fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(Http {
+            id,
             plan: self.plan.clone(),
             worker: self.worker.clone(),
             metrics: self.metrics.clone(),
@@ -555,6 +660,14 @@ impl RootContext for Root {
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
     }
+}
+
+/// Headers of a reply from the cache: the kept ones, `age`, and why it is a simple page.
+fn reply_headers(e: &Entry, why: &str, now: u64, response_header: &str) -> Vec<(String, String)> {
+    let mut h = e.headers.clone();
+    h.push(("age".to_string(), e.age_s(now).to_string()));
+    h.push((response_header.to_string(), why.to_string()));
+    h
 }
 
 // ---- stream context ----------------------------------------------------------------------
@@ -572,6 +685,8 @@ struct Stream {
     replace_body: Option<Vec<u8>>,
     /// Collecting the response body for the cache, within these windows.
     filling: Option<Filling>,
+    /// The fill lock this stream holds for a missing page: (slot, key fingerprint).
+    lock: Option<(u32, u64)>,
 }
 
 struct CacheJob {
@@ -592,6 +707,7 @@ struct Filling {
 }
 
 struct Http {
+    id: u32,
     plan: Option<Rc<Plan>>,
     worker: SharedWorker,
     metrics: Rc<Metrics>,
@@ -649,15 +765,12 @@ impl Http {
             Some(p) => p.clone(),
             None => return false,
         };
-        let age = e.age_s(now).to_string();
-        let mut headers: Vec<(&str, &str)> = e
-            .headers
+        let headers = reply_headers(e, why, now, &plan.response_header);
+        let h: Vec<(&str, &str)> = headers
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        headers.push(("age", age.as_str()));
-        headers.push((plan.response_header.as_str(), why));
-        send_reply(200, &headers, &e.body)
+        send_reply(200, &h, &e.body)
     }
 
     /// Answered from the cache: the local reply passes through this filter's response
@@ -729,7 +842,53 @@ impl Http {
                     self.metrics.cache_refresh.inc();
                 }
             }
-            _ => self.metrics.cache_miss.inc(),
+            _ => {
+                // A page not in the cache: one request fetches it, the others wait for it.
+                if c.lock_timeout_ms > 0 {
+                    let won = update(
+                        &HostStore,
+                        &lock_key(slot),
+                        4,
+                        |cur| match cache::take_lock(
+                            cur.and_then(Lock::decode),
+                            fp,
+                            now,
+                            c.lock_timeout_ms,
+                        ) {
+                            Some(l) => Step::Write(l.encode(), true),
+                            None => Step::Keep(false),
+                        },
+                    );
+                    let won = matches!(won, sg_core::shared::Update::Done { result: true, .. });
+                    if won {
+                        // Released when this stream ends (filled or not), so waiters never
+                        // wait longer than the fetch.
+                        self.state.lock = Some((slot, fp));
+                    }
+                    let mut w = self.worker.borrow_mut();
+                    if !won && w.waiters.len() < MAX_WAITERS {
+                        w.waiters.push(Waiter {
+                            id: self.id,
+                            slot,
+                            fp,
+                            key: key.clone(),
+                            why: why("hit"),
+                            deadline_ms: now.saturating_add(c.lock_timeout_ms),
+                        });
+                        // If the wait times out, the request goes on as a miss (tagged,
+                        // and its answer may fill the cache).
+                        self.state.cache = Some(CacheJob {
+                            rule: i,
+                            fill: req.method() == "GET",
+                            key,
+                            slot,
+                            stale: None,
+                        });
+                        return Some(HostAction::Pause);
+                    }
+                }
+                self.metrics.cache_miss.inc();
+            }
         }
         // To the backend: fill the cache with the answer; keep a stale copy for errors.
         let stale = entry.filter(|e| e.state(now) != State::Expired);
@@ -859,14 +1018,16 @@ impl HttpContext for Http {
             }
         }
         self.state.diverted = Some(trig);
+        // Marked before the cache is asked: a request that waits for a fill and then times
+        // out must still go to the simple page (the cache exists only in header mode).
+        if let DivertConfig::Header { name } = &rule.divert {
+            set_header(REQUEST_HEADERS, name, trig.as_str());
+        }
         if let Some(a) = self.cache_request(&plan, i, rule, trig, &req) {
             return a;
         }
         match &rule.divert {
-            DivertConfig::Header { name } => {
-                set_header(REQUEST_HEADERS, name, trig.as_str());
-                HostAction::Continue
-            }
+            DivertConfig::Header { .. } => HostAction::Continue,
             DivertConfig::Redirect { status, base_url } => {
                 let location = redirect_location(base_url, req.path());
                 let headers = [
@@ -899,6 +1060,12 @@ impl HttpContext for Http {
         let Some(trig) = self.state.diverted else {
             return HostAction::Continue;
         };
+        // A reply from the cache made by this filter (e.g. to a request that waited for a
+        // fill) already says what it is.
+        if get_header(RESPONSE_HEADERS, &plan.response_header).is_some() {
+            self.state.cache = None;
+            return HostAction::Continue;
+        }
         let Some(job) = self.state.cache.take() else {
             set_header(RESPONSE_HEADERS, &plan.response_header, trig.as_str());
             return HostAction::Continue;
@@ -989,6 +1156,23 @@ impl HttpContext for Http {
     }
 
     fn on_log(&mut self) {
+        // The fetch of a missing page is over (its answer is in the cache or was not
+        // cacheable): free the waiters now rather than at their timeout.
+        if let Some((slot, fp)) = self.state.lock.take() {
+            let _ = update(&HostStore, &lock_key(slot), 4, |cur| {
+                match cur.and_then(Lock::decode) {
+                    Some(l) if l.key_fp == fp => Step::Write(
+                        Lock {
+                            key_fp: fp,
+                            until_ms: 0,
+                        }
+                        .encode(),
+                        (),
+                    ),
+                    _ => Step::Keep(()),
+                }
+            });
+        }
         // Went to the main backend and never got response headers (reset, timeout).
         if let Some((i, start)) = self.state.timed.take() {
             let latency = now_ms().saturating_sub(start);

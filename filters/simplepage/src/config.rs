@@ -157,6 +157,10 @@ pub struct RuleCacheConfig {
     /// At most one backend request per key per this period (default: `ttl_ms`).
     #[serde(default)]
     pub refresh_interval_ms: Option<u64>,
+    /// A page not in the cache is fetched by one request; the others wait up to this long
+    /// for it (nginx `proxy_cache_lock_timeout`), then go to the backend (0: no waiting).
+    #[serde(default = "default_lock_timeout_ms")]
+    pub lock_timeout_ms: u64,
 }
 
 fn yes() -> bool {
@@ -204,11 +208,15 @@ fn default_swr_ms() -> u64 {
 fn default_sie_ms() -> u64 {
     300_000
 }
+fn default_lock_timeout_ms() -> u64 {
+    500
+}
 
 #[derive(Debug, Clone)]
 pub struct CachePlan {
     pub settings: cache::Settings,
     pub refresh_interval_ms: u64,
+    pub lock_timeout_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -419,6 +427,12 @@ impl Config {
                                 .into(),
                         ));
                     }
+                    if c.lock_timeout_ms > 10_000 {
+                        return Err(bad(
+                            "cache.lock_timeout_ms",
+                            "must be from 0 to 10000".into(),
+                        ));
+                    }
                     Some(CachePlan {
                         settings: cache::Settings {
                             ttl_ms: c.ttl_ms,
@@ -427,6 +441,7 @@ impl Config {
                             max_body_bytes: self.cache.max_body_bytes,
                         },
                         refresh_interval_ms: refresh,
+                        lock_timeout_ms: c.lock_timeout_ms,
                     })
                 }
             };
