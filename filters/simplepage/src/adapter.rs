@@ -717,13 +717,7 @@ struct Http {
 impl Context for Http {}
 
 impl Http {
-    fn signals(
-        &self,
-        rule: &Rule,
-        i: usize,
-        req: &HostRequest,
-        now_needed: &mut bool,
-    ) -> (Signals, Option<Vec<u8>>) {
+    fn signals(&self, rule: &Rule, i: usize, req: &HostRequest) -> Signals {
         let w = self.worker.borrow();
         // The key is extracted only when a published list could name it.
         let wanted = (rule.operator && !w.list.entries.is_empty())
@@ -738,7 +732,6 @@ impl Http {
             ..Signals::default()
         };
         if rule.operator && !w.list.entries.is_empty() {
-            *now_needed = true;
             let now = now_ms();
             // Normalised (percent-decoded, `//` and trailing `/` folded) so `/PostList//42/`
             // or `/Post%4Cist/42` cannot escape a `/PostList/42` entry.
@@ -756,7 +749,7 @@ impl Http {
             }
         }
         s.overloaded = w.overloaded.get(i).copied().flatten();
-        (s, key)
+        s
     }
 
     /// A response served from the cache (hit or stale).
@@ -971,8 +964,7 @@ impl HttpContext for Http {
         if let Some(m) = m {
             m.seen.inc();
         }
-        let mut used_clock = false;
-        let (mut s, _key) = self.signals(rule, i, &req, &mut used_clock);
+        let mut s = self.signals(rule, i, &req);
         if let Some(o) = &rule.overload {
             let mut w = self.worker.borrow_mut();
             if let Some(t) = w.tallies.get_mut(i) {
@@ -1045,6 +1037,9 @@ impl HttpContext for Http {
     }
 
     fn on_http_response_headers(&mut self, _n: usize, eos: bool) -> HostAction {
+        if self.state.timed.is_none() && self.state.diverted.is_none() {
+            return HostAction::Continue;
+        }
         let Some(plan) = self.plan.clone() else {
             return HostAction::Continue;
         };
