@@ -550,6 +550,21 @@ fn bad_simplepage_config_is_refused_naming_the_field() {
     assert!(log.contains("simplepage: rules[0].key"), "{log}");
 }
 
+/// Ten requests for one page within 100 ms, each allowed 10 s.
+fn ten_at_once(s: &Stack, key: &str, template: &str) -> Report {
+    loadgen::run(&LoadConfig {
+        target: s.envoy.url(),
+        rate_rps: 100.0,
+        duration_ms: 100,
+        path_template: template.into(),
+        keys: one_key(key),
+        record: true,
+        timeout_ms: 10_000,
+        ..LoadConfig::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
 fn tags(r: &Report) -> std::collections::BTreeMap<String, u64> {
     let mut m = std::collections::BTreeMap::new();
     for x in &r.records {
@@ -602,17 +617,7 @@ fn a_cold_page_is_fetched_once_while_the_other_requests_wait_for_it() {
         latency_ms: Some(3000),
         ..AdminConfig::default()
     });
-    let r = loadgen::run(&LoadConfig {
-        target: s.envoy.url(),
-        rate_rps: 100.0,
-        duration_ms: 100,
-        path_template: "/PostView?blogId={key}&logNo=1".into(),
-        keys: one_key("slow"),
-        record: true,
-        timeout_ms: 10_000,
-        ..LoadConfig::default()
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    let r = ten_at_once(&s, "slow", "/PostView?blogId={key}&logNo=1");
     assert_eq!(
         r.by_status.get(&200).copied(),
         Some(r.sent),
@@ -649,17 +654,7 @@ fn a_cold_page_is_fetched_once_while_the_other_requests_wait_for_it() {
         ..AdminConfig::default()
     });
     let timeouts = s.envoy.stat(timed_out);
-    let r = loadgen::run(&LoadConfig {
-        target: s.envoy.url(),
-        rate_rps: 100.0,
-        duration_ms: 100,
-        path_template: "/PostView?blogId={key}&logNo=1&setcookie=1".into(),
-        keys: one_key("private"),
-        record: true,
-        timeout_ms: 10_000,
-        ..LoadConfig::default()
-    })
-    .unwrap_or_else(|e| panic!("{e}"));
+    let r = ten_at_once(&s, "private", "/PostView?blogId={key}&logNo=1&setcookie=1");
     assert_eq!(
         r.by_status.get(&200).copied(),
         Some(r.sent),

@@ -662,6 +662,21 @@ impl RootContext for Root {
     }
 }
 
+/// Takes the slot's lock for page `fp` for `ms` (one backend request per page per lock);
+/// false when another request of this page holds it, or shared data fails.
+fn take_slot_lock(slot: u32, fp: u64, now: u64, ms: u64) -> bool {
+    let r = update(
+        &HostStore,
+        &lock_key(slot),
+        4,
+        |cur| match cache::take_lock(cur.and_then(Lock::decode), fp, now, ms) {
+            Some(l) => Step::Write(l.encode(), true),
+            None => Step::Keep(false),
+        },
+    );
+    matches!(r, sg_core::shared::Update::Done { result: true, .. })
+}
+
 /// Headers of a reply from the cache: the kept ones, `age`, and why it is a simple page.
 fn reply_headers(e: &Entry, why: &str, now: u64, response_header: &str) -> Vec<(String, String)> {
     let mut h = e.headers.clone();
@@ -811,21 +826,7 @@ impl Http {
                 }
             }
             (State::StaleWhileRevalidate, Some(e)) => {
-                let won = update(
-                    &HostStore,
-                    &lock_key(slot),
-                    4,
-                    |cur| match cache::take_lock(
-                        cur.and_then(Lock::decode),
-                        fp,
-                        now,
-                        c.refresh_interval_ms,
-                    ) {
-                        Some(l) => Step::Write(l.encode(), true),
-                        None => Step::Keep(false),
-                    },
-                );
-                let won = matches!(won, sg_core::shared::Update::Done { result: true, .. });
+                let won = take_slot_lock(slot, fp, now, c.refresh_interval_ms);
                 if !won {
                     if self.serve(e, &why("stale"), now) {
                         self.metrics.cache_stale.inc();
@@ -838,21 +839,7 @@ impl Http {
             _ => {
                 // A page not in the cache: one request fetches it, the others wait for it.
                 if c.lock_timeout_ms > 0 {
-                    let won = update(
-                        &HostStore,
-                        &lock_key(slot),
-                        4,
-                        |cur| match cache::take_lock(
-                            cur.and_then(Lock::decode),
-                            fp,
-                            now,
-                            c.lock_timeout_ms,
-                        ) {
-                            Some(l) => Step::Write(l.encode(), true),
-                            None => Step::Keep(false),
-                        },
-                    );
-                    let won = matches!(won, sg_core::shared::Update::Done { result: true, .. });
+                    let won = take_slot_lock(slot, fp, now, c.lock_timeout_ms);
                     if won {
                         // Released when this stream ends (filled or not), so waiters never
                         // wait longer than the fetch.
@@ -1004,9 +991,16 @@ impl HttpContext for Http {
         {
             let mut w = self.worker.borrow_mut();
             w.inbound = w.inbound.saturating_add(1);
-            let url: String = req.path().chars().take(MAX_URL_BYTES).collect();
-            if w.urls.contains_key(&url) || w.urls.len() < MAX_URLS {
-                *w.urls.entry(url).or_insert(0) += 1;
+            let path = req.path();
+            let mut cut = path.len().min(MAX_URL_BYTES);
+            while !path.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            let url = path.get(..cut).unwrap_or("");
+            if let Some(n) = w.urls.get_mut(url) {
+                *n = n.saturating_add(1);
+            } else if w.urls.len() < MAX_URLS {
+                w.urls.insert(url.to_string(), 1);
             }
         }
         self.state.diverted = Some(trig);
