@@ -457,6 +457,7 @@ fn micro_cache_never_keeps_set_cookie_and_memory_stays_in_its_slots() {
             >= 20
     );
     // 3,000 distinct pages through a 16-slot cache of 4 KiB bodies.
+    let heap_before = s.envoy.heap_allocated();
     let r = load(
         &s.envoy.url(),
         1500.0,
@@ -489,6 +490,11 @@ fn micro_cache_never_keeps_set_cookie_and_memory_stays_in_its_slots() {
         r.sent
     );
     assert!(fills + busied >= 1000 && fills >= 16, "{fills} + {busied}");
+    // Envoy's live heap: the pages went through, they did not stay.
+    let bound = 8 * 1024 * 1024;
+    let heap_after = s.envoy.wait_heap_at_most(heap_before + bound, STATS);
+    eprintln!("micro-cache memory: Envoy live heap {heap_before} -> {heap_after} bytes");
+    assert!(heap_before > 0 && heap_after <= heap_before + bound);
     assert!(bytes > 0 && bytes <= bound, "{bytes}");
     // Each page is ~300 bytes: 16 slots hold at most 16 of them.
     assert!(bytes <= 16 * 600, "{bytes}");

@@ -449,6 +449,29 @@ impl Envoy {
         }
     }
 
+    /// Bytes tcmalloc has allocated and not freed (Envoy's live heap), read now from
+    /// `/memory` (the `server.memory_allocated` gauge lags by a stats flush, 5 s).
+    pub fn heap_allocated(&self) -> i64 {
+        http::get(self.admin, "/memory")
+            .ok()
+            .and_then(|r| serde_json::from_str::<Value>(&r.body).ok())
+            .and_then(|v| v["allocated"].as_str().and_then(|a| a.parse().ok()))
+            .unwrap_or(0)
+    }
+
+    /// Polls the live heap until it is at most `limit` bytes or the deadline passes; returns
+    /// the last reading.
+    pub fn wait_heap_at_most(&self, limit: i64, timeout: Duration) -> i64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let v = self.heap_allocated();
+            if v <= limit || Instant::now() > deadline {
+                return v;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Resident memory of the Envoy process in KiB.
     pub fn rss_kib(&self) -> u64 {
         std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
