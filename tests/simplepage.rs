@@ -684,3 +684,57 @@ fn a_cold_page_is_fetched_once_while_the_other_requests_wait_for_it() {
         "no waiter sat out the 2 s timeout"
     );
 }
+
+#[test]
+fn overload_by_error_rate_diverts_and_probes_see_the_recovery() {
+    let rules = json!([{"name": "post_view", "match": {"path_prefix": "/PostView"},
+        "triggers": {"overload": {"error_percent": 20, "min_samples": 10, "window_ms": 1000,
+                                  "clear_after_ms": 1000, "probe_percent": 20}}}]);
+    let s = Stack::start(&[("simplepage", sp(rules, json!({})))], 2);
+    let url = s.envoy.url();
+    let mix = || KeyMix {
+        zipf_n: 100,
+        ..KeyMix::default()
+    };
+    let by_errors = |r: &Report| {
+        r.records
+            .iter()
+            .filter(|x| {
+                x.headers
+                    .iter()
+                    .any(|(k, v)| k == HDR && v == "overload:errors")
+            })
+            .count()
+    };
+    // Half the app's answers are 503s: diverted; the simple page answers 200.
+    s.app.apply(&AdminConfig {
+        error_rate: Some(0.5),
+        error_status: Some(503),
+        ..AdminConfig::default()
+    });
+    let bad = load(&url, 100.0, 3000, mix());
+    let d = by_errors(&bad);
+    eprintln!(
+        "overload by errors: {d} of {} diverted; statuses {:?}",
+        bad.sent, bad.by_status
+    );
+    assert!(d as u64 > bad.sent / 3, "{d} of {}", bad.sent);
+    assert_eq!(s.simple.stats().total as usize, d);
+    // Recovered: the probes (20%) see clean answers and diversion ends.
+    s.app.apply(&AdminConfig {
+        error_rate: Some(0.0),
+        ..AdminConfig::default()
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let r = load(&url, 100.0, 500, mix());
+        if by_errors(&r) == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still diverted 15 s after recovery"
+        );
+    }
+    assert_eq!(s.envoy.stat("wasmcustom.sg.simplepage.overload_events"), 1);
+}
