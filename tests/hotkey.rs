@@ -1,8 +1,8 @@
 //! End-to-end tests of the `hotkey` filter in a real Envoy (1.40, V8, two workers).
 
 use serde_json::{json, Value};
-use sg_e2e::loadgen::{self, KeyMix, LoadConfig, Report};
-use sg_e2e::Stack;
+use sg_e2e::loadgen::KeyMix;
+use sg_e2e::{load_pages as load, Stack};
 use std::time::{Duration, Instant};
 
 const STATS: Duration = Duration::from_secs(5);
@@ -21,20 +21,6 @@ fn hk_ops(rule: Value) -> Vec<(&'static str, Value)> {
             "alert": {"webhook_cluster": "spikeguard_control", "webhook_path": "/hook",
                       "link_template": "https://grafana.example/d/hot?rule={rule}&key={key}"}}),
     )]
-}
-
-fn load(url: &str, rps: f64, ms: u64, keys: KeyMix) -> Report {
-    loadgen::run(&LoadConfig {
-        target: url.to_string(),
-        rate_rps: rps,
-        duration_ms: ms,
-        path_template: "/PostView?blogId={key}&logNo=1".into(),
-        keys,
-        record: true,
-        max_in_flight: 10_000,
-        ..LoadConfig::default()
-    })
-    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn shed_by_hotkey(r: &sg_e2e::loadgen::Record) -> bool {

@@ -3,6 +3,7 @@
 use serde_json::Value;
 use sg_integration::control::Control;
 use sg_integration::envoy::{Bundle, Envoy};
+use sg_integration::loadgen::{KeyMix, LoadConfig, Report};
 use sg_integration::upstream::{Upstream, UpstreamConfig};
 
 pub use sg_integration::{control, envoy, http, loadgen, nginx, upstream};
@@ -72,4 +73,20 @@ impl Stack {
     pub fn get(&self, path: &str) -> http::Response {
         http::get(self.port(), path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
+}
+
+/// Open-loop load on `/PostView?blogId={key}&logNo=1` at `rps` for `ms`, every request
+/// recorded (status and headers), no client-side drops below 10,000 in flight.
+pub fn load_pages(url: &str, rps: f64, ms: u64, keys: KeyMix) -> Report {
+    loadgen::run(&LoadConfig {
+        target: url.to_string(),
+        rate_rps: rps,
+        duration_ms: ms,
+        path_template: "/PostView?blogId={key}&logNo=1".into(),
+        keys,
+        record: true,
+        max_in_flight: 10_000,
+        ..LoadConfig::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
 }

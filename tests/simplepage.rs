@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use sg_e2e::http;
 use sg_e2e::loadgen::{self, KeyMix, LoadConfig, Report};
 use sg_e2e::upstream::AdminConfig;
-use sg_e2e::Stack;
+use sg_e2e::{load_pages as load, Stack};
 use std::time::{Duration, Instant};
 
 const STATS: Duration = Duration::from_secs(5);
@@ -22,20 +22,6 @@ fn sp(rules: Value, extra: Value) -> Value {
         }
     }
     c
-}
-
-fn load(url: &str, rps: f64, ms: u64, keys: KeyMix) -> Report {
-    loadgen::run(&LoadConfig {
-        target: url.to_string(),
-        rate_rps: rps,
-        duration_ms: ms,
-        path_template: "/PostView?blogId={key}&logNo=1".into(),
-        keys,
-        record: true,
-        max_in_flight: 10_000,
-        ..LoadConfig::default()
-    })
-    .unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn one_key(key: &str) -> KeyMix {

@@ -82,6 +82,22 @@ pub fn schema_gaps(schema: &serde_json::Value, example: &serde_json::Value) -> V
     out
 }
 
+/// `schema_gaps` of two JSON texts (a shipped schema and example); an unparsable text is
+/// reported as a gap.
+pub fn schema_gaps_of(schema: &str, example: &str) -> Vec<String> {
+    match (
+        serde_json::from_str::<serde_json::Value>(schema),
+        serde_json::from_str::<serde_json::Value>(example),
+    ) {
+        (Ok(s), Ok(e)) => schema_gaps(&s, &e),
+        (s, e) => vec![format!(
+            "unparsable: schema {:?}, example {:?}",
+            s.err(),
+            e.err()
+        )],
+    }
+}
+
 fn gaps(
     root: &serde_json::Value,
     s: &serde_json::Value,

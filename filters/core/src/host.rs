@@ -407,6 +407,16 @@ impl crate::key::RequestView for HostRequest {
     }
 }
 
+/// The route's name (`route_name` property) when some rule matches on it, else None without
+/// a host call.
+pub fn route_name_if(needed: bool) -> Option<String> {
+    if needed {
+        property_string(&["route_name"])
+    } else {
+        None
+    }
+}
+
 /// The plugin configuration bytes (empty when none was given).
 pub fn plugin_config() -> Vec<u8> {
     hostcalls::get_buffer(

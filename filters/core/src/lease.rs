@@ -108,6 +108,12 @@ impl Leadership {
         }
         let leader = self.me != 0 && try_acquire(store, task, self.me, now, ttl_ms);
         let became = leader && !self.leading;
+        if became {
+            log::info!(
+                "{task}: this VM (id {}) now leads the periodic work",
+                self.me
+            );
+        }
         self.leading = leader;
         leader.then_some(became)
     }

@@ -15,7 +15,7 @@ use proxy_wasm::types::{Action as HostAction, ContextType, LogLevel};
 use sg_core::alert::Alert;
 use sg_core::hash::hash64;
 use sg_core::host::{
-    now_ms, plugin_config, property_string, send_reply, set_header, Counter, Gauge, HostRequest,
+    now_ms, plugin_config, route_name_if, send_reply, set_header, Counter, Gauge, HostRequest,
     HostStore, REQUEST_HEADERS,
 };
 use sg_core::key::RequestView;
@@ -508,12 +508,6 @@ impl RootContext for Root {
             .lead
             .tick(&HostStore, FILTER, now, plan.tick_ms.saturating_mul(3));
         if let Some(became) = lead {
-            if became {
-                log::info!(
-                    "{FILTER}: this VM (id {}) now leads detection and polling",
-                    self.lead.id()
-                );
-            }
             self.detect_and_publish(&plan, now, epoch, became);
             if let Some(ops) = self.ops.as_mut() {
                 ops.poll(plan.operator.as_ref(), now, &self.metrics.ops());
@@ -551,11 +545,7 @@ impl HttpContext for Http {
             return HostAction::Continue;
         };
         let req = HostRequest::default();
-        let route = if plan.needs_route {
-            property_string(&["route_name"])
-        } else {
-            None
-        };
+        let route = route_name_if(plan.needs_route);
         let mut now: Option<u64> = None;
         for (i, rule) in plan.rules.iter().enumerate() {
             if !rule.matcher.matches_request(&req, route.as_deref()) {

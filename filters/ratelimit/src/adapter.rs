@@ -9,7 +9,7 @@ use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action as HostAction, ContextType, LogLevel};
 use sg_core::host::{
-    now_ms, plugin_config, property_string, resume_request_of, send_reply, set_header, Counter,
+    now_ms, plugin_config, resume_request_of, route_name_if, send_reply, set_header, Counter,
     HostRequest, HostStore, RESPONSE_HEADERS,
 };
 use sg_core::metrics::{filter_metric, rule_metric};
@@ -226,11 +226,7 @@ impl HttpContext for Http {
             return HostAction::Continue;
         };
         let req = HostRequest::default();
-        let route = if plan.needs_route {
-            property_string(&["route_name"])
-        } else {
-            None
-        };
+        let route = route_name_if(plan.needs_route);
         let verdict = check(&plan, &HostStore, &req, route.as_deref(), now_ms);
         self.metrics.record(&verdict);
         let rejected = matches!(verdict.action, Action::Reject { .. });

@@ -18,9 +18,9 @@ use sg_core::alert::Alert;
 use sg_core::codec::{Reader, Writer};
 use sg_core::hash::{hash64, slot_of};
 use sg_core::host::{
-    get_buffer, get_header, header_pairs, now_ms, plugin_config, property_string, remove_header,
-    reply_for, resume_request_of, send_reply, set_buffer, set_header, Counter, Gauge, HostRequest,
-    HostStore, REQUEST_HEADERS, RESPONSE_BODY, RESPONSE_HEADERS,
+    get_buffer, get_header, header_pairs, now_ms, plugin_config, remove_header, reply_for,
+    resume_request_of, route_name_if, send_reply, set_buffer, set_header, Counter, Gauge,
+    HostRequest, HostStore, REQUEST_HEADERS, RESPONSE_BODY, RESPONSE_HEADERS,
 };
 use sg_core::key::RequestView;
 use sg_core::lease::Leadership;
@@ -625,12 +625,6 @@ impl RootContext for Root {
             .lead
             .tick(&HostStore, FILTER, now, plan.tick_ms.saturating_mul(3));
         if let Some(became) = lead {
-            if became {
-                log::info!(
-                    "{FILTER}: this VM (id {}) now leads overload detection and polling",
-                    self.lead.id()
-                );
-            }
             self.evaluate(&plan, now, epoch, became);
             if let Some(ops) = self.ops.as_mut() {
                 ops.poll(plan.operator.as_ref(), now, &self.metrics.ops());
@@ -934,11 +928,7 @@ impl HttpContext for Http {
             return HostAction::Continue;
         };
         let req = HostRequest::default();
-        let route = if plan.needs_route {
-            property_string(&["route_name"])
-        } else {
-            None
-        };
+        let route = route_name_if(plan.needs_route);
         let Some((i, rule)) = plan
             .rules
             .iter()
