@@ -1,7 +1,7 @@
 //! The documented `ratelimit` config (see README "ratelimit" and config/ratelimit.json) and
 //! its compilation into an immutable plan. Any invalid field refuses the whole config.
 
-use crate::limiter::Params;
+use crate::limiter::{Mode, Params};
 use serde::Deserialize;
 use sg_core::key::{KeyConfig, KeyPlan};
 use sg_core::matcher::{MatchConfig, Matcher};
@@ -102,7 +102,7 @@ pub struct RuleConfig {
     /// `"nodelay"`, `"delay"` (nginx's default: hold excess requests to pace them at the
     /// rate) or `{"delay": N}` (the first N excess requests pass at once, the rest are held).
     #[serde(default)]
-    pub mode: Option<serde_json::Value>,
+    pub mode: ModeConfig,
     /// Count and log what would be rejected or delayed, but never act.
     #[serde(default)]
     pub dry_run: bool,
@@ -121,13 +121,14 @@ pub struct Rule {
     pub name: String,
     pub matcher: Matcher,
     pub key: KeyPlan,
+    /// The arithmetic's inputs (`params.rate` is `rate.milli_per_s`).
     pub params: Params,
+    pub rate: Rate,
     pub dry_run: bool,
     /// Number of shared-data slot keys (sets of 4 keys).
     pub sets: u32,
-    /// Window of the rate for RateLimit-Policy: 1 for r/s, 60 for r/m.
+    /// `rate.window_s` and `rate.quota`, kept as fields while the adapter reads them here.
     pub window_s: u64,
-    /// Requests per window, for RateLimit-Policy.
     pub quota: u64,
 }
 
@@ -142,38 +143,101 @@ pub struct Plan {
     pub delays: bool,
 }
 
-/// Parses `"10r/s"`, `"600 r/m"` into (requests, window seconds).
-pub fn parse_rate(s: &str) -> Option<(u64, u64)> {
-    let compact: String = s.chars().filter(|c| !c.is_whitespace()).collect();
-    let (n, unit) = compact.split_once("r/")?;
-    let window = match unit {
-        "s" => 1,
-        "m" => 60,
-        _ => return None,
-    };
-    let n: u64 = n.parse().ok()?;
-    Some((n, window))
+/// A rule's rate, compiled: nginx's `ctx->rate` for the arithmetic and the `N r/s` or
+/// `N r/m` the operator wrote, for the `RateLimit-Policy` header (`q=quota;w=window_s`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// milli-requests per second: `quota * 1000 / window_s`, truncated as nginx does
+    /// (`1r/m` is 16).
+    pub milli_per_s: u64,
+    /// Requests per window.
+    pub quota: u64,
+    /// 1 for `r/s`, 60 for `r/m`.
+    pub window_s: u64,
 }
 
-fn parse_mode(v: &Option<serde_json::Value>, path: &str) -> Result<Option<u64>, ConfigError> {
-    use serde_json::Value;
-    let bad = |why: String| ConfigError::new(format!("{path}.mode"), why);
-    match v {
-        None => Ok(Some(0)),
-        Some(Value::String(s)) if s == "nodelay" => Ok(None),
-        Some(Value::String(s)) if s == "delay" => Ok(Some(0)),
-        Some(Value::Object(o)) if o.len() == 1 => match o.get("delay") {
-            Some(Value::Number(n)) => match n.as_u64() {
-                Some(d) if d <= MAX_BURST => Ok(Some(d)),
-                _ => Err(bad(format!(
-                    "delay {n} is not a whole number from 0 to {MAX_BURST}"
-                ))),
+impl Rate {
+    /// Parses `"10r/s"`, `"600 r/m"` (spaces anywhere), refusing a rate of 0 or above
+    /// [`MAX_RATE_PER_SEC`]. The error is the reason for the `rules[i].rate` field.
+    pub fn parse(s: &str) -> Result<Rate, String> {
+        let syntax = || format!("{s:?} is not N r/s or N r/m");
+        let compact: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+        let (n, unit) = compact.split_once("r/").ok_or_else(syntax)?;
+        let window_s = match unit {
+            "s" => 1,
+            "m" => 60,
+            _ => return Err(syntax()),
+        };
+        let quota: u64 = n.parse().map_err(|_| syntax())?;
+        if quota == 0 || quota > MAX_RATE_PER_SEC * window_s {
+            return Err(format!(
+                "{s:?} must be above 0 and at most {MAX_RATE_PER_SEC} r/s"
+            ));
+        }
+        // nginx: ctx->rate = rate * 1000 / scale. Never 0 for quota >= 1 and window <= 60,
+        // checked anyway since a zero rate would never drain.
+        let milli_per_s = quota * 1000 / window_s;
+        if milli_per_s == 0 {
+            return Err(format!("{s:?} rounds to 0 milli-requests per second"));
+        }
+        Ok(Rate {
+            milli_per_s,
+            quota,
+            window_s,
+        })
+    }
+}
+
+/// `mode` as written in the config: `"nodelay"`, `"delay"` (nginx's default, also when the
+/// field is absent) or `{"delay": N}` (N in requests, at most [`MAX_BURST`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ModeConfig {
+    NoDelay,
+    #[default]
+    Delay,
+    DelayAfter(u64),
+}
+
+impl ModeConfig {
+    const FORMS: &'static str = r#""nodelay", "delay" or {"delay": N}"#;
+
+    fn from_json(v: &serde_json::Value) -> Result<ModeConfig, String> {
+        use serde_json::Value;
+        match v {
+            Value::String(s) if s == "nodelay" => Ok(ModeConfig::NoDelay),
+            Value::String(s) if s == "delay" => Ok(ModeConfig::Delay),
+            Value::Object(o) if o.len() == 1 => match o.get("delay") {
+                Some(Value::Number(n)) => match n.as_u64() {
+                    Some(d) if d <= MAX_BURST => Ok(ModeConfig::DelayAfter(d)),
+                    _ => Err(format!(
+                        "delay {n} is not a whole number from 0 to {MAX_BURST}"
+                    )),
+                },
+                Some(other) => Err(format!(
+                    "delay {other} is not a whole number from 0 to {MAX_BURST}"
+                )),
+                None => Err(format!("{v} is not {}", Self::FORMS)),
             },
-            _ => Err(bad(r#"expected "nodelay", "delay" or {"delay": N}"#.into())),
-        },
-        Some(other) => Err(bad(format!(
-            r#"{other} is not "nodelay", "delay" or {{"delay": N}}"#
-        ))),
+            other => Err(format!("{other} is not {}", Self::FORMS)),
+        }
+    }
+
+    /// The limiter's form (milli-requests).
+    pub fn compile(self) -> Mode {
+        match self {
+            ModeConfig::NoDelay => Mode::NoDelay,
+            ModeConfig::Delay => Mode::Delay,
+            ModeConfig::DelayAfter(n) => Mode::DelayAfter(n * 1000),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ModeConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        // Through a Value so every wrong form gets the one message listing the right ones
+        // (serde's derive would say "unknown variant" or "expected a map").
+        let v = serde_json::Value::deserialize(d)?;
+        ModeConfig::from_json(&v).map_err(serde::de::Error::custom)
     }
 }
 
@@ -204,33 +268,14 @@ impl Config {
                 rules.iter().any(|x: &Rule| x.name == r.name),
                 &path,
             )?;
-            let (n, window_s) = parse_rate(&r.rate).ok_or_else(|| {
-                ConfigError::new(
-                    format!("{path}.rate"),
-                    format!("{:?} is not N r/s or N r/m", r.rate),
-                )
-            })?;
-            if n == 0 || n > MAX_RATE_PER_SEC * window_s {
-                return Err(ConfigError::new(
-                    format!("{path}.rate"),
-                    format!(
-                        "{:?} must be above 0 and at most {MAX_RATE_PER_SEC} r/s",
-                        r.rate
-                    ),
-                ));
-            }
-            // nginx: ctx->rate = rate * 1000 / scale (milli-requests per second).
-            let rate = n * 1000 / window_s;
-            if rate == 0 {
-                return Err(ConfigError::new(format!("{path}.rate"), "rounds to zero"));
-            }
+            let rate = Rate::parse(&r.rate)
+                .map_err(|why| ConfigError::new(format!("{path}.rate"), why))?;
             if r.burst > MAX_BURST {
                 return Err(ConfigError::new(
                     format!("{path}.burst"),
                     format!("{} is above the maximum {MAX_BURST}", r.burst),
                 ));
             }
-            let delay = parse_mode(&r.mode, &path)?;
             let key = r.key.compile(r.lowercase_key, r.max_key_len, &path)?;
             if r.max_keys == 0 || r.max_keys > MAX_KEYS {
                 return Err(ConfigError::new(
@@ -244,24 +289,318 @@ impl Config {
                 matcher,
                 key,
                 params: Params {
-                    rate,
+                    rate: rate.milli_per_s,
                     burst: r.burst * 1000,
-                    delay: delay.map(|d| d * 1000),
+                    mode: r.mode.compile(),
                 },
+                rate,
                 dry_run: r.dry_run,
                 sets: r.max_keys.div_ceil(crate::limiter::WAYS as u32),
-                window_s,
-                quota: n,
+                window_s: rate.window_s,
+                quota: rate.quota,
             });
         }
         Ok(Plan {
             needs_route: rules.iter().any(|r| r.matcher.needs_route()),
-            delays: rules.iter().any(|r| !r.dry_run && r.params.delay.is_some()),
+            delays: rules
+                .iter()
+                .any(|r| !r.dry_run && r.params.mode != Mode::NoDelay),
             rules,
             reject: self.reject.clone(),
             on_store_error: self.on_store_error,
             cas_attempts: self.cas_attempts,
             rate_limit_headers: self.rate_limit_headers,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule_json(fields: &str) -> String {
+        format!(r#"{{"rules":[{{"name":"r","key":"host","rate":"1r/s"{fields}}}]}}"#)
+    }
+
+    fn first_rule(fields: &str) -> Rule {
+        match Config::parse(rule_json(fields).as_bytes()) {
+            Ok(p) => p.rules.into_iter().next().unwrap(),
+            Err(e) => panic!("refused {fields}: {e}"),
+        }
+    }
+
+    fn error(json: &str) -> String {
+        match Config::parse(json.as_bytes()) {
+            Ok(_) => panic!("accepted: {json}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn rates_compile_to_nginx_milli_requests_and_the_policy_window() {
+        let cases = [
+            ("10r/s", 10_000, 10, 1),
+            (" 600 r / m ", 10_000, 600, 60),
+            ("1r/m", 16, 1, 60), // nginx truncates 1000/60
+            ("10000000r/s", 10_000_000_000, 10_000_000, 1),
+            ("600000000r/m", 10_000_000_000, 600_000_000, 60),
+        ];
+        for (s, milli_per_s, quota, window_s) in cases {
+            assert_eq!(
+                Rate::parse(s),
+                Ok(Rate {
+                    milli_per_s,
+                    quota,
+                    window_s
+                }),
+                "{s}"
+            );
+        }
+        let p = Config::parse(br#"{"rules":[{"name":"r","key":"host","rate":"600r/m"}]}"#);
+        let r = p.map(|p| p.rules.into_iter().next().unwrap()).unwrap();
+        assert_eq!((r.params.rate, r.quota, r.window_s), (10_000, 600, 60));
+        assert_eq!(r.rate, Rate::parse("600r/m").unwrap());
+    }
+
+    #[test]
+    fn modes_compile_to_the_typed_plan() {
+        let cases = [
+            ("", Mode::Delay),
+            (r#","mode":"delay""#, Mode::Delay),
+            (r#","mode":"nodelay""#, Mode::NoDelay),
+            (r#","mode":{"delay":0}"#, Mode::DelayAfter(0)),
+            (r#","mode":{"delay":10}"#, Mode::DelayAfter(10_000)),
+            (
+                r#","mode":{"delay":100000000}"#,
+                Mode::DelayAfter(100_000_000_000),
+            ),
+        ];
+        for (fields, mode) in cases {
+            assert_eq!(first_rule(fields).params.mode, mode, "{fields}");
+        }
+        let nodelay = Config::parse(rule_json(r#","mode":"nodelay""#).as_bytes());
+        assert!(
+            nodelay.is_ok_and(|p| !p.delays),
+            "nodelay needs no fast tick"
+        );
+        let delay = Config::parse(rule_json("").as_bytes());
+        assert!(delay.is_ok_and(|p| p.delays), "default mode delays");
+        let dry = Config::parse(rule_json(r#","dry_run":true"#).as_bytes());
+        assert!(dry.is_ok_and(|p| !p.delays), "a dry run never holds");
+    }
+
+    #[test]
+    fn bad_configs_are_refused_naming_the_field() {
+        let cases = [
+            (r#"{"rules":[]}"#, "rules"),
+            (
+                r#"{"rules":[{"name":"r","key":"host","rate":"10r/x"}]}"#,
+                "rules[0].rate",
+            ),
+            (
+                r#"{"rules":[{"name":"r","key":"host","rate":"0r/s"}]}"#,
+                "rules[0].rate",
+            ),
+            (
+                r#"{"rules":[{"name":"r","key":"host","rate":"-1r/s"}]}"#,
+                "rules[0].rate",
+            ),
+            (
+                r#"{"rules":[{"name":"r","key":"host","rate":"1r/s","burst":1000000000000}]}"#,
+                "rules[0].burst",
+            ),
+            (
+                r#"{"rules":[{"name":"r","key":"host","rate":"1r/s","mode":"fast"}]}"#,
+                "rules[0].mode",
+            ),
+            (
+                r#"{"rules":[{"name":"r","key":"host","rate":"1r/s","match":{"path_regex":"("}}]}"#,
+                "rules[0].match.path_regex",
+            ),
+            (
+                r#"{"rules":[{"name":"a.b","key":"host","rate":"1r/s"}]}"#,
+                "rules[0].name",
+            ),
+            (
+                r#"{"rules":[{"name":"r","key":"host","rate":"1r/s"},{"name":"r","key":"host","rate":"1r/s"}]}"#,
+                "rules[1].name",
+            ),
+            (
+                r#"{"rules":[{"name":"r","key":"host","rate":"1r/s","max_keys":0}]}"#,
+                "rules[0].max_keys",
+            ),
+            (
+                r#"{"rules":[{"name":"r","key":"host","rate":"1r/s"}],"reject":{"status":200}}"#,
+                "reject.status",
+            ),
+        ];
+        for (json, field) in cases {
+            match Config::parse(json.as_bytes()) {
+                Ok(_) => panic!("accepted: {json}"),
+                Err(e) => assert_eq!(e.path, field, "{json}: {e}"),
+            }
+        }
+        // Unknown fields are refused too (serde names the field in the reason).
+        let e = Config::parse(br#"{"rules":[{"name":"r","key":"host","rate":"1r/s","brust":5}]}"#);
+        assert!(
+            e.as_ref().is_err_and(|e| e.reason.contains("brust")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn rate_errors_say_what_was_written_and_what_is_expected() {
+        let rate = |r: &str| {
+            error(&format!(
+                r#"{{"rules":[{{"name":"r","key":"host","rate":"{r}"}}]}}"#
+            ))
+        };
+        assert_eq!(
+            rate("10r/x"),
+            r#"rules[0].rate: "10r/x" is not N r/s or N r/m"#
+        );
+        assert_eq!(rate("r/s"), r#"rules[0].rate: "r/s" is not N r/s or N r/m"#);
+        assert_eq!(
+            rate("-1r/s"),
+            r#"rules[0].rate: "-1r/s" is not N r/s or N r/m"#
+        );
+        assert_eq!(
+            rate("0r/s"),
+            r#"rules[0].rate: "0r/s" must be above 0 and at most 10000000 r/s"#
+        );
+        assert_eq!(
+            rate("10000001r/s"),
+            r#"rules[0].rate: "10000001r/s" must be above 0 and at most 10000000 r/s"#
+        );
+        let third = error(
+            r#"{"rules":[{"name":"a","key":"host","rate":"1r/s"},{"name":"b","key":"host","rate":"1r/s"},{"name":"c","key":"host","rate":"10r/x"}]}"#,
+        );
+        assert_eq!(third, r#"rules[2].rate: "10r/x" is not N r/s or N r/m"#);
+    }
+
+    #[test]
+    fn mode_errors_list_the_documented_forms() {
+        let forms = r#""nodelay", "delay" or {"delay": N}"#;
+        let cases = [
+            (r#""fast""#, format!(r#""fast" is not {forms}"#)),
+            ("5", format!("5 is not {forms}")),
+            (r#"{"dealy":5}"#, format!(r#"{{"dealy":5}} is not {forms}"#)),
+            (
+                r#"{"delay":5,"x":1}"#,
+                format!(r#"{{"delay":5,"x":1}} is not {forms}"#),
+            ),
+            (
+                r#"{"delay":-1}"#,
+                "delay -1 is not a whole number from 0 to 100000000".to_string(),
+            ),
+            (
+                r#"{"delay":1.5}"#,
+                "delay 1.5 is not a whole number from 0 to 100000000".to_string(),
+            ),
+            (
+                r#"{"delay":"5"}"#,
+                r#"delay "5" is not a whole number from 0 to 100000000"#.to_string(),
+            ),
+            (
+                r#"{"delay":100000001}"#,
+                "delay 100000001 is not a whole number from 0 to 100000000".to_string(),
+            ),
+        ];
+        for (mode, reason) in cases {
+            let e = error(&rule_json(&format!(r#","mode":{mode}"#)));
+            // serde adds where in the document the value is: "(line 1, column N)".
+            assert!(
+                e.starts_with(&format!("rules[0].mode: {reason} (line 1, column ")),
+                "{mode}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn shipped_example_and_bundle_configs_compile() {
+        let example = include_str!("../../../config/ratelimit.json");
+        let p = Config::parse(example.as_bytes());
+        assert!(
+            p.as_ref().is_ok_and(|p| p.rules.len() == 3),
+            "{:?}",
+            p.err()
+        );
+        let modes: Vec<Mode> = p
+            .map(|p| p.rules.iter().map(|r| r.params.mode).collect())
+            .unwrap_or_default();
+        assert_eq!(
+            modes,
+            vec![Mode::NoDelay, Mode::DelayAfter(10_000), Mode::NoDelay]
+        );
+        // The config embedded in envoy.yaml (the block after `value: |` of spikeguard.ratelimit).
+        let bundle = include_str!("../../../envoy.yaml");
+        let start = bundle
+            .find("sg_ratelimit.wasm")
+            .and_then(|i| bundle[i..].find("value: |").map(|j| i + j + 8));
+        let json: String = start
+            .map(|s| {
+                bundle[s..]
+                    .lines()
+                    .skip(1)
+                    .take_while(|l| !l.trim_start().starts_with("- name:"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_default();
+        let p = Config::parse(json.as_bytes());
+        assert!(p.is_ok(), "bundle config: {:?}\n{json}", p.err());
+    }
+
+    #[test]
+    fn schema_describes_every_field_of_the_example() {
+        let gaps = sg_core::error::schema_gaps_of(
+            include_str!("../../../config/ratelimit.schema.json"),
+            include_str!("../../../config/ratelimit.json"),
+        );
+        assert!(
+            gaps.is_empty(),
+            "config/ratelimit.schema.json lacks {gaps:?}"
+        );
+    }
+
+    #[test]
+    fn schema_names_every_config_field() {
+        // The example need not use every field; the schema must still name them all.
+        let schema: serde_json::Value =
+            serde_json::from_str(include_str!("../../../config/ratelimit.schema.json"))
+                .unwrap_or_default();
+        let rule = &schema["$defs"]["rule"]["properties"];
+        for f in [
+            "name",
+            "match",
+            "key",
+            "lowercase_key",
+            "max_key_len",
+            "rate",
+            "burst",
+            "mode",
+            "dry_run",
+            "max_keys",
+        ] {
+            assert!(rule.get(f).is_some(), "schema lacks rules[].{f}");
+        }
+        for f in [
+            "rules",
+            "reject",
+            "on_store_error",
+            "cas_attempts",
+            "rate_limit_headers",
+        ] {
+            assert!(schema["properties"].get(f).is_some(), "schema lacks {f}");
+        }
+        // The schema's mode forms are the ones the parser takes.
+        let forms = &rule["mode"]["oneOf"];
+        assert_eq!(forms[0]["enum"], serde_json::json!(["nodelay", "delay"]));
+        assert_eq!(forms[1]["required"], serde_json::json!(["delay"]));
+        assert_eq!(
+            forms[1]["properties"]["delay"]["maximum"],
+            serde_json::json!(MAX_BURST)
+        );
+        assert_eq!(rule["mode"]["default"], "delay");
     }
 }

@@ -19,14 +19,37 @@ pub const WAYS: usize = 4;
 /// Slot value layout version (first byte); unknown versions read as an empty slot.
 pub const VERSION: u8 = 1;
 
+/// When an accepted request above the rate is held (nginx `limit_req ... [nodelay |
+/// delay=N]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `nodelay`: every accepted request passes at once.
+    NoDelay,
+    /// nginx's default: every request above the rate is held, so they leave at the rate.
+    Delay,
+    /// `delay=N`: the first N excess requests pass at once, later ones are held. In
+    /// milli-requests (N * 1000), the unit of `excess`.
+    DelayAfter(u64),
+}
+
+impl Mode {
+    /// Excess (milli-requests) above which a request is held; None for `nodelay`.
+    pub fn threshold(self) -> Option<u64> {
+        match self {
+            Mode::NoDelay => None,
+            Mode::Delay => Some(0),
+            Mode::DelayAfter(d) => Some(d),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Params {
     /// milli-requests per second (nginx `ctx->rate`).
     pub rate: u64,
     /// milli-requests (nginx `limit->burst`).
     pub burst: u64,
-    /// milli-requests passed without delay; None = `nodelay`.
-    pub delay: Option<u64>,
+    pub mode: Mode,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -69,7 +92,7 @@ pub fn next(e: Entry, rate: u64, now: u64) -> Entry {
 
 /// Delay nginx applies to a charged request with `excess` (ms), 0 when not delayed.
 pub fn delay_ms(p: &Params, excess: u64) -> u64 {
-    match p.delay {
+    match p.mode.threshold() {
         Some(d) if excess > d => {
             ((u128::from(excess - d) * 1000) / u128::from(p.rate.max(1))) as u64
         }
@@ -222,11 +245,11 @@ impl Slot {
 mod tests {
     use super::*;
 
-    fn params(rps: u64, burst: u64, delay: Option<u64>) -> Params {
+    fn params(rps: u64, burst: u64, mode: Mode) -> Params {
         Params {
             rate: rps * 1000,
             burst: burst * 1000,
-            delay: delay.map(|d| d * 1000),
+            mode,
         }
     }
 
@@ -250,7 +273,7 @@ mod tests {
     #[test]
     fn burst_of_five_nodelay_admits_six_then_rejects_until_refill() {
         // rate=10r/s burst=5 nodelay; 7 requests in the same ms: 1 + 5 accepted, 7th rejected.
-        let p = params(10, 5, None);
+        let p = params(10, 5, Mode::NoDelay);
         let r = run(&p, &[1000; 7]);
         assert_eq!(r.iter().filter(|x| x.0).count(), 6);
         assert_eq!(r.get(6), Some(&(false, 0)));
@@ -267,7 +290,7 @@ mod tests {
     #[test]
     fn default_delay_paces_excess_at_the_rate() {
         // rate=10r/s burst=5 (no nodelay): delays 0,100,..,500 ms, 7th rejected (nginx table).
-        let p = params(10, 5, Some(0));
+        let p = params(10, 5, Mode::Delay);
         let r = run(&p, &[5000; 7]);
         let got: Vec<_> = r.iter().map(|x| x.1).collect();
         assert_eq!(got, vec![0, 100, 200, 300, 400, 500, 0]);
@@ -277,7 +300,7 @@ mod tests {
     #[test]
     fn two_stage_delay_passes_first_n_then_delays() {
         // rate=10r/s burst=5 delay=2: 0,0,0,100,200,300, then reject.
-        let p = params(10, 5, Some(2));
+        let p = params(10, 5, Mode::DelayAfter(2000));
         let got: Vec<_> = run(&p, &[5000; 7]).iter().map(|x| x.1).collect();
         assert_eq!(got, vec![0, 0, 0, 100, 200, 300, 0]);
     }
@@ -285,7 +308,7 @@ mod tests {
     #[test]
     fn burst_zero_allows_exactly_the_rate() {
         // 2 r/s, burst 0: one every 500 ms; a request at +499 is rejected and not charged.
-        let p = params(2, 0, Some(0));
+        let p = params(2, 0, Mode::Delay);
         let r = run(&p, &[0, 499, 500, 999, 1000, 1000]);
         let acc: Vec<_> = r.iter().map(|x| x.0).collect();
         assert_eq!(acc, vec![true, false, true, false, true, false]);
@@ -297,7 +320,7 @@ mod tests {
         let p = Params {
             rate: 1000 / 60,
             burst: 0,
-            delay: None,
+            mode: Mode::NoDelay,
         };
         let r = run(&p, &[0, 60_000, 62_500, 62_600]);
         // After 60 s only 960 milli drained: rejected; at 62.5 s 1000 drained: accepted.
@@ -354,17 +377,17 @@ mod tests {
             .excess,
             u64::MAX
         );
-        let p = params(1, 0, Some(0));
+        let p = params(1, 0, Mode::Delay);
         assert!(delay_ms(&p, u64::MAX) > 0);
         assert!(retry_after_s(&p, u64::MAX) > 0);
     }
 
     #[test]
     fn retry_after_is_time_until_the_key_fits() {
-        let p = params(10, 5, None);
+        let p = params(10, 5, Mode::NoDelay);
         // candidate 6000 > 5000: 1000 over at 10 r/s = 100 ms -> 1 s (rounded up).
         assert_eq!(retry_after_s(&p, 6000), 1);
-        let slow = params(1, 0, None);
+        let slow = params(1, 0, Mode::NoDelay);
         assert_eq!(retry_after_s(&slow, 3000), 3);
         assert_eq!(reset_s(&slow, 2500), 3);
     }
@@ -372,7 +395,7 @@ mod tests {
     #[test]
     fn slot_round_trips_and_rejects_garbage() {
         let mut s = Slot::default();
-        let p = params(10, 5, None);
+        let p = params(10, 5, Mode::NoDelay);
         for fp in 1..=4 {
             s.store(
                 fp,
@@ -403,7 +426,7 @@ mod tests {
     #[test]
     fn evicted_key_in_debt_comes_back_with_its_debt_not_a_full_bucket() {
         // 1 r/s, burst 2. Key 1 spends its burst at t=0 (excess 2000 after 3 requests).
-        let p = params(1, 2, None);
+        let p = params(1, 2, Mode::NoDelay);
         let mut s = Slot::default();
         for _ in 0..3 {
             let pr = s.probe(1, &p, 0);
@@ -435,7 +458,7 @@ mod tests {
 
     #[test]
     fn idle_entries_are_evicted_first_and_leave_no_floor() {
-        let p = params(10, 0, None);
+        let p = params(10, 0, Mode::NoDelay);
         let mut s = Slot::default();
         for fp in 1..=4 {
             s.store(fp, Entry { excess: 0, last: 0 }, &p, 0);
