@@ -2,6 +2,7 @@
 
 use serde_json::{json, Value};
 use sg_e2e::loadgen::KeyMix;
+use sg_e2e::wait::{eventually, eventually_every, until};
 use sg_e2e::{load_pages as load, Stack};
 use std::time::{Duration, Instant};
 
@@ -37,7 +38,11 @@ fn a_hot_key_is_shed_within_a_second_and_only_it_then_released_after_cooldown() 
         "key": {"query": "blogId"}, "window_ms": 1000, "threshold_rps": 60,
         "exit_percent": 50, "cooldown_ms": 2000,
         "action": {"reject": {"status": 503, "retry_after_s": 5}}});
-    let s = Stack::start(&hk_ops(rule), 2);
+    // Envoy answers what the filter passes: only hotkey can refuse a request.
+    let s = Stack::start_with(&hk_ops(rule), 2, sg_e2e::ample("main"), |b| {
+        b.answer_directly("ingress", "ok")
+            .unwrap_or_else(|e| panic!("{e}"))
+    });
     let url = s.envoy.url();
     let base_url = url.clone();
     let baseline = std::thread::spawn(move || {
@@ -53,8 +58,11 @@ fn a_hot_key_is_shed_within_a_second_and_only_it_then_released_after_cooldown() 
             },
         )
     });
-    // Let the baseline run alone for 2 s (it must never be shed), then the spike for 3 s.
-    std::thread::sleep(Duration::from_secs(2));
+    // The baseline alone first (it must never be shed): until the filter has counted 2 s of
+    // it (600 requests), then the spike for 3 s.
+    let seen = "wasmcustom.sg.hotkey.post_view.seen";
+    s.envoy
+        .wait_stat(seen, Duration::from_secs(10), |v| v >= 600);
     let spike = load(
         &url,
         1200.0,
@@ -68,11 +76,13 @@ fn a_hot_key_is_shed_within_a_second_and_only_it_then_released_after_cooldown() 
         .join()
         .unwrap_or_else(|_| panic!("baseline thread"));
 
+    // From the first spike request actually sent to the first shed one sent.
+    let spike_began = spike.records.iter().map(|r| r.sent_us).min().unwrap_or(0);
     let first_shed = spike
         .records
         .iter()
         .filter(|r| shed_by_hotkey(r))
-        .map(|r| r.intended_us)
+        .map(|r| r.sent_us.saturating_sub(spike_began))
         .min();
     let shed = spike.records.iter().filter(|r| shed_by_hotkey(r)).count();
     let base_shed = base.records.iter().filter(|r| shed_by_hotkey(r)).count();
@@ -103,21 +113,22 @@ fn a_hot_key_is_shed_within_a_second_and_only_it_then_released_after_cooldown() 
         base.by_status
     );
 
-    // After the spike: below the exit level for the 2 s cool-down, then released.
-    let released_by = Instant::now() + Duration::from_secs(10);
+    // After the spike: below the exit level for the 2 s cool-down, then released. Probed at
+    // 5 r/s, well below the exit level (30 r/s): the probes must not keep the key hot.
     let mut polled_shed = 0;
-    loop {
-        let r = s.get("/PostView?blogId=hot0&logNo=1");
-        if r.status == 200 {
-            break;
-        }
-        polled_shed += 1;
-        assert!(
-            Instant::now() < released_by,
-            "still shed long after the cool-down: {r:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    eventually_every(
+        "hot0 released after the cool-down",
+        Duration::from_secs(10),
+        Duration::from_millis(200),
+        || {
+            let r = s.get("/PostView?blogId=hot0&logNo=1");
+            if r.status == 200 {
+                return Ok(());
+            }
+            polled_shed += 1;
+            Err(r)
+        },
+    );
     let detections = "wasmcustom.sg.hotkey.detections";
     let episodes = s.envoy.wait_stat(detections, STATS, |v| v == 1);
     assert_eq!(episodes, 1, "{}", s.envoy.log_tail(40));
@@ -126,8 +137,14 @@ fn a_hot_key_is_shed_within_a_second_and_only_it_then_released_after_cooldown() 
     let shed_stat = "wasmcustom.sg.hotkey.post_view.shed";
     assert_eq!(s.envoy.wait_stat(shed_stat, STATS, |v| v == want), want);
     let alert = "spikeguard alert filter=hotkey rule=post_view key=\"hot0\"";
-    assert!(s.envoy.wait_log(alert, STATS), "{}", s.envoy.log_tail(40));
+    s.envoy.wait_log(alert, STATS);
     // Exactly one webhook alert for the episode, naming the key, the rule and a link.
+    until(
+        "the webhook alert",
+        STATS,
+        || s.control.hooks(),
+        |h| !h.is_empty(),
+    );
     let hooks = s.control.hooks();
     assert_eq!(hooks.len(), 1, "{hooks:#?}");
     let hook: Value = serde_json::from_str(&hooks[0]).unwrap_or_else(|e| panic!("{e}: {hooks:?}"));
@@ -166,8 +183,37 @@ fn divert_routes_the_hot_key_to_the_simple_page_backend() {
         "divert: simple page served {:?}, app served {:?}",
         simple.by_key, app.by_key
     );
+    // Which backend answered each hot request (`x-upstream`), by send time.
+    let hot: Vec<(u64, bool)> = spike
+        .records
+        .iter()
+        .filter(|r| r.key == "hot")
+        .map(|r| {
+            let simple = r
+                .headers
+                .iter()
+                .any(|(k, v)| k == "x-upstream" && v == "simple");
+            (r.sent_us, simple)
+        })
+        .collect();
+    let began = spike.records.iter().map(|r| r.sent_us).min().unwrap_or(0);
+    let first = hot.iter().filter(|h| h.1).map(|h| h.0).min();
+    let first = first.unwrap_or_else(|| panic!("the hot key was never diverted: {simple:?}"));
+    // Diverted within the detection promise (a second), and from one tick (200 ms) after the
+    // first diverted request on, every hot request (both workers have the hot set).
     assert!(
-        simple.by_key.get("hot").copied().unwrap_or(0) > 300,
+        first - began <= 1_000_000,
+        "first diverted {} ms after the spike began",
+        (first - began) / 1000
+    );
+    let late: Vec<_> = hot.iter().filter(|h| h.0 > first + 200_000).collect();
+    assert!(
+        late.iter().all(|h| h.1),
+        "a hot request went to the app once hot"
+    );
+    assert_eq!(
+        simple.by_key.get("hot").copied().unwrap_or(0),
+        hot.iter().filter(|h| h.1).count() as u64,
         "{simple:?}"
     );
     // The allow-listed key is never diverted, however hot.
@@ -228,25 +274,24 @@ fn operator_block_list_endpoint_applies_within_a_poll_and_survives_failures() {
     // Waits until 10 requests in a row (fresh connections, so spread over both workers) get
     // `want`; returns when the first of them was sent.
     let wait_status = |want: u16, within: Duration| {
-        let deadline = Instant::now() + within;
         let mut run: Option<Instant> = None;
         let mut streak = 0;
-        loop {
+        let what = format!("10 answers {want} in a row");
+        eventually_every(&what, within, Duration::from_millis(10), || {
             let sent = Instant::now();
             let st = s.get(path).status;
-            if st == want {
-                run.get_or_insert(sent);
-                streak += 1;
-                if streak == 10 {
-                    return run.unwrap_or(sent);
-                }
-            } else {
-                run = None;
-                streak = 0;
+            if st != want {
+                (run, streak) = (None, 0);
+                return Err(st);
             }
-            assert!(Instant::now() < deadline, "still {st}, want {want}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+            let first = *run.get_or_insert(sent);
+            streak += 1;
+            if streak == 10 {
+                Ok(first)
+            } else {
+                Err(st)
+            }
+        })
     };
     assert_eq!(s.get(path).status, 200);
     // Added: in force within one poll (300 ms) plus a tick (200 ms) or two, on both workers.
@@ -272,29 +317,30 @@ fn operator_block_list_endpoint_applies_within_a_poll_and_survives_failures() {
     }
 
     // Unchanged list: the poller sends the ETag and gets 304.
-    let polls = s.control.polls();
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while s.control.not_modified() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "no 304 after {} polls",
-            s.control.polls() - polls
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    until(
+        "a 304 to the poller",
+        Duration::from_secs(3),
+        || (s.control.not_modified(), s.control.polls()),
+        |(n, _)| *n > 0,
+    );
     assert!(s
         .control
         .if_none_match_seen()
         .contains(&"\"v1\"".to_string()));
     // The endpoint fails, then returns garbage: the last good list stays in force.
+    let errors = "wasmcustom.sg.hotkey.operator_errors";
     for (status, body) in [(500, "oops"), (200, "{not json")] {
+        let before = s.envoy.stat(errors);
         s.control.set_blocklist(status, body, None);
         let seen = s.control.polls();
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while s.control.polls() < seen + 2 {
-            assert!(Instant::now() < deadline, "poller stopped polling");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        until(
+            "two more polls",
+            Duration::from_secs(3),
+            || s.control.polls(),
+            |p| *p >= seen + 2,
+        );
+        // The filter has seen the bad answer: counted it as an operator error.
+        s.envoy.wait_stat(errors, STATS, |v| v > before);
         assert_eq!(
             s.get(path).status,
             503,
@@ -305,15 +351,11 @@ fn operator_block_list_endpoint_applies_within_a_poll_and_survives_failures() {
     s.control
         .set_blocklist(200, r#"{"entries":[]}"#, Some("\"v2\""));
     wait_status(200, Duration::from_secs(3));
-    assert!(
-        s.envoy
-            .wait_stat("wasmcustom.sg.hotkey.operator_errors", STATS, |v| v >= 2)
-            >= 2
-    );
-    assert!(s.envoy.wait_log(
+    assert!(s.envoy.wait_stat(errors, STATS, |v| v >= 2) >= 2);
+    s.envoy.wait_log(
         "operator list not applied, keeping the last good one",
-        STATS
-    ));
+        STATS,
+    );
     // One "blocked by operator" alert was posted.
     let hooks = s.control.hooks();
     assert_eq!(
@@ -328,7 +370,8 @@ fn limit_admits_the_threshold_and_sheds_the_excess() {
     // 40 r/s threshold, the key at 400 r/s: once hot, one request in ten passes.
     let rule = json!({"name": "post_view", "key": {"query": "blogId"}, "window_ms": 1000,
         "threshold_rps": 40, "cooldown_ms": 5000, "action": "limit"});
-    let s = Stack::start(&hk(rule), 2);
+    // Envoy answers what the filter admits: a 200 is the filter's verdict.
+    let s = Stack::start_direct(&hk(rule), 2);
     let r = load(
         &s.envoy.url(),
         400.0,
@@ -372,9 +415,11 @@ fn blocking(key: &str) -> Value {
 #[test]
 fn config_changes_apply_without_restart_by_ecds_and_a_bad_one_keeps_the_last_good() {
     use sg_e2e::envoy::{write_ecds, Bundle};
-    let dir = std::env::temp_dir().join(format!("sg-ecds-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
-    let file = dir.join("hotkey.json");
+    let dir = tempfile::Builder::new()
+        .prefix("sg-ecds-")
+        .tempdir()
+        .unwrap_or_else(|e| panic!("{e}"));
+    let file = dir.path().join("hotkey.json");
     let ecds_file = file.clone();
     let s = Stack::start_with(
         &[("hotkey", blocking("alpha"))],
@@ -413,23 +458,15 @@ fn config_changes_apply_without_restart_by_ecds_and_a_bad_one_keeps_the_last_goo
     write_ecds(&file, "spikeguard.hotkey", &typed(&blocking("beta")))
         .unwrap_or_else(|e| panic!("{e}"));
     let got = s.envoy.wait_stat(&reload_stat, STATS, |v| v > reloads);
-    assert!(
-        got > reloads,
-        "ECDS update not applied: {}",
-        s.envoy.log_tail(40)
-    );
-    let deadline = Instant::now() + STATS;
-    loop {
+    assert!(got > reloads, "ECDS update not applied");
+    eventually("the new config in force on both workers", STATS, || {
         let (a, b) = (statuses(&s, "alpha"), statuses(&s, "beta"));
         if a.iter().all(|st| *st == 200) && b.iter().all(|st| *st == 503) {
-            break;
+            Ok(())
+        } else {
+            Err((a, b))
         }
-        assert!(
-            Instant::now() < deadline,
-            "new config not in force: alpha {a:?} beta {b:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    });
     eprintln!(
         "ecds: new config in force on both workers {} ms after the file changed",
         changed.elapsed().as_millis()
@@ -441,11 +478,7 @@ fn config_changes_apply_without_restart_by_ecds_and_a_bad_one_keeps_the_last_goo
         json!({"rules": [{"name": "post_view", "key": {"query": "blogId"}, "threshold_rps": -5}]});
     write_ecds(&file, "spikeguard.hotkey", &typed(&bad)).unwrap_or_else(|e| panic!("{e}"));
     let got = s.envoy.wait_stat(&fail_stat, STATS, |v| v > fails);
-    assert!(
-        s.envoy.wait_log("threshold_rps", STATS),
-        "{}",
-        s.envoy.log_tail(40)
-    );
+    s.envoy.wait_log("threshold_rps", STATS);
     eprintln!("ecds: bad config → {fail_stat} {fails} -> {got}");
     assert!(got > fails, "the bad config was not refused");
     assert!(
@@ -461,7 +494,6 @@ fn config_changes_apply_without_restart_by_ecds_and_a_bad_one_keeps_the_last_goo
     );
     assert!(statuses(&s, "alpha").iter().all(|st| *st == 200));
     assert_eq!(s.envoy.pid(), pid);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// `h2load` (one HTTP/2 connection, 64 streams) over the URIs of `file`, each once.
@@ -489,17 +521,14 @@ fn a_million_distinct_keys_leave_envoy_memory_bounded() {
     // filter runs before the router either way.
     let rule = json!({"name": "post_view", "key": {"query": "blogId"}, "window_ms": 1000,
         "threshold_rps": 1000, "cooldown_ms": 2000, "action": {"reject": {"status": 503}}});
-    let s = Stack::start_with(&hk(rule), 2, Default::default(), |b| {
-        if let Some(rc) = b.route_config_mut("ingress") {
-            rc["virtual_hosts"][0]["routes"] = json!([{"name": "direct", "match": {"prefix": "/"},
-                "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]);
-        }
-    });
-    let dir = std::env::temp_dir().join(format!("sg-million-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let s = Stack::start_direct(&hk(rule), 2);
+    let dir = tempfile::Builder::new()
+        .prefix("sg-million-")
+        .tempdir()
+        .unwrap_or_else(|e| panic!("{e}"));
     let port = s.port();
     let write = |name: &str, from: usize, n: usize| {
-        let p = dir.join(name);
+        let p = dir.path().join(name);
         let mut text = String::with_capacity(n * 40);
         for i in from..from + n {
             text.push_str(&format!(
@@ -561,5 +590,4 @@ fn a_million_distinct_keys_leave_envoy_memory_bounded() {
         rss <= rss_warm + 32 * 1024,
         "RSS grew from {rss_warm} to {rss} KiB"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

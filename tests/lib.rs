@@ -6,7 +6,20 @@ use sg_integration::envoy::{Bundle, Envoy};
 use sg_integration::loadgen::{KeyMix, LoadConfig, Report};
 use sg_integration::upstream::{Upstream, UpstreamConfig};
 
-pub use sg_integration::{control, envoy, http, loadgen, nginx, upstream};
+pub use sg_integration::{control, envoy, http, loadgen, nginx, upstream, wait};
+
+/// A demo upstream that cannot be a test's bottleneck: workers and queue far above any load a
+/// test offers, and a queue timeout longer than any test waits. Tests assert what spikeguard
+/// decides; a finite app is only used where the app's own limit is the subject.
+pub fn ample(name: &str) -> UpstreamConfig {
+    UpstreamConfig {
+        name: name.into(),
+        capacity: 100_000,
+        queue_timeout_ms: 60_000,
+        max_queue: 100_000,
+        ..UpstreamConfig::default()
+    }
+}
 
 /// Envoy running the bundle with only the listed spikeguard filters, in front of a fresh
 /// demo upstream. Field order matters: Envoy is dropped (killed) before the upstream.
@@ -20,8 +33,19 @@ pub struct Stack {
 }
 
 impl Stack {
+    /// The bundle in front of an [`ample`] app.
     pub fn start(filters: &[(&str, Value)], concurrency: u32) -> Stack {
-        Self::start_with(filters, concurrency, UpstreamConfig::default(), |_| {})
+        Self::start_with(filters, concurrency, ample("main"), |_| {})
+    }
+
+    /// The bundle with Envoy answering every ingress request itself (`direct_response`, 200
+    /// `ok`) after the filters ran: for tests that need throughput or count outcomes, so
+    /// that only a spikeguard filter can refuse a request.
+    pub fn start_direct(filters: &[(&str, Value)], concurrency: u32) -> Stack {
+        Self::start_with(filters, concurrency, ample("main"), |b| {
+            b.answer_directly("ingress", "ok")
+                .unwrap_or_else(|e| panic!("{e}"))
+        })
     }
 
     pub fn start_with(
@@ -32,14 +56,15 @@ impl Stack {
     ) -> Stack {
         let app = Upstream::start(app).unwrap_or_else(|e| panic!("upstream: {e}"));
         let simple = Upstream::start(UpstreamConfig {
-            name: "simple".into(),
-            capacity: 1024,
             cache_control: Some("public, max-age=600".into()),
-            ..UpstreamConfig::default()
+            ..ample("simple")
         })
         .unwrap_or_else(|e| panic!("simple-page upstream: {e}"));
         let control = Control::start().unwrap_or_else(|e| panic!("control plane: {e}"));
         let mut b = Bundle::load().unwrap_or_else(|e| panic!("bundle: {e}"));
+        // Envoy's default circuit breakers (1,024 requests per cluster) are not what any test
+        // is about: a 503 from them would be counted as if spikeguard had refused.
+        b.raise_circuit_breakers(1_000_000);
         let names: Vec<&str> = filters.iter().map(|(n, _)| *n).collect();
         b.keep_filters(&names);
         for (name, cfg) in filters {

@@ -88,16 +88,17 @@ fn delay_mode_spaces_held_requests_at_the_rate() {
         .map(|o| o.done_us.saturating_sub(o.sent_us) / 1000)
         .collect();
     ok.sort_unstable();
-    let rejected = out.iter().filter(|o| o.status == 429).count();
-    assert_eq!((ok.len(), rejected), (6, 1), "{out:?}");
-    // Held i*50 ms (nginx: excess * 1000 / rate), resumed on a 10 ms tick.
-    for (i, ms) in ok.iter().enumerate() {
-        let want = i as u64 * 50;
-        assert!(
-            *ms + 5 >= want && *ms <= want + 45,
-            "request {i}: {ms} ms, want ~{want} ({ok:?})"
-        );
-    }
+    let rejected: Vec<u64> = out
+        .iter()
+        .filter(|o| o.status == 429)
+        .map(|o| o.done_us.saturating_sub(o.sent_us) / 1000)
+        .collect();
+    assert_eq!((ok.len(), rejected.len()), (6, 1), "{out:?}");
+    // Held i*50 ms (nginx: excess * 1000 / rate), resumed on a 10 ms tick. Never released
+    // early; released within 45 ms of its slot plus what a request that is not held took in
+    // the same run (the machine's own round trip, whatever its speed).
+    let round_trip = ok[0].max(rejected[0]);
+    held_for_their_slots(&ok, 0, round_trip);
     assert_eq!(
         s.envoy
             .wait_stat("wasmcustom.sg.ratelimit.paced.delayed", STATS, |v| v == 5),
@@ -122,12 +123,25 @@ fn two_stage_delay_passes_the_first_n_at_once() {
         .collect();
     ms.sort_unstable();
     assert!(out.iter().all(|o| o.status == 200), "{out:?}");
-    // excess 0,1,2 pass at once; 3,4,5 wait (excess - 2) * 50 ms = 50, 100, 150.
+    // excess 0,1,2 pass at once; 3,4,5 wait (excess - 2) * 50 ms = 50, 100, 150. The three
+    // that pass at once give the machine's round trip in this run.
+    held_for_their_slots(&ms, 2, ms[2]);
+    assert_eq!(
+        s.envoy
+            .wait_stat("wasmcustom.sg.ratelimit.two.delayed", STATS, |v| v == 3),
+        3
+    );
+}
+
+/// Request `i` of `ms` (sorted latencies, ms) was held `(i - at_once) * 50` ms: never less
+/// (minus 5 ms of clock granularity), and at most 45 ms more than its slot plus `round_trip`,
+/// the latency of a request that was not held in the same run.
+fn held_for_their_slots(ms: &[u64], at_once: usize, round_trip: u64) {
     for (i, m) in ms.iter().enumerate() {
-        let want = (i as u64).saturating_sub(2) * 50;
+        let want = i.saturating_sub(at_once) as u64 * 50;
         assert!(
-            *m + 5 >= want && *m <= want + 45,
-            "request {i}: {m} ms, want ~{want} ({ms:?})"
+            *m + 5 >= want && *m <= want + 45 + round_trip,
+            "request {i}: {m} ms, want ~{want} (+ round trip {round_trip} ms) ({ms:?})"
         );
     }
 }
@@ -153,24 +167,48 @@ fn admitted_at_three_times_the_rate(concurrency: u32) -> (u64, u64) {
     let limit = 100u64;
     let cfg = json!([{"name": "acc", "key": {"fixed": "one"}, "rate": format!("{limit}r/s"),
         "burst": 20, "mode": "nodelay"}]);
-    let s = Stack::start(&rl(cfg), concurrency);
+    // Envoy answers itself: only the filter decides, whatever the machine's speed.
+    let s = Stack::start_direct(&rl(cfg), concurrency);
     let r = loadgen::run(&LoadConfig {
         target: s.envoy.url(),
         rate_rps: (limit * 3) as f64,
         duration_ms: 10_000,
         path_template: "/PostView?blogId={key}&logNo=1".into(),
         keys: KeyMix::default(),
+        record: true,
+        timeout_ms: 30_000,
         ..LoadConfig::default()
     })
     .unwrap_or_else(|e| panic!("{e}"));
-    let admitted = r.by_status.get(&200).copied().unwrap_or(0);
-    let rejected = r.by_status.get(&429).copied().unwrap_or(0);
-    assert_eq!(admitted + rejected, r.sent, "{r:?}");
-    // The span of the schedule is (n - 1) / rate seconds.
-    let span_ms = (r.sent.saturating_sub(1)) * 1000 / (limit * 3);
+    // The filter's verdicts: every request sent was decided, allowed or rejected.
+    let (allowed, rejected) = (
+        "wasmcustom.sg.ratelimit.acc.allowed",
+        "wasmcustom.sg.ratelimit.acc.rejected",
+    );
+    let sent = r.sent as i64;
+    let decided = sg_e2e::wait::until(
+        "every request decided (allowed + rejected = sent)",
+        STATS,
+        || s.envoy.stat(allowed) + s.envoy.stat(rejected),
+        |n| *n >= sent,
+    );
+    assert_eq!(decided, sent, "{:?}", r.by_status);
+    let admitted = s.envoy.stat(allowed) as u64;
+    // What the client saw agrees with the verdicts.
+    assert_eq!(
+        r.by_status.get(&429).copied().unwrap_or(0),
+        s.envoy.stat(rejected) as u64,
+        "{:?}",
+        r.by_status
+    );
+    // The span of the arrivals: from the first request actually sent to the last (a machine
+    // that falls behind the schedule sends later, not fewer).
+    let first = r.records.iter().map(|x| x.sent_us).min().unwrap_or(0);
+    let last = r.records.iter().map(|x| x.sent_us).max().unwrap_or(0);
+    let span_ms = (last - first) / 1000;
     let expected = limit * span_ms / 1000 + 21;
     eprintln!(
-        "accuracy c={concurrency}: sent {} admitted {admitted} expected {expected} p99 {} us",
+        "accuracy c={concurrency}: sent {} over {span_ms} ms, admitted {admitted} expected {expected} p99 {} us",
         r.sent, r.latency_us.p99
     );
     (admitted, expected)
@@ -199,7 +237,9 @@ fn three_times_overload_admits_the_rate_across_two_workers() {
 fn a_hundred_thousand_distinct_keys_leave_memory_bounded() {
     let cfg = json!([{"name": "per_user", "key": {"query": "blogId"}, "rate": "1r/m", "burst": 1,
         "mode": "nodelay", "max_keys": 10000}]);
-    let s = Stack::start(&rl(cfg), 2);
+    // Answered by Envoy itself: the app's pool and Envoy's cluster circuit breakers must not
+    // turn requests the filter allowed into 503s (seen on a slower machine).
+    let s = Stack::start_direct(&rl(cfg), 2);
     let run = |n: u64, seed: u64| {
         loadgen::run(&LoadConfig {
             target: s.envoy.url(),
@@ -227,8 +267,12 @@ fn a_hundred_thousand_distinct_keys_leave_memory_bounded() {
     let heap_warm = heap();
     let big = run(100_000, 2);
     let rss_big = s.envoy.rss_kib();
+    // Every key was new: the filter allowed all of them (none lost to the table: 10,000 keys
+    // of room), rejected none.
     let name = "wasmcustom.sg.ratelimit.per_user.allowed";
-    let allowed = s.envoy.wait_stat(name, STATS, |v| v == 110_000);
+    let allowed = s.envoy.wait_stat(name, STATS, |v| v >= 110_000);
+    assert_eq!(allowed, 110_000);
+    assert_eq!(s.envoy.stat("wasmcustom.sg.ratelimit.per_user.rejected"), 0);
     // Ten times the keys of the warm-up must not grow the live heap by more than a few MiB:
     // the table is 2,500 slot keys of 114 bytes whatever clients send.
     let bound = 8 * 1024 * 1024;
@@ -243,13 +287,8 @@ fn a_hundred_thousand_distinct_keys_leave_memory_bounded() {
         big.errors
     );
     assert_eq!(big.sent, 100_000, "{big:?}");
-    // Every key was new: all admitted, none lost to the table (10,000 keys of room).
-    assert_eq!(
-        big.by_status.get(&200).copied().unwrap_or(0),
-        big.sent,
-        "{:?}",
-        big.by_status
-    );
+    // No client saw a rejection either (only the filter can refuse here).
+    assert_eq!(big.by_status.get(&429), None, "{:?}", big.by_status);
     assert!(heap_warm > 0, "no /memory reading");
     assert!(
         heap_big <= heap_warm + bound,
@@ -262,10 +301,13 @@ fn odd_and_huge_keys_get_a_defined_outcome_and_never_trap_the_filter() {
     let cfg = json!([{"name": "hdr", "key": {"header": "x-user"}, "rate": "1r/m", "mode": "nodelay", "max_key_len": 64}]);
     let s = Stack::start(&rl(cfg), 1);
     let port = s.port();
+    // Raw bytes on the wire: header values a conforming client would not send as they are.
     let send = |v: &[u8]| {
-        http::request(port, "GET", "/", &[("x-user", v)], &[])
-            .map(|r| r.status)
-            .unwrap_or(0)
+        let mut req =
+            b"GET / HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\nx-user: ".to_vec();
+        req.extend_from_slice(v);
+        req.extend_from_slice(b"\r\n\r\n");
+        http::raw(port, &req).map(|r| r.status).unwrap_or(0)
     };
     // Non-UTF-8 bytes: limited like any other key (decoded lossily), no trap.
     assert_eq!(send(b"\xff\xfe-user"), 200);

@@ -4,15 +4,14 @@
 //! when the test thread is panicking.
 
 use crate::http;
+use crate::wait;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
+use std::time::Duration;
+use tempfile::TempDir;
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -191,6 +190,34 @@ impl Bundle {
         Ok(())
     }
 
+    /// Replaces a listener's routes with one `direct_response` route (`direct`, 200, `body`):
+    /// Envoy answers every request itself after the HTTP filters ran, so no upstream (and no
+    /// cluster circuit breaker) can limit a test's throughput.
+    pub fn answer_directly(&mut self, listener: &str, body: &str) -> io::Result<()> {
+        let rc = self
+            .route_config_mut(listener)
+            .ok_or_else(|| err(format!("no listener {listener}")))?;
+        let vh = rc
+            .pointer_mut("/virtual_hosts/0")
+            .ok_or_else(|| err(format!("{listener}: no virtual_hosts[0]")))?;
+        vh["routes"] = json!([{"name": "direct", "match": {"prefix": "/"},
+            "direct_response": {"status": 200, "body": {"inline_string": body}}}]);
+        Ok(())
+    }
+
+    /// Raises every cluster's default circuit breakers (Envoy's default: 1,024 connections,
+    /// pending and active requests) to `max`, so that in tests a request is refused by a
+    /// spikeguard filter or the test's upstream, never by an Envoy limit the test is not about.
+    pub fn raise_circuit_breakers(&mut self, max: u32) {
+        let cs = self.doc["static_resources"]["clusters"].as_array_mut();
+        for c in cs.into_iter().flatten() {
+            if c.get("circuit_breakers").is_none() {
+                c["circuit_breakers"] = json!({"thresholds": [{"priority": "DEFAULT",
+                    "max_connections": max, "max_pending_requests": max, "max_requests": max}]});
+            }
+        }
+    }
+
     /// Points a cluster's single endpoint at 127.0.0.1:port.
     pub fn set_cluster_port(&mut self, cluster: &str, port: u16) -> io::Result<()> {
         let cs = self.doc["static_resources"]["clusters"]
@@ -239,16 +266,11 @@ impl Bundle {
 
     /// Validates and starts Envoy with `--concurrency`.
     pub fn launch(&self, concurrency: u32) -> io::Result<Envoy> {
-        let dir = std::env::temp_dir().join(format!(
-            "sg-envoy-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir)?;
-        let cfg = dir.join("envoy.json");
+        let tmp = tempfile::Builder::new().prefix("sg-envoy-").tempdir()?;
+        let cfg = tmp.path().join("envoy.json");
         std::fs::write(&cfg, serde_json::to_vec_pretty(&self.render())?)?;
         validate(&cfg)?;
-        Envoy::start(&cfg, &dir, concurrency)
+        Envoy::start(&cfg, tmp, concurrency)
     }
 }
 
@@ -307,11 +329,14 @@ pub struct Envoy {
     pub admin: u16,
     /// Listener ports by name (`ingress`, `egress`).
     pub ports: BTreeMap<String, u16>,
+    /// Config, log and admin address file; removed on drop unless the test failed.
     pub dir: PathBuf,
+    tmp: Option<TempDir>,
 }
 
 impl Envoy {
-    fn start(cfg: &Path, dir: &Path, concurrency: u32) -> io::Result<Envoy> {
+    fn start(cfg: &Path, tmp: TempDir, concurrency: u32) -> io::Result<Envoy> {
+        let dir = tmp.path();
         let log = dir.join("envoy.log");
         let admin_file = dir.join("admin.addr");
         let child = Command::new(envoy_bin())
@@ -341,53 +366,53 @@ impl Envoy {
             admin: 0,
             ports: BTreeMap::new(),
             dir: dir.to_path_buf(),
+            tmp: None,
         };
+        e.tmp = Some(tmp);
         e.wait_ready(Duration::from_secs(60))?;
         Ok(e)
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> io::Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
+        let every = Duration::from_millis(50);
+        let ready = wait::try_eventually_every("envoy /ready", timeout, every, || {
             if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(err(format!(
-                    "envoy exited with {status} before ready:\n{}",
-                    self.log_tail(60)
-                )));
+                return Ok(Err(format!("envoy exited with {status} before ready")));
             }
-            if self.admin == 0 {
-                if let Ok(s) = std::fs::read_to_string(self.dir.join("admin.addr")) {
-                    self.admin = s
-                        .trim()
-                        .rsplit(':')
-                        .next()
-                        .and_then(|p| p.parse().ok())
-                        .unwrap_or(0);
-                }
-            }
-            if self.admin != 0 && http::get(self.admin, "/ready").is_ok_and(|r| r.status == 200) {
-                if let Ok(r) = http::get(self.admin, "/listeners?format=json") {
-                    if let Ok(v) = serde_json::from_str::<Value>(&r.body) {
-                        for l in v["listener_statuses"].as_array().into_iter().flatten() {
-                            let port = l["local_address"]["socket_address"]["port_value"].as_u64();
-                            if let (Some(n), Some(p)) = (l["name"].as_str(), port) {
-                                self.ports.insert(n.to_string(), p as u16);
-                            }
-                        }
-                    }
-                }
-                if self.ports.values().all(|p| *p != 0) && !self.ports.is_empty() {
-                    return Ok(());
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(err(format!(
-                    "envoy not ready in {timeout:?}:\n{}",
-                    self.log_tail(60)
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(50));
+            self.poll_ready().map(Ok)
+        });
+        match ready {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(exited)) => Err(err(format!("{exited}:\n{}", self.log_tail(60)))),
+            Err(e) => Err(err(format!("{e}:\n{}", self.log_tail(60)))),
         }
+    }
+
+    /// One look at the admin address file, `/ready` and `/listeners`: Ok once Envoy is ready
+    /// and every listener has its port, else what is missing.
+    fn poll_ready(&mut self) -> Result<(), String> {
+        if self.admin == 0 {
+            let s = std::fs::read_to_string(self.dir.join("admin.addr")).unwrap_or_default();
+            let port = s.trim().rsplit(':').next().and_then(|p| p.parse().ok());
+            self.admin = port.ok_or("no admin address yet")?;
+        }
+        match http::get(self.admin, "/ready") {
+            Ok(r) if r.status == 200 => {}
+            Ok(r) => return Err(format!("/ready: {} {}", r.status, r.body.trim())),
+            Err(e) => return Err(format!("/ready: {e}")),
+        }
+        let r = http::get(self.admin, "/listeners?format=json").map_err(|e| e.to_string())?;
+        let v = serde_json::from_str::<Value>(&r.body).map_err(|e| e.to_string())?;
+        for l in v["listener_statuses"].as_array().into_iter().flatten() {
+            let port = l["local_address"]["socket_address"]["port_value"].as_u64();
+            if let (Some(n), Some(p)) = (l["name"].as_str(), port) {
+                self.ports.insert(n.to_string(), p as u16);
+            }
+        }
+        if self.ports.is_empty() || self.ports.values().any(|p| *p == 0) {
+            return Err(format!("listener ports: {:?}", self.ports));
+        }
+        Ok(())
     }
 
     pub fn port(&self, listener: &str) -> u16 {
@@ -437,16 +462,16 @@ impl Envoy {
             .unwrap_or_default()
     }
 
-    /// Polls a stat until `pred` holds or the deadline passes; returns the last value.
+    /// Polls a stat until `pred` holds and returns that value; panics (naming the stat and
+    /// its last value) if it does not hold within `timeout`.
+    #[track_caller]
     pub fn wait_stat(&self, name: &str, timeout: Duration, pred: impl Fn(i64) -> bool) -> i64 {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let v = self.stat(name);
-            if pred(v) || Instant::now() > deadline {
-                return v;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait::until(
+            &format!("stat {name}"),
+            timeout,
+            || self.stat(name),
+            |v| pred(*v),
+        )
     }
 
     /// Bytes tcmalloc has allocated and not freed (Envoy's live heap), read now from
@@ -459,17 +484,12 @@ impl Envoy {
             .unwrap_or(0)
     }
 
-    /// Polls the live heap until it is at most `limit` bytes or the deadline passes; returns
-    /// the last reading.
+    /// Polls the live heap until it is at most `limit` bytes and returns that reading; panics
+    /// with the last reading if it stays above within `timeout`.
+    #[track_caller]
     pub fn wait_heap_at_most(&self, limit: i64, timeout: Duration) -> i64 {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let v = self.heap_allocated();
-            if v <= limit || Instant::now() > deadline {
-                return v;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let what = format!("Envoy live heap <= {limit} bytes");
+        wait::until(&what, timeout, || self.heap_allocated(), |v| *v <= limit)
     }
 
     /// Resident memory of the Envoy process in KiB.
@@ -497,18 +517,18 @@ impl Envoy {
         (ticks(11) + ticks(12)) * 1_000_000 / clk_tck()
     }
 
-    /// Polls Envoy's log until it contains `needle` or the deadline passes.
-    pub fn wait_log(&self, needle: &str, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        loop {
+    /// Polls Envoy's log until it contains `needle`; panics (with the log's last lines) if
+    /// it does not within `timeout`.
+    #[track_caller]
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        let what = format!("{needle:?} in the Envoy log");
+        wait::eventually(&what, timeout, || {
             if self.log().contains(needle) {
-                return true;
+                Ok(())
+            } else {
+                Err(format!("log tail:\n{}", self.log_tail(10)))
             }
-            if Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        })
     }
 
     pub fn log(&self) -> String {
@@ -532,13 +552,15 @@ impl Drop for Envoy {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
+            // Keep the directory (config and full log) for the post-mortem.
+            if let Some(tmp) = self.tmp.take() {
+                let _ = tmp.keep();
+            }
             eprintln!(
                 "----- envoy log ({}) -----\n{}\n----- end of envoy log -----",
                 self.dir.display(),
                 self.log_tail(200)
             );
-        } else {
-            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }

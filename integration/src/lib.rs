@@ -1,4 +1,4 @@
-//! spikeguard test harness: Envoy launcher, demo upstream, load generator, tiny HTTP client.
+//! spikeguard test harness: Envoy launcher, demo upstream, load generator, HTTP client, waits.
 
 pub mod control;
 pub mod envoy;
@@ -7,3 +7,4 @@ pub mod loadgen;
 pub mod nginx;
 pub mod server;
 pub mod upstream;
+pub mod wait;

@@ -1,15 +1,13 @@
 //! Real nginx (Debian's) as a reference peer: `limit_req` in front of an upstream, on an
 //! ephemeral loopback port, killed on drop.
 
-use crate::http;
+use crate::{http, wait};
 use std::io;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant};
-
-static SEQ: AtomicU32 = AtomicU32::new(0);
+use std::time::Duration;
+use tempfile::TempDir;
 
 pub fn nginx_bin() -> PathBuf {
     std::env::var_os("NGINX_BIN")
@@ -21,6 +19,7 @@ pub struct Nginx {
     child: Child,
     pub port: u16,
     pub dir: PathBuf,
+    _tmp: TempDir,
 }
 
 fn free_port() -> io::Result<u16> {
@@ -37,12 +36,8 @@ impl Nginx {
         limit_req_args: &str,
         status: u16,
     ) -> io::Result<Nginx> {
-        let dir = std::env::temp_dir().join(format!(
-            "sg-nginx-{}-{}",
-            std::process::id(),
-            SEQ.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir)?;
+        let tmp = tempfile::Builder::new().prefix("sg-nginx-").tempdir()?;
+        let dir = tmp.path().to_path_buf();
         let port = free_port()?;
         let d = dir.display();
         let conf = format!(
@@ -85,25 +80,26 @@ http {{
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
-        let mut n = Nginx { child, port, dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
+        let mut n = Nginx {
+            child,
+            port,
+            dir,
+            _tmp: tmp,
+        };
+        let ready = wait::try_eventually("nginx /__ready", Duration::from_secs(10), || {
             if let Ok(Some(st)) = n.child.try_wait() {
-                return Err(io::Error::other(format!(
-                    "nginx exited {st}: {}",
-                    n.error_log()
-                )));
+                return Ok(Err(format!("nginx exited {st}")));
             }
-            if http::get(port, "/__ready").is_ok_and(|r| r.status == 200) {
-                return Ok(n);
+            match http::get(port, "/__ready") {
+                Ok(r) if r.status == 200 => Ok(Ok(())),
+                Ok(r) => Err(format!("status {}", r.status)),
+                Err(e) => Err(e.to_string()),
             }
-            if Instant::now() > deadline {
-                return Err(io::Error::other(format!(
-                    "nginx not ready: {}",
-                    n.error_log()
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        });
+        match ready {
+            Ok(Ok(())) => Ok(n),
+            Ok(Err(e)) => Err(io::Error::other(format!("{e}: {}", n.error_log()))),
+            Err(e) => Err(io::Error::other(format!("{e}: {}", n.error_log()))),
         }
     }
 
@@ -120,6 +116,5 @@ impl Drop for Nginx {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -25,7 +25,7 @@ use hyper_util::rt::TokioExecutor;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
-use tokio::sync::Semaphore;
+use tokio::sync::{watch, Semaphore};
 
 /// Most distinct `blogId` values tracked in [`UpstreamStats::by_key`]; the rest count as `_other`.
 pub const MAX_TRACKED_KEYS: usize = 10_000;
@@ -140,6 +140,8 @@ struct Shared {
     counters: Mutex<Counters>,
     rng: Mutex<SmallRng>,
     client: Client<HttpConnector, Empty<Bytes>>,
+    /// While true, requests that got a worker wait (after their latency) before answering.
+    hold: watch::Sender<bool>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -290,6 +292,7 @@ impl Upstream {
             counters: Mutex::new(Counters::default()),
             rng: Mutex::new(SmallRng::seed_from_u64(0x5eed_u64 ^ u64::from(port))),
             client,
+            hold: watch::Sender::new(false),
         });
 
         let server = bound.serve(shared.clone(), handle)?;
@@ -332,6 +335,19 @@ impl Upstream {
     /// Changes the queue timeout.
     pub fn set_queue_timeout_ms(&self, ms: u64) {
         self.shared.queue_timeout_ms.store(ms, Ordering::SeqCst);
+    }
+
+    /// Holds every request that gets a worker from now on (after its latency) until
+    /// [`Upstream::release`]: a test can then wait for what it needs to see while the backend
+    /// is "slow" (e.g. all waiters of a cache fill queued in Envoy) instead of betting on a
+    /// fixed latency. Held requests count in [`UpstreamStats::in_flight`].
+    pub fn hold(&self) {
+        self.shared.hold.send_replace(true);
+    }
+
+    /// Answers the held requests and stops holding.
+    pub fn release(&self) {
+        self.shared.hold.send_replace(false);
     }
 
     /// Applies a partial configuration (same as `POST /__admin/config`).
@@ -550,6 +566,8 @@ async fn work(shared: &Arc<Shared>, route: Route) -> Resp {
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency)).await;
     }
+    let mut held = shared.hold.subscribe();
+    let _ = held.wait_for(|h| !*h).await;
     let (rate, status) = *lock(&shared.error);
     if rate > 0.0 && lock(&shared.rng).gen_bool(rate) {
         return respond(shared, status, "text", "injected error".to_string());

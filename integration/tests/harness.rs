@@ -1,42 +1,18 @@
 //! Native tests of the harness: demo upstream + load generator, all on 127.0.0.1.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use sg_integration::http::{self, Response};
 use sg_integration::loadgen::{run, run_schedule, KeyMix, LoadConfig, Planned};
 use sg_integration::upstream::{Upstream, UpstreamConfig, UpstreamStats};
+use sg_integration::wait;
 
-/// Minimal blocking HTTP/1.1 client (Connection: close): returns (status, headers, body).
-fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    let req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).unwrap();
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
-    let status: u16 = head.split(' ').nth(1).unwrap().parse().unwrap();
-    (status, head.to_ascii_lowercase(), body.to_string())
-}
-
-/// Polls `f` until it returns Some or the deadline passes.
-fn wait_for<T>(deadline: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let end = Instant::now() + deadline;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < end,
-            "condition not met within {deadline:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+/// One request through the shared test client, a JSON body when there is one.
+fn send(port: u16, method: &str, path: &str, body: &str) -> Response {
+    let json: &[(&str, &[u8])] = &[("content-type", b"application/json")];
+    let headers = if body.is_empty() { &[][..] } else { json };
+    http::request(port, method, path, headers, body.as_bytes())
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"))
 }
 
 #[test]
@@ -53,22 +29,21 @@ fn small_pool_answers_thread_full() {
     let handles: Vec<_> = (0..6)
         .map(|i| {
             std::thread::spawn(move || {
-                http(port, "GET", &format!("/PostView?blogId=b{i}&logNo=1"), "")
+                send(port, "GET", &format!("/PostView?blogId=b{i}&logNo=1"), "")
             })
         })
         .collect();
-    let results: Vec<(u16, String, String)> =
-        handles.into_iter().map(|h| h.join().unwrap()).collect();
-    let ok = results.iter().filter(|r| r.0 == 200).count();
+    let results: Vec<Response> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    let ok = results.iter().filter(|r| r.status == 200).count();
     let full = results
         .iter()
-        .filter(|r| r.0 == 503 && r.2.contains("thread full"))
+        .filter(|r| r.status == 503 && r.body.contains("thread full"))
         .count();
     assert!(ok >= 2, "{results:?}");
     assert!(full >= 1, "{results:?}");
     assert_eq!(ok + full, 6, "{results:?}");
     for r in &results {
-        assert!(r.1.contains("x-upstream: tiny"), "{r:?}");
+        assert_eq!(r.header("x-upstream"), Some("tiny"), "{r:?}");
     }
     let st = up.stats();
     assert_eq!(st.total, 6);
@@ -215,39 +190,43 @@ fn admin_config_changes_latency_and_errors() {
     assert_eq!(fast.status, 200);
     assert!(fast.done_us - fast.sent_us < 150_000, "{fast:?}");
 
-    let (s, _, body) = http(port, "POST", "/__admin/config", r#"{"latency_ms":300}"#);
-    assert_eq!(s, 200, "{body}");
+    let r = send(port, "POST", "/__admin/config", r#"{"latency_ms":300}"#);
+    assert_eq!(r.status, 200, "{}", r.body);
     let slow = one("/PostView?blogId=a&logNo=1");
     assert_eq!(slow.status, 200);
     assert!(slow.done_us - slow.sent_us >= 300_000, "{slow:?}");
 
-    let (s, _, _) = http(
+    let r = send(
         port,
         "POST",
         "/__admin/config",
         r#"{"latency_ms":0,"error_rate":1.0,"error_status":502}"#,
     );
-    assert_eq!(s, 200);
+    assert_eq!(r.status, 200);
     assert_eq!(one("/").status, 502);
     up.set_error_rate(0.0, 500);
     assert_eq!(one("/healthz").status, 200);
 
-    let (s, _, _) = http(port, "POST", "/__admin/config", "{not json");
-    assert_eq!(s, 400);
+    assert_eq!(
+        send(port, "POST", "/__admin/config", "{not json").status,
+        400
+    );
 
-    let (s, _, body) = http(port, "GET", "/__admin/stats", "");
-    assert_eq!(s, 200);
-    let st: UpstreamStats = serde_json::from_str(&body).unwrap();
+    let r = send(port, "GET", "/__admin/stats", "");
+    assert_eq!(r.status, 200);
+    let st: UpstreamStats = serde_json::from_str(&r.body).unwrap();
     assert_eq!(st.total, 4);
     assert_eq!(st.by_status.get(&502), Some(&1));
     assert_eq!(st.by_page.get("Other"), Some(&2));
     assert_eq!(st, up.stats());
 
-    let (s, _, _) = http(port, "POST", "/__admin/reset", "");
-    assert_eq!(s, 200);
-    wait_for(Duration::from_secs(2), || {
-        (up.stats().total == 0).then_some(())
-    });
+    assert_eq!(send(port, "POST", "/__admin/reset", "").status, 200);
+    wait::until(
+        "upstream counters reset",
+        Duration::from_secs(2),
+        || up.stats().total,
+        |t| *t == 0,
+    );
 
     up.set_latency_ms(250);
     let slow = one("/x");
@@ -269,36 +248,46 @@ fn api_proxy_reports_egress_status() {
     .unwrap();
     let lone = Upstream::start(UpstreamConfig::default()).unwrap();
 
-    let (s, head, body) = http(main.port, "GET", "/api-proxy", "");
-    assert_eq!(s, 200, "{body}");
-    assert!(head.contains("x-egress-status: 200"), "{head}");
-    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let r = send(main.port, "GET", "/api-proxy", "");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-egress-status"), Some("200"), "{r:?}");
+    let doc: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(doc["egress_status"], 200);
     assert_eq!(api.stats().by_page.get("Api"), Some(&1));
 
     api.set_error_rate(1.0, 429);
-    let (s, _, _) = http(main.port, "GET", "/api-proxy", "");
-    assert_eq!(s, 429);
+    assert_eq!(send(main.port, "GET", "/api-proxy", "").status, 429);
 
-    let (s, _, _) = http(lone.port, "GET", "/api-proxy", "");
-    assert_eq!(s, 502);
+    assert_eq!(send(lone.port, "GET", "/api-proxy", "").status, 502);
 
-    let (s, head, body) = http(main.port, "GET", "/alice/123", "");
-    assert_eq!(s, 200);
-    assert!(head.contains("cache-control: public, max-age=60"), "{head}");
-    assert!(head.contains("text/html"), "{head}");
+    let r = send(main.port, "GET", "/alice/123", "");
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("cache-control"),
+        Some("public, max-age=60"),
+        "{r:?}"
+    );
     assert!(
-        body.contains("PostView") && body.contains("alice"),
-        "{body}"
+        r.header("content-type")
+            .is_some_and(|t| t.contains("text/html")),
+        "{r:?}"
+    );
+    assert!(
+        r.body.contains("PostView") && r.body.contains("alice"),
+        "{}",
+        r.body
     );
 
-    let (s, head, body) = http(api.port, "GET", "/api/json?x=1", "");
-    assert_eq!(s, 429, "error injection applies to the API too: {body}");
-    assert!(!head.contains("cache-control"));
+    let r = send(api.port, "GET", "/api/json?x=1", "");
+    assert_eq!(
+        r.status, 429,
+        "error injection applies to the API too: {}",
+        r.body
+    );
+    assert_eq!(r.header("cache-control"), None);
     drop(api);
     // The upstream is gone: the proxy call fails.
-    let (s, _, _) = http(main.port, "GET", "/api-proxy", "");
-    assert_eq!(s, 502);
+    assert_eq!(send(main.port, "GET", "/api-proxy", "").status, 502);
 }
 
 #[test]
