@@ -4,6 +4,11 @@
 
 use crate::codec::{Reader, Writer};
 use crate::shared::{update, SharedStore, Step, Update};
+use crate::store::CAS_ATTEMPTS;
+
+/// Attempts to take an id: every worker takes its id on the same first tick, so the counter
+/// is contended by all of them at once.
+const ID_ATTEMPTS: u32 = 32;
 
 pub const VERSION: u8 = 1;
 
@@ -37,7 +42,7 @@ impl Lease {
 /// (`sg:lead:ids`). VMs cannot tell themselves apart otherwise: every worker's VM starts from
 /// the same image at about the same millisecond. None if shared data fails.
 pub fn unique_id<S: SharedStore + ?Sized>(store: &S) -> Option<u64> {
-    let r = update(store, "sg:lead:ids", 32, |cur| {
+    let r = update(store, crate::keys::LEAD_IDS, ID_ATTEMPTS, |cur| {
         let next = cur
             .and_then(|b| Reader::new(b).u64())
             .unwrap_or(0)
@@ -52,11 +57,6 @@ pub fn unique_id<S: SharedStore + ?Sized>(store: &S) -> Option<u64> {
     }
 }
 
-/// Shared-data key of a task's lease.
-pub fn lease_key(task: &str) -> String {
-    format!("sg:lead:{task}")
-}
-
 /// Takes or renews the lease of `task` for `me` until `now + ttl_ms`. True when `me` holds it.
 /// An unreadable value counts as expired; shared-data trouble means "not leader" this tick.
 pub fn try_acquire<S: SharedStore + ?Sized>(
@@ -66,7 +66,7 @@ pub fn try_acquire<S: SharedStore + ?Sized>(
     now: u64,
     ttl_ms: u64,
 ) -> bool {
-    let r = update(store, &lease_key(task), 4, |cur| {
+    let r = update(store, &crate::keys::lease(task), CAS_ATTEMPTS, |cur| {
         let held = cur.and_then(Lease::decode);
         match held {
             Some(l) if l.holder != me && l.expires_ms > now => Step::Keep(false),

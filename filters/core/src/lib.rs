@@ -1,23 +1,29 @@
 //! spikeguard core: what two or more filters share, and nothing one filter alone needs.
 //!
-//! Everything here is plain Rust with no host calls except the `host` module, which exists
-//! only on wasm32 and adapts the proxy-wasm host to the traits defined here.
+//! Everything here is plain Rust over the `host::Host` trait; only `wasm` (wasm32) makes
+//! proxy-wasm host calls, and `testing` (feature `test-support`) is the in-memory host that
+//! native tests use. docs/ARCHITECTURE.md, "Writing a filter", says how the pieces fit.
 
 pub mod alert;
 pub mod codec;
 pub mod error;
 pub mod hash;
+pub mod host;
 pub mod key;
+pub mod keys;
 pub mod lease;
 pub mod matcher;
 pub mod metrics;
 pub mod normalize;
 pub mod oplist;
-pub mod shared;
-
-#[cfg(target_arch = "wasm32")]
-pub mod host;
-#[cfg(target_arch = "wasm32")]
 pub mod ops;
+pub mod shared;
+pub mod store;
+pub mod tick;
+
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
+#[cfg(target_arch = "wasm32")]
+pub mod wasm;
 
 pub use error::ConfigError;

@@ -1,7 +1,16 @@
-//! Metric naming. Envoy exposes a Wasm metric `sg.<filter>.<rule>.<what>` as
+//! Metrics: naming, the counter and gauge types, and `metrics!`, the one declaration per
+//! metric that both defines it in Envoy and flushes it.
+//!
+//! Envoy exposes a Wasm metric `sg.<filter>.<rule>.<what>` as
 //! `wasmcustom.sg.<filter>.<rule>.<what>` in /stats; the bundle's `stats_tags` turn the rule
 //! part into a `sg_rule` tag, so Prometheus sees `envoy_wasmcustom_sg_<filter>_<what>{sg_rule=..}`.
 //! Names are stable: dashboards and alerts depend on them.
+//!
+//! Counting never makes a host call: increments wait in the VM until `flush` (from the root
+//! context's tick), so a request pays nothing for its metrics; stats lag by at most one flush.
+
+use crate::host::{Host, MetricKind};
+use std::cell::Cell;
 
 /// Rule names become part of metric names: letters, digits and `_` only.
 pub fn valid_name(name: &str) -> bool {
@@ -31,9 +40,155 @@ pub fn filter_metric(filter: &str, what: &str) -> String {
     format!("sg.{filter}.{what}")
 }
 
+/// A counter. `inc`/`add` only touch VM memory; `flush` sends the pending increments.
+/// A metric the host refused to define counts in memory and reports nothing (a metric
+/// failure never affects a request).
+#[derive(Debug, Default)]
+pub struct Counter {
+    id: Option<u32>,
+    pending: Cell<i64>,
+    /// Everything ever counted (native tests and diagnostics read it).
+    total: Cell<u64>,
+}
+
+impl Counter {
+    pub fn define<H: Host + ?Sized>(host: &H, name: &str) -> Counter {
+        Counter {
+            id: host.define_metric(MetricKind::Counter, name),
+            ..Counter::default()
+        }
+    }
+    pub fn inc(&self) {
+        self.add(1);
+    }
+    pub fn add(&self, n: u64) {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        self.pending.set(self.pending.get().saturating_add(n));
+        self.total
+            .set(self.total.get().saturating_add(n.unsigned_abs()));
+    }
+    /// Everything counted since definition (flushed or not).
+    pub fn get(&self) -> u64 {
+        self.total.get()
+    }
+    pub fn flush<H: Host + ?Sized>(&self, host: &H) {
+        let n = self.pending.replace(0);
+        if let (Some(id), true) = (self.id, n != 0) {
+            host.increment_metric(id, n);
+        }
+    }
+}
+
+/// A gauge: `set` keeps the value in VM memory, `flush` records it when it changed.
+#[derive(Debug, Default)]
+pub struct Gauge {
+    id: Option<u32>,
+    value: Cell<u64>,
+    sent: Cell<Option<u64>>,
+}
+
+impl Gauge {
+    pub fn define<H: Host + ?Sized>(host: &H, name: &str) -> Gauge {
+        Gauge {
+            id: host.define_metric(MetricKind::Gauge, name),
+            ..Gauge::default()
+        }
+    }
+    pub fn set(&self, v: u64) {
+        self.value.set(v);
+    }
+    pub fn get(&self) -> u64 {
+        self.value.get()
+    }
+    pub fn flush<H: Host + ?Sized>(&self, host: &H) {
+        let v = self.value.get();
+        if let (Some(id), false) = (self.id, self.sent.get() == Some(v)) {
+            host.record_metric(id, v);
+            self.sent.set(Some(v));
+        }
+    }
+}
+
+/// Declares a metrics struct: one line per metric (field, kind, the name's last part, help
+/// text). The same line defines the metric in Envoy and flushes it, so a metric cannot be
+/// declared and never reported. `define` takes the function that turns the last part into the
+/// full name (`|w| filter_metric("hotkey", w)`, or a rule's `rule_metric`).
+///
+/// ```
+/// sg_core::metrics! {
+///     /// Per rule.
+///     pub struct RuleMetrics {
+///         seen: Counter = "seen", "requests the rule matched";
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! metrics {
+    ($(#[$m:meta])* $vis:vis struct $name:ident {
+        $( $field:ident : $kind:ident = $what:literal, $help:literal; )*
+    }) => {
+        $(#[$m])*
+        #[derive(Debug, Default)]
+        $vis struct $name {
+            $( #[doc = $help] pub $field: $crate::metrics::$kind, )*
+        }
+        impl $name {
+            /// (last part of the name, kind, help) of every metric, in declaration order.
+            #[allow(dead_code)]
+            pub const TABLE: &'static [(&'static str, &'static str, &'static str)] =
+                &[$( ($what, stringify!($kind), $help) ),*];
+            #[allow(dead_code)]
+            pub fn define<H: $crate::host::Host + ?Sized>(host: &H, name: impl Fn(&str) -> String) -> Self {
+                Self { $( $field: $crate::metrics::$kind::define(host, &name($what)), )* }
+            }
+            #[allow(dead_code)]
+            pub fn flush<H: $crate::host::Host + ?Sized>(&self, host: &H) {
+                $( self.$field.flush(host); )*
+            }
+        }
+    };
+}
+
+metrics! {
+    /// What every filter counts about shared data (`sg.<filter>.<what>`): an unreadable value
+    /// treated as "no state yet", a read-modify-write that lost every CAS race, a host failure.
+    pub struct StoreMetrics {
+        bad_state: Counter = "bad_state", "shared-data values that did not decode (treated as absent)";
+        cas_giveup: Counter = "cas_giveup", "shared-data updates that lost every CAS attempt (nothing written)";
+        store_error: Counter = "store_error", "shared-data reads or writes the host failed";
+    }
+}
+
+metrics! {
+    /// The operator side (`core::ops`): alerts, webhook and operator-endpoint failures.
+    pub struct OpsMetrics {
+        alerts: Counter = "alerts", "alerts sent (log line, and webhook when configured)";
+        webhook_errors: Counter = "webhook_errors", "webhook posts refused or answered non-2xx";
+        operator_errors: Counter = "operator_errors", "operator-list polls that failed (last good list kept)";
+        operator_applied: Counter = "operator_applied", "operator lists applied";
+    }
+}
+
+/// Per-rule metrics of a filter: one `R` per rule, defined as `sg.<filter>.<rule>.<what>`.
+pub fn per_rule<'a, H, R>(
+    host: &H,
+    filter: &str,
+    rules: impl IntoIterator<Item = &'a str>,
+    define: impl Fn(&H, &dyn Fn(&str) -> String) -> R,
+) -> Vec<R>
+where
+    H: Host + ?Sized,
+{
+    rules
+        .into_iter()
+        .map(|rule| define(host, &|w: &str| rule_metric(filter, rule, w)))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::MemHost;
 
     #[test]
     fn names() {
@@ -48,5 +203,43 @@ mod tests {
             filter_metric("ratelimit", "cas_giveup"),
             "sg.ratelimit.cas_giveup"
         );
+    }
+
+    #[test]
+    fn every_declared_metric_is_defined_and_flushed() {
+        let h = MemHost::new();
+        let m = StoreMetrics::define(&h, |w| filter_metric("t", w));
+        m.bad_state.inc();
+        m.cas_giveup.add(2);
+        m.store_error.add(3);
+        assert_eq!(
+            h.metric("sg.t.cas_giveup"),
+            Some(0),
+            "defined, nothing sent yet"
+        );
+        m.flush(&h);
+        assert_eq!(h.metric("sg.t.bad_state"), Some(1));
+        assert_eq!(h.metric("sg.t.cas_giveup"), Some(2));
+        assert_eq!(h.metric("sg.t.store_error"), Some(3));
+        m.flush(&h);
+        assert_eq!(
+            h.metric("sg.t.store_error"),
+            Some(3),
+            "a flush sends only what is new"
+        );
+        assert_eq!(StoreMetrics::TABLE.len(), 3);
+        assert_eq!(h.metric_names().len(), 3);
+    }
+
+    #[test]
+    fn gauges_are_recorded_when_they_change() {
+        let h = MemHost::new();
+        let g = Gauge::define(&h, "sg.t.g");
+        g.set(5);
+        g.flush(&h);
+        assert_eq!(h.metric("sg.t.g"), Some(5));
+        g.set(2);
+        g.flush(&h);
+        assert_eq!(h.metric("sg.t.g"), Some(2));
     }
 }

@@ -190,6 +190,18 @@ impl List {
         })
     }
 
+    /// As `blocks_path` for a request's raw `:path`: normalised first (percent-decoded, `//`
+    /// and trailing `/` folded, query dropped), so `/PostList//42/` or `/Post%4Cist/42`
+    /// cannot escape a `/PostList/42` entry. No work when no entry has a path prefix.
+    pub fn blocks_request_path(&self, rule: &str, raw_path: &str, now_ms: u64) -> bool {
+        if !self.entries.iter().any(|e| e.path_prefix.is_some()) {
+            return false;
+        }
+        let (path_only, _) = crate::normalize::split_path(raw_path);
+        let norm = crate::normalize::normalize_path(path_only);
+        self.blocks_path(rule, &String::from_utf8_lossy(&norm), now_ms)
+    }
+
     fn to_json(&self) -> Option<Vec<u8>> {
         serde_json::to_vec(&DocRef {
             entries: &self.entries,
@@ -493,6 +505,28 @@ mod tests {
         assert!(!l.blocks_key("post_view", b"421", 0));
         assert!(!l.blocks_key("post_view", b"/42", 0));
         assert!(!l.blocks_key("post_view", b"", 0));
+    }
+
+    #[test]
+    fn a_request_path_is_normalised_before_prefix_matching() {
+        let l = List {
+            entries: vec![Entry {
+                rule: None,
+                key: None,
+                path_prefix: Some("/PostList/42".into()),
+                expires_at_ms: None,
+            }],
+        };
+        for raw in [
+            "/PostList/42",
+            "/PostList//42/",
+            "/Post%4Cist/42?x=1",
+            "//PostList/42",
+        ] {
+            assert!(l.blocks_request_path("r", raw, 0), "{raw}");
+        }
+        assert!(!l.blocks_request_path("r", "/PostList/4", 0));
+        assert!(!List::default().blocks_request_path("r", "/PostList/42", 0));
     }
 
     #[test]

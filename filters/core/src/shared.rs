@@ -9,9 +9,6 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-/// Prefix of every key spikeguard writes (Istio gives all plugins of a sidecar one namespace).
-pub const PREFIX: &str = "sg:";
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StoreError {
     /// The value changed since it was read.
@@ -148,6 +145,10 @@ impl MemStore {
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+    /// The bytes of `key` (None when absent), for test assertions.
+    pub fn get_value(&self, key: &str) -> Option<Vec<u8>> {
+        self.map.borrow().get(key).map(|v| v.0.clone())
     }
     pub fn total_bytes(&self) -> usize {
         self.map

@@ -2,12 +2,16 @@
 //! memory, and sheds, diverts, limits or only observes their traffic while everyone else is
 //! served. Pure logic in `sketch` (per-worker counting), `window` (the shared, windowed
 //! view), `detect` (thresholds and hysteresis), `shed` (what is published and the
-//! per-request decision); the adapter (wasm32 only) only moves data between them and Envoy.
+//! per-request decision), `top` (the alert's top keys of 3 minutes), and `filter` (the request
+//! path and the tick over `sg_core::host::Host`, tested natively); the adapter (wasm32 only)
+//! only forwards proxy-wasm callbacks to `filter`.
 
 pub mod config;
 pub mod detect;
+pub mod filter;
 pub mod shed;
 pub mod sketch;
+pub mod top;
 pub mod window;
 
 #[cfg(target_arch = "wasm32")]

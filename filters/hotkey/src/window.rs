@@ -259,6 +259,12 @@ impl View {
     }
 }
 
+impl sg_core::store::Decode for View {
+    fn decode(b: &[u8]) -> Option<View> {
+        View::decode(b)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

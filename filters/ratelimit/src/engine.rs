@@ -13,9 +13,7 @@ use sg_core::key::RequestView;
 use sg_core::shared::{update_from, SharedStore, Step, Update, Versioned};
 
 /// Shared-data key of a rule's slot: `sg:rl:<rule>:<slot>`.
-pub fn slot_key(rule: &str, slot: u32) -> String {
-    format!("sg:rl:{rule}:{slot}")
-}
+pub use sg_core::keys::rl_slot as slot_key;
 
 /// What happened to one rule for one request (drives per-rule metrics).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -7,6 +7,33 @@ use std::collections::HashMap;
 
 /// URLs kept per worker per tick and in the shared tally.
 pub const MAX_URLS: usize = 32;
+/// A URL is named by at most this many bytes (cut at a character boundary).
+pub const MAX_URL_BYTES: usize = 256;
+
+/// One worker's diverted requests of the current tick and their URLs (at most `MAX_URLS`
+/// distinct ones; later new URLs are counted in the total only), merged on the tick.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct UrlTally {
+    pub count: u64,
+    pub urls: HashMap<String, u64>,
+}
+
+impl UrlTally {
+    /// Counts one diverted request of `path`. A known URL costs no allocation.
+    pub fn add(&mut self, path: &str) {
+        self.count = self.count.saturating_add(1);
+        let mut cut = path.len().min(MAX_URL_BYTES);
+        while !path.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let url = path.get(..cut).unwrap_or("");
+        if let Some(n) = self.urls.get_mut(url) {
+            *n = n.saturating_add(1);
+        } else if self.urls.len() < MAX_URLS {
+            self.urls.insert(url.to_string(), 1);
+        }
+    }
+}
 
 /// `sg:sp:inbound`: (period start, count, top URLs with counts).
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -64,9 +91,34 @@ impl Inbound {
     }
 }
 
+impl sg_core::store::Decode for Inbound {
+    fn decode(b: &[u8]) -> Option<Inbound> {
+        Inbound::decode(b)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn url_tally_counts_every_request_bounds_urls_and_cuts_at_a_char_boundary() {
+        let mut t = UrlTally::default();
+        t.add("/a");
+        t.add("/a");
+        for i in 0..100 {
+            t.add(&format!("/u{i}"));
+        }
+        assert_eq!(t.count, 102);
+        assert_eq!(t.urls.len(), MAX_URLS);
+        assert_eq!(t.urls.get("/a"), Some(&2));
+        let mut t = UrlTally::default();
+        let long = format!("/{}", "é".repeat(200));
+        t.add(&long);
+        let (u, n) = t.urls.iter().next().unwrap();
+        assert!(u.len() <= MAX_URL_BYTES && long.starts_with(u.as_str()));
+        assert_eq!(*n, 1);
+    }
 
     #[test]
     fn adds_workers_keeps_the_top_urls_and_round_trips() {

@@ -6,14 +6,17 @@
 //! Pure logic: `config`, `cache` (Cache-Control, cacheability, the slot entry and its
 //! freshness, refresh collapsing), `overload` (windowed load with a latency histogram and
 //! hysteresis, the published overload state), `decide` (safety rules and triggers), `inbound`
-//! (the "simple page inbound" tally). The adapter (wasm32 only) moves data
-//! between them and Envoy.
+//! (the "simple page inbound" tally), `filter` (configure, metrics, the tick and the waiters,
+//! over `sg_core::host::Host`) and `stream` (the request and response paths and the cache
+//! state machine). The adapter (wasm32 only) only forwards proxy-wasm callbacks to them.
 
 pub mod cache;
 pub mod config;
 pub mod decide;
+pub mod filter;
 pub mod inbound;
 pub mod overload;
+pub mod stream;
 
 #[cfg(target_arch = "wasm32")]
 mod adapter;

@@ -1,0 +1,333 @@
+//! `MemHost`: the `Host` trait in memory, for native unit tests of filter logic (feature
+//! `test-support`, or this crate's own tests). It holds a request and a response, a clock the
+//! test sets, shared data with Envoy's CAS semantics (`MemStore`), and it records every effect
+//! (replies, resumes, HTTP calls, metric values) for exact assertions.
+
+use crate::host::{Call, Host, Map, MetricKind};
+use crate::shared::{MemStore, SharedStore, StoreError, Versioned};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+/// A local reply the logic sent: to the current request (`id: None`) or to context `id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentReply {
+    pub id: Option<u32>,
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl SentReply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// An HTTP call the logic dispatched.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentCall {
+    pub token: u32,
+    pub cluster: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Vec<u8>>,
+    pub timeout_ms: u64,
+}
+
+impl SentCall {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Header names (lower-case) and raw values, in order.
+type Headers = Vec<(String, Vec<u8>)>;
+/// An HTTP-call answer: headers and body.
+type CallAnswer = (Vec<(String, String)>, Vec<u8>);
+
+#[derive(Default)]
+pub struct MemHost {
+    pub store: MemStore,
+    now: Cell<u64>,
+    maps: RefCell<HashMap<Map, Headers>>,
+    properties: RefCell<HashMap<String, String>>,
+    body: RefCell<Vec<u8>>,
+    replies: RefCell<Vec<SentReply>>,
+    resumed: RefCell<Vec<u32>>,
+    calls: RefCell<Vec<SentCall>>,
+    next_token: Cell<u32>,
+    call_answer: RefCell<CallAnswer>,
+    metrics: RefCell<Vec<(String, MetricKind, i64)>>,
+    tick_ms: Cell<u64>,
+    config: RefCell<Vec<u8>>,
+    /// Contexts that are gone: replies and resumes for them are refused.
+    gone: RefCell<Vec<u32>>,
+    refuse_replies: Cell<bool>,
+    refuse_calls: Cell<bool>,
+}
+
+impl MemHost {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    // ---- what the test sets -------------------------------------------------------------
+
+    pub fn set_now(&self, ms: u64) {
+        self.now.set(ms);
+    }
+    pub fn advance(&self, ms: u64) {
+        self.now.set(self.now.get().saturating_add(ms));
+    }
+    /// A new request: the request map replaced by these headers, the response cleared.
+    pub fn request(&self, headers: &[(&str, &str)]) {
+        let mut maps = self.maps.borrow_mut();
+        maps.insert(
+            Map::Request,
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.as_bytes().to_vec()))
+                .collect(),
+        );
+        maps.remove(&Map::Response);
+        self.body.borrow_mut().clear();
+    }
+    /// A GET of `path` on `host`.
+    pub fn get(&self, host: &str, path: &str) {
+        self.request(&[(":method", "GET"), (":path", path), (":authority", host)]);
+    }
+    /// The response headers the upstream answered with (and its body).
+    pub fn respond(&self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+        let mut h: Headers = vec![(":status".into(), status.to_string().into())];
+        h.extend(
+            headers
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.as_bytes().to_vec())),
+        );
+        self.maps.borrow_mut().insert(Map::Response, h);
+        *self.body.borrow_mut() = body.to_vec();
+    }
+    pub fn set_property(&self, path: &[&str], value: &str) {
+        self.properties
+            .borrow_mut()
+            .insert(path.join("."), value.to_string());
+    }
+    pub fn set_config(&self, json: &str) {
+        *self.config.borrow_mut() = json.as_bytes().to_vec();
+    }
+    /// The answer the next `on_http_call_response` reads.
+    pub fn answer_call(&self, status: u16, headers: &[(&str, &str)], body: &[u8]) {
+        let mut h = vec![(":status".to_string(), status.to_string())];
+        h.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        *self.call_answer.borrow_mut() = (h, body.to_vec());
+    }
+    pub fn gone(&self, id: u32) {
+        self.gone.borrow_mut().push(id);
+    }
+    pub fn refuse_replies(&self, on: bool) {
+        self.refuse_replies.set(on);
+    }
+    pub fn refuse_calls(&self, on: bool) {
+        self.refuse_calls.set(on);
+    }
+
+    // ---- what the test reads ------------------------------------------------------------
+
+    pub fn req_header(&self, name: &str) -> Option<String> {
+        self.header(Map::Request, name)
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+    }
+    pub fn resp_header(&self, name: &str) -> Option<String> {
+        self.header(Map::Response, name)
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+    }
+    pub fn body(&self) -> Vec<u8> {
+        self.body.borrow().clone()
+    }
+    /// Replies sent so far, drained.
+    pub fn take_replies(&self) -> Vec<SentReply> {
+        std::mem::take(&mut *self.replies.borrow_mut())
+    }
+    /// Contexts resumed so far, drained.
+    pub fn take_resumed(&self) -> Vec<u32> {
+        std::mem::take(&mut *self.resumed.borrow_mut())
+    }
+    /// HTTP calls dispatched so far, drained.
+    pub fn take_calls(&self) -> Vec<SentCall> {
+        std::mem::take(&mut *self.calls.borrow_mut())
+    }
+    /// A metric's value as Envoy would show it (the sum of flushed increments, or the last
+    /// recorded gauge value); None if never defined.
+    pub fn metric(&self, name: &str) -> Option<i64> {
+        self.metrics
+            .borrow()
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, _, v)| *v)
+    }
+    pub fn metric_names(&self) -> Vec<String> {
+        self.metrics
+            .borrow()
+            .iter()
+            .map(|(n, _, _)| n.clone())
+            .collect()
+    }
+    pub fn tick_period_ms(&self) -> u64 {
+        self.tick_ms.get()
+    }
+}
+
+impl SharedStore for MemHost {
+    fn get(&self, key: &str) -> Result<Versioned, StoreError> {
+        self.store.get(key)
+    }
+    fn set(&self, key: &str, value: &[u8], cas: u32) -> Result<(), StoreError> {
+        self.store.set(key, value, cas)
+    }
+}
+
+fn owned(headers: &[(&str, &str)]) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+impl Host for MemHost {
+    fn now_ms(&self) -> u64 {
+        self.now.get()
+    }
+    fn header(&self, map: Map, name: &str) -> Option<Vec<u8>> {
+        let name = name.to_ascii_lowercase();
+        self.maps
+            .borrow()
+            .get(&map)?
+            .iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.clone())
+    }
+    fn headers(&self, map: Map) -> Vec<(String, String)> {
+        self.maps
+            .borrow()
+            .get(&map)
+            .map(|h| {
+                h.iter()
+                    .map(|(k, v)| (k.clone(), String::from_utf8_lossy(v).into_owned()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+    fn set_header(&self, map: Map, name: &str, value: &str) -> bool {
+        let name = name.to_ascii_lowercase();
+        let mut maps = self.maps.borrow_mut();
+        let h = maps.entry(map).or_default();
+        h.retain(|(k, _)| *k != name);
+        h.push((name, value.as_bytes().to_vec()));
+        true
+    }
+    fn remove_header(&self, map: Map, name: &str) -> bool {
+        let name = name.to_ascii_lowercase();
+        if let Some(h) = self.maps.borrow_mut().get_mut(&map) {
+            h.retain(|(k, _)| *k != name);
+        }
+        true
+    }
+    fn property(&self, path: &[&str]) -> Option<String> {
+        self.properties.borrow().get(&path.join(".")).cloned()
+    }
+    fn response_body(&self, start: usize, max: usize) -> Option<Vec<u8>> {
+        let b = self.body.borrow();
+        let end = start.saturating_add(max).min(b.len());
+        Some(b.get(start.min(end)..end).unwrap_or_default().to_vec())
+    }
+    fn set_response_body(&self, start: usize, size: usize, value: &[u8]) -> bool {
+        let mut b = self.body.borrow_mut();
+        let start = start.min(b.len());
+        let end = start.saturating_add(size).min(b.len());
+        b.splice(start..end, value.iter().copied());
+        true
+    }
+    fn send_reply(&self, status: u16, headers: &[(&str, &str)], body: &[u8]) -> bool {
+        if self.refuse_replies.get() {
+            return false;
+        }
+        self.replies.borrow_mut().push(SentReply {
+            id: None,
+            status,
+            headers: owned(headers),
+            body: body.to_vec(),
+        });
+        true
+    }
+    fn reply_for(&self, id: u32, status: u16, headers: &[(&str, &str)], body: &[u8]) -> bool {
+        if self.refuse_replies.get() || self.gone.borrow().contains(&id) {
+            return false;
+        }
+        self.replies.borrow_mut().push(SentReply {
+            id: Some(id),
+            status,
+            headers: owned(headers),
+            body: body.to_vec(),
+        });
+        true
+    }
+    fn resume(&self, id: u32) -> bool {
+        if self.gone.borrow().contains(&id) {
+            return false;
+        }
+        self.resumed.borrow_mut().push(id);
+        true
+    }
+    fn dispatch(&self, call: &Call) -> Option<u32> {
+        if self.refuse_calls.get() {
+            return None;
+        }
+        let token = self.next_token.get().wrapping_add(1);
+        self.next_token.set(token);
+        self.calls.borrow_mut().push(SentCall {
+            token,
+            cluster: call.cluster.to_string(),
+            headers: owned(&call.headers),
+            body: call.body.map(<[u8]>::to_vec),
+            timeout_ms: call.timeout_ms,
+        });
+        Some(token)
+    }
+    fn call_response_headers(&self) -> Vec<(String, String)> {
+        self.call_answer.borrow().0.clone()
+    }
+    fn call_response_body(&self, size: usize) -> Vec<u8> {
+        let b = &self.call_answer.borrow().1;
+        b.get(..size.min(b.len())).unwrap_or_default().to_vec()
+    }
+    fn define_metric(&self, kind: MetricKind, name: &str) -> Option<u32> {
+        let mut m = self.metrics.borrow_mut();
+        if let Some(i) = m.iter().position(|(n, _, _)| n == name) {
+            return u32::try_from(i).ok();
+        }
+        m.push((name.to_string(), kind, 0));
+        u32::try_from(m.len() - 1).ok()
+    }
+    fn increment_metric(&self, id: u32, n: i64) {
+        if let Some(e) = self.metrics.borrow_mut().get_mut(id as usize) {
+            e.2 = e.2.saturating_add(n);
+        }
+    }
+    fn record_metric(&self, id: u32, v: u64) {
+        if let Some(e) = self.metrics.borrow_mut().get_mut(id as usize) {
+            e.2 = i64::try_from(v).unwrap_or(i64::MAX);
+        }
+    }
+    fn set_tick_period_ms(&self, ms: u64) -> bool {
+        self.tick_ms.set(ms);
+        true
+    }
+    fn plugin_config(&self) -> Vec<u8> {
+        self.config.borrow().clone()
+    }
+}

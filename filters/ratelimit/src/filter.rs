@@ -1,0 +1,347 @@
+//! The filter's life in Envoy, as plain logic over `sg_core::host::Host`: configure, one
+//! request (check, then continue, hold for a delay, or reply), its response (RateLimit
+//! headers), and the tick (resume held requests, flush counters). `adapter` only forwards
+//! proxy-wasm callbacks here.
+
+use crate::config::{Config, Plan};
+use crate::engine::{check, Action, RuleOutcome, Verdict};
+use sg_core::host::{configure, set_tick, Flow, Host, HostRequest, Map};
+use sg_core::keys::rl_slot;
+use sg_core::metrics::{filter_metric, per_rule, Counter, StoreMetrics};
+use sg_core::shared::ensure;
+use std::cell::RefCell;
+
+pub const FILTER: &str = "ratelimit";
+/// Resume timer granularity for delayed requests (measured: asked 100 ms, got ~112 ms).
+pub const TICK_MS: u64 = 10;
+/// Tick period when no rule delays: only counters are flushed (stats lag at most this).
+pub const FLUSH_TICK_MS: u64 = 200;
+
+sg_core::metrics! {
+    /// Per rule: `sg.ratelimit.<rule>.<what>`.
+    pub struct RuleMetrics {
+        allowed: Counter = "allowed", "requests the rule let through at once";
+        delayed: Counter = "delayed", "requests the rule held to pace them";
+        rejected: Counter = "rejected", "requests the rule rejected";
+        dry_run_rejected: Counter = "dry_run_rejected", "requests a dry-run rule would have rejected";
+        dry_run_delayed: Counter = "dry_run_delayed", "requests a dry-run rule would have delayed";
+        store_error: Counter = "store_error", "shared data failed for the rule (on_store_error applied)";
+        cas_giveup: Counter = "cas_giveup", "CAS attempts exhausted for the rule (on_store_error applied)";
+    }
+}
+
+sg_core::metrics! {
+    /// Filter-wide: `sg.ratelimit.<what>`.
+    pub struct FilterMetrics {
+        evicted_in_debt: Counter = "evicted_in_debt", "keys evicted from a full slot while still in debt";
+        resumed: Counter = "resumed", "delayed requests resumed";
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub rules: Vec<RuleMetrics>,
+    pub filter: FilterMetrics,
+    pub store: StoreMetrics,
+}
+
+impl Metrics {
+    pub fn define<H: Host + ?Sized>(host: &H, plan: &Plan) -> Metrics {
+        let names = plan.rules.iter().map(|r| r.name.as_str());
+        Metrics {
+            rules: per_rule(host, FILTER, names, |h, n| RuleMetrics::define(h, n)),
+            filter: FilterMetrics::define(host, |w| filter_metric(FILTER, w)),
+            store: StoreMetrics::define(host, |w| filter_metric(FILTER, w)),
+        }
+    }
+
+    pub fn flush<H: Host + ?Sized>(&self, host: &H) {
+        self.rules.iter().for_each(|r| r.flush(host));
+        self.filter.flush(host);
+        self.store.flush(host);
+    }
+
+    fn record(&self, v: &Verdict) {
+        for (idx, outcome) in &v.rules {
+            let Some(m) = self.rules.get(*idx) else {
+                continue;
+            };
+            let c: &Counter = match outcome {
+                RuleOutcome::Allowed => &m.allowed,
+                RuleOutcome::Delayed(_) => &m.delayed,
+                RuleOutcome::Rejected => &m.rejected,
+                RuleOutcome::DryRunRejected => &m.dry_run_rejected,
+                RuleOutcome::DryRunDelayed(_) => &m.dry_run_delayed,
+                RuleOutcome::StoreTrouble { gave_up: true } => &m.cas_giveup,
+                RuleOutcome::StoreTrouble { gave_up: false } => &m.store_error,
+            };
+            c.inc();
+        }
+        self.store.bad_state.add(u64::from(v.bad_state));
+        self.filter
+            .evicted_in_debt
+            .add(u64::from(v.evicted_in_debt));
+    }
+}
+
+/// One stream's state between its callbacks.
+#[derive(Debug, Default)]
+pub struct Stream {
+    pub id: u32,
+    /// RateLimit header values to add to the upstream response.
+    quota: Option<(String, String)>,
+    replied: bool,
+}
+
+impl Stream {
+    pub fn new(id: u32) -> Stream {
+        Stream {
+            id,
+            ..Stream::default()
+        }
+    }
+}
+
+/// The configured filter of one worker.
+#[derive(Debug)]
+pub struct Filter {
+    pub plan: Plan,
+    pub m: Metrics,
+    /// Requests held for a delay: (due time ms, context id). Bounded by requests in flight.
+    held: RefCell<Vec<(u64, u32)>>,
+}
+
+fn quota_headers(plan: &Plan, v: &Verdict) -> Option<(String, String)> {
+    let q = v.quota.as_ref()?;
+    let rule = plan.rules.get(q.rule)?;
+    Some((
+        format!("\"{}\";q={};w={}", rule.name, rule.quota, rule.window_s),
+        format!("\"{}\";r={};t={}", rule.name, q.remaining, q.reset_s),
+    ))
+}
+
+impl Filter {
+    /// `on_configure`: None (logged, naming the field) when the config is refused.
+    pub fn configure<H: Host + ?Sized>(host: &H) -> Option<Filter> {
+        let plan = configure(host, FILTER, Config::parse)?;
+        // Create every slot key now so request-time writes are always CAS writes.
+        let mut failed = 0u32;
+        for rule in &plan.rules {
+            for slot in 0..rule.sets {
+                if ensure(host, &rl_slot(&rule.name, slot), &[]).is_err() {
+                    failed += 1;
+                }
+            }
+        }
+        if failed > 0 {
+            log::warn!(
+                "{FILTER}: {failed} slot keys could not be created; they are created on first use"
+            );
+        }
+        let tick = if plan.delays { TICK_MS } else { FLUSH_TICK_MS };
+        set_tick(
+            host,
+            FILTER,
+            tick,
+            "delayed requests would not resume, counters not flush",
+        );
+        log::info!(
+            "{FILTER}: configured {} rules ({} slot keys)",
+            plan.rules.len(),
+            plan.rules.iter().map(|r| u64::from(r.sets)).sum::<u64>()
+        );
+        Some(Filter {
+            m: Metrics::define(host, &plan),
+            plan,
+            held: RefCell::default(),
+        })
+    }
+
+    pub fn on_request<H: Host + ?Sized>(&self, host: &H, s: &mut Stream) -> Flow {
+        let plan = &self.plan;
+        let req = HostRequest::new(host);
+        let route = req.route_if(plan.needs_route);
+        let verdict = check(plan, host, &req, route.as_deref(), || host.now_ms());
+        self.m.record(&verdict);
+        let rejected = matches!(verdict.action, Action::Reject { .. });
+        if plan.rate_limit_headers || rejected {
+            s.quota = quota_headers(plan, &verdict);
+        }
+        match verdict.action {
+            Action::Allow => Flow::Continue,
+            Action::Delay(ms) => {
+                if let Ok(mut held) = self.held.try_borrow_mut() {
+                    held.push((host.now_ms().saturating_add(ms), s.id));
+                    return Flow::Pause;
+                }
+                Flow::Continue
+            }
+            Action::Reject { retry_after_s, .. } => {
+                s.replied = true;
+                let retry = retry_after_s.to_string();
+                let mut headers: Vec<(&str, &str)> = vec![
+                    ("content-type", plan.reject.content_type.as_str()),
+                    ("retry-after", retry.as_str()),
+                    ("x-spikeguard-action", FILTER),
+                ];
+                if let Some((policy, state)) = &s.quota {
+                    headers.push(("ratelimit-policy", policy.as_str()));
+                    headers.push(("ratelimit", state.as_str()));
+                }
+                let sent =
+                    host.send_reply(plan.reject.status, &headers, plan.reject.body.as_bytes());
+                if !sent {
+                    log::warn!("{FILTER}: could not send the local reply; request continues");
+                }
+                Flow::replied(sent)
+            }
+        }
+    }
+
+    pub fn on_response<H: Host + ?Sized>(&self, host: &H, s: &mut Stream) {
+        if s.replied {
+            return;
+        }
+        if let Some((policy, state)) = s.quota.take() {
+            host.set_header(Map::Response, "ratelimit-policy", &policy);
+            host.set_header(Map::Response, "ratelimit", &state);
+        }
+    }
+
+    /// The stream is gone: a held request whose client went away is no longer tracked.
+    pub fn on_done(&self, s: &Stream) {
+        if let Ok(mut held) = self.held.try_borrow_mut() {
+            held.retain(|(_, id)| *id != s.id);
+        }
+    }
+
+    pub fn on_tick<H: Host + ?Sized>(&self, host: &H) {
+        let now = host.now_ms();
+        let due: Vec<u32> = match self.held.try_borrow_mut() {
+            Ok(mut held) => {
+                let (due, keep): (Vec<_>, Vec<_>) = held.drain(..).partition(|(t, _)| *t <= now);
+                *held = keep;
+                due.into_iter().map(|(_, id)| id).collect()
+            }
+            Err(_) => Vec::new(),
+        };
+        for id in due {
+            // A context that is gone (client went away) is refused here; nothing to resume.
+            if host.resume(id) {
+                self.m.filter.resumed.inc();
+            }
+        }
+        self.m.flush(host);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sg_core::testing::MemHost;
+
+    fn filter(h: &MemHost, json: &str) -> Filter {
+        h.set_config(json);
+        Filter::configure(h).expect("config accepted")
+    }
+
+    fn request(f: &Filter, h: &MemHost, id: u32, path: &str) -> (Flow, Stream) {
+        h.get("blog", path);
+        let mut s = Stream::new(id);
+        (f.on_request(h, &mut s), s)
+    }
+
+    #[test]
+    fn burst_then_reject_with_retry_after_and_the_counters_flushed() {
+        let h = MemHost::new();
+        h.set_now(1_000);
+        let f = filter(
+            &h,
+            r#"{"rules":[{"name":"per_blog","key":{"query":"blogId"},"rate":"1r/s","burst":1,"mode":"nodelay"}]}"#,
+        );
+        assert_eq!(h.tick_period_ms(), FLUSH_TICK_MS);
+        assert_eq!(request(&f, &h, 1, "/?blogId=a").0, Flow::Continue);
+        assert_eq!(request(&f, &h, 2, "/?blogId=a").0, Flow::Continue);
+        assert_eq!(request(&f, &h, 3, "/?blogId=a").0, Flow::Pause);
+        let r = h.take_replies();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].status, 429);
+        assert_eq!(r[0].header("retry-after"), Some("1"));
+        assert_eq!(r[0].header("x-spikeguard-action"), Some("ratelimit"));
+        assert_eq!(request(&f, &h, 4, "/?blogId=b").0, Flow::Continue);
+        f.on_tick(&h);
+        assert_eq!(h.metric("sg.ratelimit.per_blog.allowed"), Some(3));
+        assert_eq!(h.metric("sg.ratelimit.per_blog.rejected"), Some(1));
+    }
+
+    #[test]
+    fn a_refused_reply_lets_the_request_go_on() {
+        let h = MemHost::new();
+        let f = filter(
+            &h,
+            r#"{"rules":[{"name":"g","key":{"fixed":"x"},"rate":"1r/s","mode":"nodelay"}]}"#,
+        );
+        request(&f, &h, 1, "/");
+        h.refuse_replies(true);
+        assert_eq!(request(&f, &h, 2, "/").0, Flow::Continue);
+    }
+
+    #[test]
+    fn a_delayed_request_is_resumed_when_due_and_a_gone_one_is_forgotten() {
+        let h = MemHost::new();
+        h.set_now(0);
+        let f = filter(
+            &h,
+            r#"{"rules":[{"name":"g","key":{"fixed":"x"},"rate":"10r/s","burst":5}]}"#,
+        );
+        assert_eq!(h.tick_period_ms(), TICK_MS);
+        assert_eq!(request(&f, &h, 1, "/").0, Flow::Continue);
+        assert_eq!(request(&f, &h, 2, "/").0, Flow::Pause, "held 100 ms");
+        let (flow, gone) = request(&f, &h, 3, "/");
+        assert_eq!(flow, Flow::Pause, "held 200 ms");
+        f.on_done(&gone);
+        h.set_now(99);
+        f.on_tick(&h);
+        assert!(h.take_resumed().is_empty());
+        h.set_now(250);
+        f.on_tick(&h);
+        assert_eq!(h.take_resumed(), [2]);
+        assert_eq!(h.metric("sg.ratelimit.resumed"), Some(1));
+        assert_eq!(h.metric("sg.ratelimit.g.delayed"), Some(2));
+    }
+
+    #[test]
+    fn rate_limit_headers_go_on_the_upstream_response() {
+        let h = MemHost::new();
+        let f = filter(
+            &h,
+            r#"{"rate_limit_headers": true, "rules":[{"name":"g","key":{"fixed":"x"},"rate":"10r/s","burst":4,"mode":"nodelay"}]}"#,
+        );
+        let (_, mut s) = request(&f, &h, 1, "/");
+        h.respond(200, &[], b"");
+        f.on_response(&h, &mut s);
+        assert_eq!(
+            h.resp_header("ratelimit-policy").as_deref(),
+            Some("\"g\";q=10;w=1")
+        );
+        assert!(h
+            .resp_header("ratelimit")
+            .is_some_and(|v| v.starts_with("\"g\";r=")));
+    }
+
+    #[test]
+    fn a_store_failure_fails_open_and_is_counted() {
+        let h = MemHost::new();
+        let f = filter(
+            &h,
+            r#"{"rules":[{"name":"g","key":{"fixed":"x"},"rate":"1r/s","mode":"nodelay"}]}"#,
+        );
+        h.store.set_failing(true);
+        for id in 0..3 {
+            assert_eq!(request(&f, &h, id, "/").0, Flow::Continue);
+        }
+        h.store.set_failing(false);
+        f.on_tick(&h);
+        assert_eq!(h.metric("sg.ratelimit.g.store_error"), Some(3));
+    }
+}
