@@ -8,40 +8,52 @@
 
 use std::process::ExitCode;
 
+use clap::Parser;
 use sg_integration::upstream::{Upstream, UpstreamConfig};
 
-const USAGE: &str =
-    "usage: demo-upstream [--port N] [--name NAME] [--capacity N] [--latency-ms N] \
-[--queue-timeout-ms N] [--max-queue N] [--egress-url URL] [--cache-control VALUE]";
+/// Demo upstream: a blog service with a finite worker pool, on 127.0.0.1.
+#[derive(Debug, Parser)]
+#[command(name = "demo-upstream")]
+struct Args {
+    /// Port on 127.0.0.1 (0 = ephemeral).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Served in the `x-upstream` header and in bodies.
+    #[arg(long, default_value = "main")]
+    name: String,
+    /// Requests served at once (worker pool size).
+    #[arg(long, default_value_t = UpstreamConfig::default().capacity)]
+    capacity: usize,
+    /// Service time of one request.
+    #[arg(long, default_value_t = UpstreamConfig::default().latency_ms)]
+    latency_ms: u64,
+    /// A request waiting longer than this for a worker gets `503 thread full`.
+    #[arg(long, default_value_t = UpstreamConfig::default().queue_timeout_ms)]
+    queue_timeout_ms: u64,
+    /// A request arriving while more than this many wait gets `503 thread full` at once.
+    #[arg(long, default_value_t = UpstreamConfig::default().max_queue)]
+    max_queue: usize,
+    /// Base URL (`http://127.0.0.1:port`) called by `/api-proxy`.
+    #[arg(long)]
+    egress_url: Option<String>,
+    /// `Cache-Control` value added to 200 page responses.
+    #[arg(long)]
+    cache_control: Option<String>,
+}
 
-fn parse() -> Result<(UpstreamConfig, u16), String> {
-    let mut cfg = UpstreamConfig::default();
-    let mut port = 0u16;
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        if flag == "-h" || flag == "--help" {
-            return Err(USAGE.to_string());
-        }
-        let value = args
-            .next()
-            .ok_or_else(|| format!("missing value for {flag}\n{USAGE}"))?;
-        let num = |v: &str| -> Result<u64, String> {
-            v.parse::<u64>()
-                .map_err(|e| format!("bad value for {flag}: {v}: {e}"))
+impl Args {
+    fn config(self) -> (UpstreamConfig, u16) {
+        let cfg = UpstreamConfig {
+            name: self.name,
+            capacity: self.capacity,
+            latency_ms: self.latency_ms,
+            queue_timeout_ms: self.queue_timeout_ms,
+            max_queue: self.max_queue,
+            egress_url: self.egress_url,
+            cache_control: self.cache_control,
         };
-        match flag.as_str() {
-            "--port" => port = u16::try_from(num(&value)?).map_err(|e| format!("bad port: {e}"))?,
-            "--name" => cfg.name = value,
-            "--capacity" => cfg.capacity = num(&value)? as usize,
-            "--latency-ms" => cfg.latency_ms = num(&value)?,
-            "--queue-timeout-ms" => cfg.queue_timeout_ms = num(&value)?,
-            "--max-queue" => cfg.max_queue = num(&value)? as usize,
-            "--egress-url" => cfg.egress_url = Some(value),
-            "--cache-control" => cfg.cache_control = Some(value),
-            _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
-        }
+        (cfg, self.port)
     }
-    Ok((cfg, port))
 }
 
 async fn wait_for_signal() {
@@ -60,13 +72,7 @@ async fn wait_for_signal() {
 }
 
 fn main() -> ExitCode {
-    let (cfg, port) = match parse() {
-        Ok(x) => x,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
+    let (cfg, port) = Args::parse().config();
     let name = cfg.name.clone();
     let upstream = match Upstream::start_on(cfg, port) {
         Ok(u) => u,

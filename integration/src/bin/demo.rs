@@ -1,13 +1,27 @@
 //! `make demo`: the blog (demo upstream with a finite worker pool) behind Envoy, hit by the
 //! emergency-SMS spike (one blog at ~28x its share of traffic on top of normal traffic),
 //! first with no protection, then with the spikeguard bundle. Prints what normal users and
-//! the app saw in each run. `DEMO_SECONDS` sets the length of each run (default 10);
-//! `DEMO_HOLD=1` leaves the protected stack running for manual requests until Ctrl-C.
+//! the app saw in each run. `--seconds` (or `DEMO_SECONDS`) sets the length of each run
+//! (default 10); `--hold` (or `DEMO_HOLD=1`) leaves the protected stack running for manual
+//! requests until Ctrl-C.
 
+use clap::Parser;
 use sg_integration::envoy::Bundle;
 use sg_integration::loadgen::{self, KeyMix, LoadConfig, Report};
 use sg_integration::upstream::{Upstream, UpstreamConfig};
 use std::time::Duration;
+
+/// The demo blog behind Envoy under a spike, without and with spikeguard.
+#[derive(Debug, Parser)]
+#[command(name = "demo")]
+struct Args {
+    /// Length of each run.
+    #[arg(long, env = "DEMO_SECONDS", default_value_t = 10)]
+    seconds: u64,
+    /// Leave the protected stack running for manual requests until Ctrl-C.
+    #[arg(long, env = "DEMO_HOLD")]
+    hold: bool,
+}
 
 struct Run {
     name: &'static str,
@@ -38,8 +52,9 @@ fn ok_share(r: &Report, hot: bool) -> (u64, u64) {
 fn run(
     name: &'static str,
     protected: bool,
-    seconds: u64,
+    args: &Args,
 ) -> Result<Run, Box<dyn std::error::Error>> {
+    let seconds = args.seconds;
     // The app: 32 workers, 20 ms per page => ~1,600 pages/s before "thread full".
     let app = Upstream::start(UpstreamConfig {
         capacity: 32,
@@ -105,12 +120,13 @@ fn run(
         })
         .map(|(_, v)| *v)
         .sum();
-    if protected && std::env::var_os("DEMO_HOLD").is_some() {
+    if protected && args.hold {
         println!(
             "[{name}] holding: try `curl -i '{}/PostView?blogId=hot&logNo=1'`; Ctrl-C to stop",
             envoy.url()
         );
         loop {
+            // Serving until Ctrl-C: nothing to wait for.
             std::thread::sleep(Duration::from_secs(3600));
         }
     }
@@ -127,14 +143,12 @@ fn run(
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let seconds: u64 = std::env::var("DEMO_SECONDS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(10);
+    let args = Args::parse();
+    let seconds = args.seconds;
     println!("spikeguard demo: 2,400 req/s for {seconds} s, 87.5% of it on one blog (\"hot\")\n");
     let runs = [
-        run("no protection", false, seconds)?,
-        run("spikeguard", true, seconds)?,
+        run("no protection", false, &args)?,
+        run("spikeguard", true, &args)?,
     ];
     println!(
         "\n{:<15} {:>14} {:>14} {:>10} {:>12} {:>10} {:>11} {:>10} {:>10} {:>11} {:>12}",

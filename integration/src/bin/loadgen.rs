@@ -9,67 +9,90 @@
 
 use std::process::ExitCode;
 
-use sg_integration::loadgen::{run, LoadConfig};
+use clap::Parser;
+use sg_integration::loadgen::{run, KeyMix, LoadConfig};
 
-const USAGE: &str = "usage: loadgen --target URL [--rate N] [--duration-ms N] [--path TEMPLATE] \
-[--zipf-n N] [--zipf-s S] [--hot key=share]... [--unique] [--header \"k: v\"]... \
-[--key-prefix P] [--max-in-flight N] [--timeout-ms N] [--seed N]";
+/// Open-loop load generator (constant arrival rate); prints the report as JSON.
+#[derive(Debug, Parser)]
+#[command(name = "loadgen")]
+struct Args {
+    /// Base URL, `http://127.0.0.1:PORT`.
+    #[arg(long, default_value_t = LoadConfig::default().target)]
+    target: String,
+    /// Arrival rate, requests per second.
+    #[arg(long, default_value_t = LoadConfig::default().rate_rps)]
+    rate: f64,
+    /// Length of the schedule.
+    #[arg(long, default_value_t = LoadConfig::default().duration_ms)]
+    duration_ms: u64,
+    /// Path and query; `{key}` is replaced by the request's key.
+    #[arg(long, default_value_t = LoadConfig::default().path_template)]
+    path: String,
+    /// Number of Zipf ranks (0 = one fixed key).
+    #[arg(long, default_value_t = KeyMix::default().zipf_n)]
+    zipf_n: usize,
+    /// Zipf exponent.
+    #[arg(long, default_value_t = KeyMix::default().zipf_s)]
+    zipf_s: f64,
+    /// A hot key and its share of all traffic, `key=share` (repeatable).
+    #[arg(long, value_parser = hot_key)]
+    hot: Vec<(String, f64)>,
+    /// Every request not given a hot key gets a fresh distinct key.
+    #[arg(long)]
+    unique: bool,
+    /// A request header, `"name: value"` (repeatable; `{key}` is replaced in values).
+    #[arg(long, value_parser = header)]
+    header: Vec<(String, String)>,
+    /// Prefix of generated keys.
+    #[arg(long, default_value_t = KeyMix::default().key_prefix)]
+    key_prefix: String,
+    /// A request due while this many are outstanding is not sent.
+    #[arg(long, default_value_t = LoadConfig::default().max_in_flight)]
+    max_in_flight: usize,
+    /// Per-request timeout.
+    #[arg(long, default_value_t = LoadConfig::default().timeout_ms)]
+    timeout_ms: u64,
+    /// Seed of the key draw.
+    #[arg(long, default_value_t = KeyMix::default().seed)]
+    seed: u64,
+}
 
-fn parse() -> Result<LoadConfig, String> {
-    let mut cfg = LoadConfig::default();
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        match flag.as_str() {
-            "-h" | "--help" => return Err(USAGE.to_string()),
-            "--unique" => {
-                cfg.keys.unique = true;
-                continue;
-            }
-            _ => {}
-        }
-        let value = args
-            .next()
-            .ok_or_else(|| format!("missing value for {flag}\n{USAGE}"))?;
-        let bad = |e: &dyn std::fmt::Display| format!("bad value for {flag}: {value}: {e}");
-        match flag.as_str() {
-            "--target" => cfg.target = value.clone(),
-            "--rate" => cfg.rate_rps = value.parse().map_err(|e| bad(&e))?,
-            "--duration-ms" => cfg.duration_ms = value.parse().map_err(|e| bad(&e))?,
-            "--path" => cfg.path_template = value.clone(),
-            "--zipf-n" => cfg.keys.zipf_n = value.parse().map_err(|e| bad(&e))?,
-            "--zipf-s" => cfg.keys.zipf_s = value.parse().map_err(|e| bad(&e))?,
-            "--key-prefix" => cfg.keys.key_prefix = value.clone(),
-            "--seed" => cfg.keys.seed = value.parse().map_err(|e| bad(&e))?,
-            "--max-in-flight" => cfg.max_in_flight = value.parse().map_err(|e| bad(&e))?,
-            "--timeout-ms" => cfg.timeout_ms = value.parse().map_err(|e| bad(&e))?,
-            "--hot" => {
-                let (k, s) = value
-                    .rsplit_once('=')
-                    .ok_or_else(|| bad(&"expected key=share"))?;
-                let share: f64 = s.parse().map_err(|e| bad(&e))?;
-                cfg.keys.hot.push((k.to_string(), share));
-            }
-            "--header" => {
-                let (k, v) = value
-                    .split_once(':')
-                    .ok_or_else(|| bad(&"expected \"name: value\""))?;
-                cfg.headers
-                    .push((k.trim().to_string(), v.trim().to_string()));
-            }
-            _ => return Err(format!("unknown flag {flag}\n{USAGE}")),
+fn hot_key(v: &str) -> Result<(String, f64), String> {
+    let (k, s) = v.rsplit_once('=').ok_or("expected key=share")?;
+    let share = s.parse().map_err(|e| format!("{e}"))?;
+    Ok((k.to_string(), share))
+}
+
+fn header(v: &str) -> Result<(String, String), String> {
+    let (k, v) = v.split_once(':').ok_or("expected \"name: value\"")?;
+    Ok((k.trim().to_string(), v.trim().to_string()))
+}
+
+impl Args {
+    fn config(self) -> LoadConfig {
+        LoadConfig {
+            target: self.target,
+            rate_rps: self.rate,
+            duration_ms: self.duration_ms,
+            path_template: self.path,
+            keys: KeyMix {
+                zipf_n: self.zipf_n,
+                zipf_s: self.zipf_s,
+                hot: self.hot,
+                key_prefix: self.key_prefix,
+                unique: self.unique,
+                seed: self.seed,
+            },
+            headers: self.header,
+            max_in_flight: self.max_in_flight,
+            timeout_ms: self.timeout_ms,
+            ..LoadConfig::default()
         }
     }
-    Ok(cfg)
 }
 
 fn main() -> ExitCode {
-    let cfg = match parse() {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
-        }
-    };
+    let cfg = Args::parse().config();
     match run(&cfg) {
         Ok(report) => match serde_json::to_string_pretty(&report) {
             Ok(s) => {
