@@ -367,17 +367,18 @@ fn overload_trigger_fires_when_the_app_is_slow_and_clears_when_it_recovers() {
         ..AdminConfig::default()
     });
     let recovered = Instant::now();
-    let deadline = recovered + Duration::from_secs(15);
-    loop {
-        let r = load(&url, 100.0, 500, mix());
-        if diverted(&r) == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still diverted 15 s after recovery"
-        );
-    }
+    eventually(
+        "no diversion after recovery",
+        Duration::from_secs(15),
+        || {
+            let d = diverted(&load(&url, 100.0, 500, mix()));
+            if d == 0 {
+                Ok(())
+            } else {
+                Err(d)
+            }
+        },
+    );
     eprintln!(
         "overload: cleared {} ms after the app recovered",
         recovered.elapsed().as_millis()
@@ -796,16 +797,17 @@ fn overload_by_error_rate_diverts_and_probes_see_the_recovery() {
         error_rate: Some(0.0),
         ..AdminConfig::default()
     });
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let r = load(&url, 100.0, 500, mix());
-        if by_errors(&r) == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still diverted 15 s after recovery"
-        );
-    }
+    eventually(
+        "no diversion after recovery",
+        Duration::from_secs(15),
+        || {
+            let d = by_errors(&load(&url, 100.0, 500, mix()));
+            if d == 0 {
+                Ok(())
+            } else {
+                Err(d)
+            }
+        },
+    );
     assert_eq!(s.envoy.stat("wasmcustom.sg.simplepage.overload_events"), 1);
 }
