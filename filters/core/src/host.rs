@@ -193,3 +193,55 @@ impl Flow {
         }
     }
 }
+
+/// A filter as the host drives it: one value per configured plugin on a worker, shared by its
+/// root context and its streams. `core::wasm::install` turns any `Plugin` into proxy-wasm
+/// contexts, so a filter's adapter is one line; native tests drive the same methods on
+/// `testing::MemHost`. Every method is generic over the host and holds the filter's logic
+/// (or calls it); none may panic.
+pub trait Plugin: Sized + 'static {
+    /// What one stream remembers between its callbacks.
+    type Stream: 'static;
+    /// What only the root context holds: the tick's lease, the leader's state.
+    type Periodic: 'static;
+
+    /// `on_configure`: reads and compiles the plugin config, defines metrics, sets the tick;
+    /// None (one log line naming the field) refuses the config.
+    fn configure<H: Host + ?Sized>(host: &H) -> Option<(Self, Self::Periodic)>;
+    /// A new stream of context `id`.
+    fn stream(id: u32) -> Self::Stream;
+    /// Sends pending metric increments (also when a config is replaced).
+    fn flush<H: Host + ?Sized>(&self, host: &H);
+    fn on_tick<H: Host + ?Sized>(&self, host: &H, p: &mut Self::Periodic);
+    /// An HTTP-call answer delivered to the root context.
+    fn on_call_response<H: Host + ?Sized>(
+        &self,
+        _host: &H,
+        _p: &mut Self::Periodic,
+        _token: u32,
+        _body_size: usize,
+    ) {
+    }
+    fn on_request<H: Host + ?Sized>(&self, host: &H, s: &mut Self::Stream) -> Flow;
+    fn on_response_headers<H: Host + ?Sized>(
+        &self,
+        _host: &H,
+        _s: &mut Self::Stream,
+        _eos: bool,
+    ) -> Flow {
+        Flow::Continue
+    }
+    fn on_response_body<H: Host + ?Sized>(
+        &self,
+        _host: &H,
+        _s: &mut Self::Stream,
+        _body_size: usize,
+        _eos: bool,
+    ) -> Flow {
+        Flow::Continue
+    }
+    /// The stream is over (`on_log`: once per stream, after the response).
+    fn on_log<H: Host + ?Sized>(&self, _host: &H, _s: &mut Self::Stream) {}
+    /// The stream's context is destroyed (also when it never reached `on_log`).
+    fn on_done(&self, _s: &mut Self::Stream) {}
+}

@@ -1,14 +1,17 @@
-//! `WasmHost`: the `Host` trait over proxy-wasm host calls (wasm32 only).
+//! `WasmHost`: the `Host` trait over proxy-wasm host calls, and `install`, the one proxy-wasm
+//! adapter every filter uses (wasm32 only).
 //!
 //! The SDK's (0.2.5) host-call wrappers `panic!` on any status they do not expect, and its
 //! trait helpers `unwrap` (a non-UTF-8 header value traps the VM). A trap kills the filter
 //! for every later request on that worker, so the calls made on request paths go through
 //! `raw` below, which returns every status as a value.
 
-use crate::host::{lossy, Call, Host, Map, MetricKind};
+use crate::host::{lossy, Call, Flow, Host, Map, MetricKind, Plugin};
 use crate::shared::{SharedStore, StoreError, Versioned};
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType, MetricType};
+use proxy_wasm::traits::{Context, HttpContext, RootContext};
+use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType};
+use std::rc::Rc;
 use std::time::Duration;
 
 /// Direct ABI imports (proxy-wasm ABI 0.2.1) with statuses as plain integers.
@@ -371,5 +374,107 @@ impl Host for WasmHost {
             .ok()
             .flatten()
             .unwrap_or_default()
+    }
+}
+
+/// Installs `P` as this module's root context (from `proxy_wasm::main!`): every proxy-wasm
+/// callback is forwarded to `P` with `WasmHost`. A refused config keeps the previous plugin.
+pub fn install<P: Plugin>(level: LogLevel) {
+    proxy_wasm::set_log_level(level);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::new(Root::<P> { filter: None })
+    });
+}
+
+fn action(f: Flow) -> Action {
+    match f {
+        Flow::Continue => Action::Continue,
+        Flow::Pause => Action::Pause,
+    }
+}
+
+struct Root<P: Plugin> {
+    filter: Option<(Rc<P>, P::Periodic)>,
+}
+
+impl<P: Plugin> Context for Root<P> {
+    fn on_http_call_response(&mut self, token: u32, _h: usize, body_size: usize, _t: usize) {
+        if let Some((f, p)) = self.filter.as_mut() {
+            f.on_call_response(&WasmHost, p, token, body_size);
+        }
+    }
+}
+
+impl<P: Plugin> RootContext for Root<P> {
+    fn on_configure(&mut self, _size: usize) -> bool {
+        let Some((f, p)) = P::configure(&WasmHost) else {
+            return false;
+        };
+        if let Some((old, _)) = &self.filter {
+            old.flush(&WasmHost);
+        }
+        self.filter = Some((Rc::new(f), p));
+        true
+    }
+
+    fn on_tick(&mut self) {
+        if let Some((f, p)) = self.filter.as_mut() {
+            f.on_tick(&WasmHost, p);
+        }
+    }
+
+    fn create_http_context(&self, id: u32) -> Option<Box<dyn HttpContext>> {
+        Some(Box::new(Http::<P> {
+            filter: self.filter.as_ref().map(|(f, _)| f.clone()),
+            s: P::stream(id),
+        }))
+    }
+
+    fn get_type(&self) -> Option<ContextType> {
+        Some(ContextType::HttpContext)
+    }
+}
+
+struct Http<P: Plugin> {
+    filter: Option<Rc<P>>,
+    s: P::Stream,
+}
+
+impl<P: Plugin> Context for Http<P> {}
+
+impl<P: Plugin> HttpContext for Http<P> {
+    fn on_http_request_headers(&mut self, _n: usize, _eos: bool) -> Action {
+        match &self.filter {
+            Some(f) => action(f.on_request(&WasmHost, &mut self.s)),
+            None => Action::Continue,
+        }
+    }
+
+    fn on_http_response_headers(&mut self, _n: usize, eos: bool) -> Action {
+        match &self.filter {
+            Some(f) => action(f.on_response_headers(&WasmHost, &mut self.s, eos)),
+            None => Action::Continue,
+        }
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, eos: bool) -> Action {
+        match &self.filter {
+            Some(f) => action(f.on_response_body(&WasmHost, &mut self.s, body_size, eos)),
+            None => Action::Continue,
+        }
+    }
+
+    fn on_log(&mut self) {
+        if let Some(f) = &self.filter {
+            f.on_log(&WasmHost, &mut self.s);
+        }
+    }
+}
+
+impl<P: Plugin> Drop for Http<P> {
+    fn drop(&mut self) {
+        if let Some(f) = &self.filter {
+            f.on_done(&mut self.s);
+        }
     }
 }

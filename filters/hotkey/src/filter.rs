@@ -13,7 +13,7 @@ use crate::top::TopHistory;
 use crate::window::View;
 use sg_core::alert::Alert;
 use sg_core::hash::hash64;
-use sg_core::host::{configure, set_tick, Flow, Host, HostRequest, Map};
+use sg_core::host::{configure, set_tick, Flow, Host, HostRequest, Map, Plugin};
 use sg_core::key::RequestView;
 use sg_core::keys::{hk_view, HK_BLOCKLIST, HK_DIVERT, HK_SHED};
 use sg_core::metrics::{filter_metric, per_rule, Counter, OpsMetrics, StoreMetrics};
@@ -139,9 +139,12 @@ fn hot_set(b: &[u8], old: &HotSet) -> Option<HotSet> {
     Some(hot)
 }
 
-impl Filter {
-    /// `on_configure`: None (logged, naming the field) when the config is refused.
-    pub fn configure<H: Host + ?Sized>(host: &H) -> Option<(Filter, Periodic)> {
+impl Plugin for Filter {
+    /// The request path keeps nothing between callbacks.
+    type Stream = ();
+    type Periodic = Periodic;
+
+    fn configure<H: Host + ?Sized>(host: &H) -> Option<(Filter, Periodic)> {
         let plan = configure(host, FILTER, Config::parse)?;
         let worker = Worker {
             sketches: plan
@@ -171,12 +174,14 @@ impl Filter {
         Some((f, periodic))
     }
 
-    fn data<'a, H: Host + ?Sized>(&'a self, host: &'a H) -> Data<'a, H> {
-        Data::new(host, &self.m.store)
+    fn stream(_id: u32) {}
+
+    fn flush<H: Host + ?Sized>(&self, host: &H) {
+        self.m.flush(host);
     }
 
     /// The request path: no shared-data call.
-    pub fn on_request<H: Host + ?Sized>(&self, host: &H) -> Flow {
+    fn on_request<H: Host + ?Sized>(&self, host: &H, _s: &mut ()) -> Flow {
         let plan = &self.plan;
         let req = HostRequest::new(host);
         let route = req.route_if(plan.needs_route);
@@ -257,28 +262,7 @@ impl Filter {
         Flow::Continue
     }
 
-    fn count(&self, m: &RuleMetrics, d: &Decision) {
-        m.seen.inc();
-        let c: Option<&Counter> = match d {
-            Decision::Pass => None,
-            Decision::Observe(_) => Some(&m.observed),
-            Decision::Divert { .. } => Some(&m.diverted),
-            Decision::Reject { .. } | Decision::Redirect { .. } => Some(&m.shed),
-        };
-        c.inspect(|c| c.inc());
-        let cause = match d {
-            Decision::Pass => None,
-            Decision::Observe(c) => Some(*c),
-            Decision::Reject { cause, .. }
-            | Decision::Redirect { cause, .. }
-            | Decision::Divert { cause, .. } => Some(*cause),
-        };
-        if cause == Some(Cause::Blocked) {
-            m.blocked.inc();
-        }
-    }
-
-    pub fn on_tick<H: Host + ?Sized>(&self, host: &H, p: &mut Periodic) {
+    fn on_tick<H: Host + ?Sized>(&self, host: &H, p: &mut Periodic) {
         let mut ticker = std::mem::take(&mut p.ticker);
         ticker.run(host, FILTER, self.plan.tick_ms, &mut Tick { f: self, p });
         p.ticker = ticker;
@@ -286,7 +270,7 @@ impl Filter {
     }
 
     /// An operator-list poll or webhook answer (root context).
-    pub fn on_call_response<H: Host + ?Sized>(
+    fn on_call_response<H: Host + ?Sized>(
         &self,
         host: &H,
         p: &mut Periodic,
@@ -322,6 +306,33 @@ impl Filter {
                 now,
                 Vec::new(),
             );
+        }
+    }
+}
+
+impl Filter {
+    fn data<'a, H: Host + ?Sized>(&'a self, host: &'a H) -> Data<'a, H> {
+        Data::new(host, &self.m.store)
+    }
+
+    fn count(&self, m: &RuleMetrics, d: &Decision) {
+        m.seen.inc();
+        let c: Option<&Counter> = match d {
+            Decision::Pass => None,
+            Decision::Observe(_) => Some(&m.observed),
+            Decision::Divert { .. } => Some(&m.diverted),
+            Decision::Reject { .. } | Decision::Redirect { .. } => Some(&m.shed),
+        };
+        c.inspect(|c| c.inc());
+        let cause = match d {
+            Decision::Pass => None,
+            Decision::Observe(c) => Some(*c),
+            Decision::Reject { cause, .. }
+            | Decision::Redirect { cause, .. }
+            | Decision::Divert { cause, .. } => Some(*cause),
+        };
+        if cause == Some(Cause::Blocked) {
+            m.blocked.inc();
         }
     }
 

@@ -2,7 +2,7 @@
 //! `Filter`s sharing one `MemHost` store, time is set by the test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use sg_core::host::Flow;
+use sg_core::host::{Flow, Plugin};
 use sg_core::keys::{HK_BLOCKLIST, HK_DIVERT, HK_SHED};
 use sg_core::oplist::decode_list;
 use sg_core::testing::MemHost;
@@ -26,7 +26,7 @@ fn worker(h: &MemHost, json: &str) -> (Filter, Periodic) {
 
 fn get(f: &Filter, h: &MemHost, blog: &str) -> Flow {
     h.get("blog", &format!("/PostView?blogId={blog}&logNo=1"));
-    f.on_request(h)
+    f.on_request(h, &mut ())
 }
 
 /// `hot` requests of blog "hot" and one of a cold blog per tick, `ticks` times, ticking after
@@ -145,7 +145,7 @@ fn a_divert_rule_marks_reads_and_publishes_the_contract_for_simplepage() {
         (":path", "/PostView?blogId=hot"),
         (":authority", "b"),
     ]);
-    assert_eq!(w[0].0.on_request(&h), Flow::Continue);
+    assert_eq!(w[0].0.on_request(&h, &mut ()), Flow::Continue);
     assert_eq!(h.req_header("x-spikeguard-divert"), None);
 }
 

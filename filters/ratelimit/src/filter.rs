@@ -5,7 +5,7 @@
 
 use crate::config::{Config, Plan};
 use crate::engine::{check, Action, RuleOutcome, Verdict};
-use sg_core::host::{configure, set_tick, Flow, Host, HostRequest, Map};
+use sg_core::host::{configure, set_tick, Flow, Host, HostRequest, Map, Plugin};
 use sg_core::keys::rl_slot;
 use sg_core::metrics::{filter_metric, per_rule, Counter, StoreMetrics};
 use sg_core::shared::ensure;
@@ -120,9 +120,11 @@ fn quota_headers(plan: &Plan, v: &Verdict) -> Option<(String, String)> {
     ))
 }
 
-impl Filter {
-    /// `on_configure`: None (logged, naming the field) when the config is refused.
-    pub fn configure<H: Host + ?Sized>(host: &H) -> Option<Filter> {
+impl Plugin for Filter {
+    type Stream = Stream;
+    type Periodic = ();
+
+    fn configure<H: Host + ?Sized>(host: &H) -> Option<(Filter, ())> {
         let plan = configure(host, FILTER, Config::parse)?;
         // Create every slot key now so request-time writes are always CAS writes.
         let mut failed = 0u32;
@@ -150,14 +152,23 @@ impl Filter {
             plan.rules.len(),
             plan.rules.iter().map(|r| u64::from(r.sets)).sum::<u64>()
         );
-        Some(Filter {
+        let f = Filter {
             m: Metrics::define(host, &plan),
             plan,
             held: RefCell::default(),
-        })
+        };
+        Some((f, ()))
     }
 
-    pub fn on_request<H: Host + ?Sized>(&self, host: &H, s: &mut Stream) -> Flow {
+    fn stream(id: u32) -> Stream {
+        Stream::new(id)
+    }
+
+    fn flush<H: Host + ?Sized>(&self, host: &H) {
+        self.m.flush(host);
+    }
+
+    fn on_request<H: Host + ?Sized>(&self, host: &H, s: &mut Stream) -> Flow {
         let plan = &self.plan;
         let req = HostRequest::new(host);
         let route = req.route_if(plan.needs_route);
@@ -198,24 +209,25 @@ impl Filter {
         }
     }
 
-    pub fn on_response<H: Host + ?Sized>(&self, host: &H, s: &mut Stream) {
+    fn on_response_headers<H: Host + ?Sized>(&self, host: &H, s: &mut Stream, _eos: bool) -> Flow {
         if s.replied {
-            return;
+            return Flow::Continue;
         }
         if let Some((policy, state)) = s.quota.take() {
             host.set_header(Map::Response, "ratelimit-policy", &policy);
             host.set_header(Map::Response, "ratelimit", &state);
         }
+        Flow::Continue
     }
 
     /// The stream is gone: a held request whose client went away is no longer tracked.
-    pub fn on_done(&self, s: &Stream) {
+    fn on_done(&self, s: &mut Stream) {
         if let Ok(mut held) = self.held.try_borrow_mut() {
             held.retain(|(_, id)| *id != s.id);
         }
     }
 
-    pub fn on_tick<H: Host + ?Sized>(&self, host: &H) {
+    fn on_tick<H: Host + ?Sized>(&self, host: &H, _p: &mut ()) {
         let now = host.now_ms();
         let due: Vec<u32> = match self.held.try_borrow_mut() {
             Ok(mut held) => {
@@ -242,7 +254,7 @@ mod tests {
 
     fn filter(h: &MemHost, json: &str) -> Filter {
         h.set_config(json);
-        Filter::configure(h).expect("config accepted")
+        Filter::configure(h).expect("config accepted").0
     }
 
     fn request(f: &Filter, h: &MemHost, id: u32, path: &str) -> (Flow, Stream) {
@@ -269,7 +281,7 @@ mod tests {
         assert_eq!(r[0].header("retry-after"), Some("1"));
         assert_eq!(r[0].header("x-spikeguard-action"), Some("ratelimit"));
         assert_eq!(request(&f, &h, 4, "/?blogId=b").0, Flow::Continue);
-        f.on_tick(&h);
+        f.on_tick(&h, &mut ());
         assert_eq!(h.metric("sg.ratelimit.per_blog.allowed"), Some(3));
         assert_eq!(h.metric("sg.ratelimit.per_blog.rejected"), Some(1));
     }
@@ -297,14 +309,14 @@ mod tests {
         assert_eq!(h.tick_period_ms(), TICK_MS);
         assert_eq!(request(&f, &h, 1, "/").0, Flow::Continue);
         assert_eq!(request(&f, &h, 2, "/").0, Flow::Pause, "held 100 ms");
-        let (flow, gone) = request(&f, &h, 3, "/");
+        let (flow, mut gone) = request(&f, &h, 3, "/");
         assert_eq!(flow, Flow::Pause, "held 200 ms");
-        f.on_done(&gone);
+        f.on_done(&mut gone);
         h.set_now(99);
-        f.on_tick(&h);
+        f.on_tick(&h, &mut ());
         assert!(h.take_resumed().is_empty());
         h.set_now(250);
-        f.on_tick(&h);
+        f.on_tick(&h, &mut ());
         assert_eq!(h.take_resumed(), [2]);
         assert_eq!(h.metric("sg.ratelimit.resumed"), Some(1));
         assert_eq!(h.metric("sg.ratelimit.g.delayed"), Some(2));
@@ -319,7 +331,7 @@ mod tests {
         );
         let (_, mut s) = request(&f, &h, 1, "/");
         h.respond(200, &[], b"");
-        f.on_response(&h, &mut s);
+        f.on_response_headers(&h, &mut s, false);
         assert_eq!(
             h.resp_header("ratelimit-policy").as_deref(),
             Some("\"g\";q=10;w=1")
@@ -341,7 +353,7 @@ mod tests {
             assert_eq!(request(&f, &h, id, "/").0, Flow::Continue);
         }
         h.store.set_failing(false);
-        f.on_tick(&h);
+        f.on_tick(&h, &mut ());
         assert_eq!(h.metric("sg.ratelimit.g.store_error"), Some(3));
     }
 }

@@ -9,9 +9,10 @@ use crate::config::{Config, Plan};
 use crate::decide::Trigger;
 use crate::inbound::{Inbound, UrlTally};
 use crate::overload::{decode_state, encode_state, Change, Detector, LoadWindow, Reason, Tally};
+use crate::stream::Stream;
 use sg_core::alert::Alert;
 use sg_core::codec::Reader;
-use sg_core::host::{configure, set_tick, Host};
+use sg_core::host::{configure, set_tick, Flow, Host, Plugin};
 use sg_core::keys::{
     sp_cache, sp_load, sp_lock, HK_DIVERT, SP_CACHE_BYTES, SP_INBOUND, SP_OPLIST, SP_STATE,
 };
@@ -166,9 +167,11 @@ pub(crate) fn borrowed(h: &[(String, String)]) -> Vec<(&str, &str)> {
     h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
-impl Filter {
-    /// `on_configure`: None (logged, naming the field) when the config is refused.
-    pub fn configure<H: Host + ?Sized>(host: &H) -> Option<(Filter, Periodic)> {
+impl Plugin for Filter {
+    type Stream = Stream;
+    type Periodic = Periodic;
+
+    fn configure<H: Host + ?Sized>(host: &H) -> Option<(Filter, Periodic)> {
         let plan = configure(host, FILTER, Config::parse)?;
         let worker = Worker {
             overloaded: vec![None; plan.rules.len()],
@@ -203,11 +206,37 @@ impl Filter {
         Some((f, periodic))
     }
 
-    pub(crate) fn data<'a, H: Host + ?Sized>(&'a self, host: &'a H) -> Data<'a, H> {
-        Data::new(host, &self.m.store)
+    fn stream(id: u32) -> Stream {
+        Stream::new(id)
     }
 
-    pub fn on_tick<H: Host + ?Sized>(&self, host: &H, p: &mut Periodic) {
+    fn flush<H: Host + ?Sized>(&self, host: &H) {
+        self.m.flush(host);
+    }
+
+    fn on_request<H: Host + ?Sized>(&self, host: &H, s: &mut Stream) -> Flow {
+        self.request(host, s)
+    }
+
+    fn on_response_headers<H: Host + ?Sized>(&self, host: &H, s: &mut Stream, eos: bool) -> Flow {
+        self.response_headers(host, s, eos)
+    }
+
+    fn on_response_body<H: Host + ?Sized>(
+        &self,
+        host: &H,
+        s: &mut Stream,
+        body_size: usize,
+        eos: bool,
+    ) -> Flow {
+        self.response_body(host, s, body_size, eos)
+    }
+
+    fn on_log<H: Host + ?Sized>(&self, host: &H, s: &mut Stream) {
+        self.log(host, s);
+    }
+
+    fn on_tick<H: Host + ?Sized>(&self, host: &H, p: &mut Periodic) {
         let now = host.now_ms();
         self.answer_waiters(host, now);
         if now < p.next_work_ms {
@@ -223,7 +252,7 @@ impl Filter {
     }
 
     /// An operator-list poll or webhook answer (root context).
-    pub fn on_call_response<H: Host + ?Sized>(
+    fn on_call_response<H: Host + ?Sized>(
         &self,
         host: &H,
         p: &mut Periodic,
@@ -233,6 +262,12 @@ impl Filter {
         let data = self.data(host);
         p.ops
             .on_response(host, &data, token, body_size, &self.m.ops);
+    }
+}
+
+impl Filter {
+    pub(crate) fn data<'a, H: Host + ?Sized>(&'a self, host: &'a H) -> Data<'a, H> {
+        Data::new(host, &self.m.store)
     }
 
     /// Requests waiting for a cache fill on this worker (tests and diagnostics).

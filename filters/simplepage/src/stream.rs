@@ -72,7 +72,7 @@ fn cache_key<R: RequestView + ?Sized>(rule: &Rule, req: &R) -> Option<Vec<u8>> {
 }
 
 impl Filter {
-    pub fn on_request<H: Host + ?Sized>(&self, host: &H, s: &mut Stream) -> Flow {
+    pub(crate) fn request<H: Host + ?Sized>(&self, host: &H, s: &mut Stream) -> Flow {
         let plan = &self.plan;
         let req = HostRequest::new(host);
         let route = req.route_if(plan.needs_route);
@@ -349,7 +349,7 @@ impl Filter {
         }
     }
 
-    pub fn on_response_headers<H: Host + ?Sized>(
+    pub(crate) fn response_headers<H: Host + ?Sized>(
         &self,
         host: &H,
         s: &mut Stream,
@@ -431,7 +431,7 @@ impl Filter {
         Flow::Continue
     }
 
-    pub fn on_response_body<H: Host + ?Sized>(
+    pub(crate) fn response_body<H: Host + ?Sized>(
         &self,
         host: &H,
         s: &mut Stream,
@@ -467,7 +467,7 @@ impl Filter {
         Flow::Continue
     }
 
-    pub fn on_log<H: Host + ?Sized>(&self, host: &H, s: &mut Stream) {
+    pub(crate) fn log<H: Host + ?Sized>(&self, host: &H, s: &mut Stream) {
         // The fetch of a missing page is over (its answer is in the cache or was not
         // cacheable): free the waiters now rather than at their timeout.
         if let Some((slot, fp)) = s.lock.take() {

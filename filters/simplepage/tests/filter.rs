@@ -4,7 +4,7 @@
 //! `Filter`s sharing one `MemHost` store; time is set by the test.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use sg_core::host::Flow;
+use sg_core::host::{Flow, Plugin};
 use sg_core::keys::HK_DIVERT;
 use sg_core::oplist::{encode_list, Entry, List};
 use sg_core::shared::SharedStore;
