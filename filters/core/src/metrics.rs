@@ -146,7 +146,63 @@ macro_rules! metrics {
                 $( self.$field.flush(host); )*
             }
         }
+        impl $crate::metrics::Declared for $name {
+            fn declare<H: $crate::host::Host + ?Sized>(host: &H, name: &dyn Fn(&str) -> String) -> Self {
+                Self::define(host, name)
+            }
+            fn flush_to<H: $crate::host::Host + ?Sized>(&self, host: &H) {
+                self.flush(host)
+            }
+        }
     };
+}
+
+/// A struct of metrics declared by `metrics!` (or `()`, none).
+pub trait Declared: Default {
+    fn declare<H: Host + ?Sized>(host: &H, name: &dyn Fn(&str) -> String) -> Self;
+    fn flush_to<H: Host + ?Sized>(&self, host: &H);
+}
+
+impl Declared for () {
+    fn declare<H: Host + ?Sized>(_: &H, _: &dyn Fn(&str) -> String) {}
+    fn flush_to<H: Host + ?Sized>(&self, _: &H) {}
+}
+
+/// A filter's metrics: `R` per rule (`sg.<filter>.<rule>.<what>`), `F` filter-wide
+/// (`sg.<filter>.<what>`), the operator side `O` (`()` for a filter without one), and the
+/// shared-data failures every filter counts.
+#[derive(Debug, Default)]
+pub struct Metrics<R, F, O = OpsMetrics> {
+    pub rules: Vec<R>,
+    pub filter: F,
+    pub ops: O,
+    pub store: StoreMetrics,
+}
+
+impl<R: Declared, F: Declared, O: Declared> Metrics<R, F, O> {
+    pub fn define<'a, H: Host + ?Sized>(
+        host: &H,
+        filter: &str,
+        rules: impl IntoIterator<Item = &'a str>,
+    ) -> Self {
+        let f = |w: &str| filter_metric(filter, w);
+        Metrics {
+            rules: rules
+                .into_iter()
+                .map(|rule| R::declare(host, &|w: &str| rule_metric(filter, rule, w)))
+                .collect(),
+            filter: F::declare(host, &f),
+            ops: O::declare(host, &f),
+            store: StoreMetrics::define(host, f),
+        }
+    }
+
+    pub fn flush<H: Host + ?Sized>(&self, host: &H) {
+        self.rules.iter().for_each(|r| r.flush_to(host));
+        self.filter.flush_to(host);
+        self.ops.flush_to(host);
+        self.store.flush(host);
+    }
 }
 
 metrics! {
@@ -167,22 +223,6 @@ metrics! {
         operator_errors: Counter = "operator_errors", "operator-list polls that failed (last good list kept)";
         operator_applied: Counter = "operator_applied", "operator lists applied";
     }
-}
-
-/// Per-rule metrics of a filter: one `R` per rule, defined as `sg.<filter>.<rule>.<what>`.
-pub fn per_rule<'a, H, R>(
-    host: &H,
-    filter: &str,
-    rules: impl IntoIterator<Item = &'a str>,
-    define: impl Fn(&H, &dyn Fn(&str) -> String) -> R,
-) -> Vec<R>
-where
-    H: Host + ?Sized,
-{
-    rules
-        .into_iter()
-        .map(|rule| define(host, &|w: &str| rule_metric(filter, rule, w)))
-        .collect()
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use sg_core::hash::hash64;
 use sg_core::host::{configure, set_tick, Flow, Host, HostRequest, Map, Plugin};
 use sg_core::key::RequestView;
 use sg_core::keys::{hk_view, HK_BLOCKLIST, HK_DIVERT, HK_SHED};
-use sg_core::metrics::{filter_metric, per_rule, Counter, OpsMetrics, StoreMetrics};
+use sg_core::metrics::Counter;
 use sg_core::oplist::{decode_list, encode_list, Entry as ListEntry, List};
 use sg_core::ops::{refresh_list, Answer, Ops};
 use sg_core::shared::Step;
@@ -48,33 +48,8 @@ sg_core::metrics! {
     }
 }
 
-#[derive(Debug, Default)]
-pub struct Metrics {
-    pub rules: Vec<RuleMetrics>,
-    pub filter: FilterMetrics,
-    pub ops: OpsMetrics,
-    pub store: StoreMetrics,
-}
-
-impl Metrics {
-    pub fn define<H: Host + ?Sized>(host: &H, plan: &Plan) -> Metrics {
-        let names = plan.rules.iter().map(|r| r.name.as_str());
-        let f = |w: &str| filter_metric(FILTER, w);
-        Metrics {
-            rules: per_rule(host, FILTER, names, |h, n| RuleMetrics::define(h, n)),
-            filter: FilterMetrics::define(host, f),
-            ops: OpsMetrics::define(host, f),
-            store: StoreMetrics::define(host, f),
-        }
-    }
-
-    pub fn flush<H: Host + ?Sized>(&self, host: &H) {
-        self.rules.iter().for_each(|r| r.flush(host));
-        self.filter.flush(host);
-        self.ops.flush(host);
-        self.store.flush(host);
-    }
-}
+/// `sg.hotkey.*`.
+pub type Metrics = sg_core::metrics::Metrics<RuleMetrics, FilterMetrics>;
 
 /// A hot key as this worker knows it: its published rate and the `limit` credit.
 #[derive(Debug)]
@@ -167,7 +142,7 @@ impl Plugin for Filter {
             plan.tick_ms
         );
         let f = Filter {
-            m: Metrics::define(host, &plan),
+            m: Metrics::define(host, FILTER, plan.rules.iter().map(|r| r.name.as_str())),
             plan,
             worker: RefCell::new(worker),
         };

@@ -7,7 +7,7 @@ use crate::config::{Config, Plan};
 use crate::engine::{check, Action, RuleOutcome, Verdict};
 use sg_core::host::{configure, set_tick, Flow, Host, HostRequest, Map, Plugin};
 use sg_core::keys::rl_slot;
-use sg_core::metrics::{filter_metric, per_rule, Counter, StoreMetrics};
+use sg_core::metrics::Counter;
 use sg_core::shared::ensure;
 use std::cell::RefCell;
 
@@ -38,50 +38,28 @@ sg_core::metrics! {
     }
 }
 
-#[derive(Debug, Default)]
-pub struct Metrics {
-    pub rules: Vec<RuleMetrics>,
-    pub filter: FilterMetrics,
-    pub store: StoreMetrics,
-}
+/// `sg.ratelimit.*`: no operator side.
+pub type Metrics = sg_core::metrics::Metrics<RuleMetrics, FilterMetrics, ()>;
 
-impl Metrics {
-    pub fn define<H: Host + ?Sized>(host: &H, plan: &Plan) -> Metrics {
-        let names = plan.rules.iter().map(|r| r.name.as_str());
-        Metrics {
-            rules: per_rule(host, FILTER, names, |h, n| RuleMetrics::define(h, n)),
-            filter: FilterMetrics::define(host, |w| filter_metric(FILTER, w)),
-            store: StoreMetrics::define(host, |w| filter_metric(FILTER, w)),
-        }
+/// Counts a verdict: each applied rule's outcome, and what the store reported.
+fn record(m: &Metrics, v: &Verdict) {
+    for (idx, outcome) in &v.rules {
+        let Some(r) = m.rules.get(*idx) else {
+            continue;
+        };
+        let c: &Counter = match outcome {
+            RuleOutcome::Allowed => &r.allowed,
+            RuleOutcome::Delayed(_) => &r.delayed,
+            RuleOutcome::Rejected => &r.rejected,
+            RuleOutcome::DryRunRejected => &r.dry_run_rejected,
+            RuleOutcome::DryRunDelayed(_) => &r.dry_run_delayed,
+            RuleOutcome::StoreTrouble { gave_up: true } => &r.cas_giveup,
+            RuleOutcome::StoreTrouble { gave_up: false } => &r.store_error,
+        };
+        c.inc();
     }
-
-    pub fn flush<H: Host + ?Sized>(&self, host: &H) {
-        self.rules.iter().for_each(|r| r.flush(host));
-        self.filter.flush(host);
-        self.store.flush(host);
-    }
-
-    fn record(&self, v: &Verdict) {
-        for (idx, outcome) in &v.rules {
-            let Some(m) = self.rules.get(*idx) else {
-                continue;
-            };
-            let c: &Counter = match outcome {
-                RuleOutcome::Allowed => &m.allowed,
-                RuleOutcome::Delayed(_) => &m.delayed,
-                RuleOutcome::Rejected => &m.rejected,
-                RuleOutcome::DryRunRejected => &m.dry_run_rejected,
-                RuleOutcome::DryRunDelayed(_) => &m.dry_run_delayed,
-                RuleOutcome::StoreTrouble { gave_up: true } => &m.cas_giveup,
-                RuleOutcome::StoreTrouble { gave_up: false } => &m.store_error,
-            };
-            c.inc();
-        }
-        self.store.bad_state.add(u64::from(v.bad_state));
-        self.filter
-            .evicted_in_debt
-            .add(u64::from(v.evicted_in_debt));
-    }
+    m.store.bad_state.add(u64::from(v.bad_state));
+    m.filter.evicted_in_debt.add(u64::from(v.evicted_in_debt));
 }
 
 /// One stream's state between its callbacks.
@@ -153,7 +131,7 @@ impl Plugin for Filter {
             plan.rules.iter().map(|r| u64::from(r.sets)).sum::<u64>()
         );
         let f = Filter {
-            m: Metrics::define(host, &plan),
+            m: Metrics::define(host, FILTER, plan.rules.iter().map(|r| r.name.as_str())),
             plan,
             held: RefCell::default(),
         };
@@ -173,7 +151,7 @@ impl Plugin for Filter {
         let req = HostRequest::new(host);
         let route = req.route_if(plan.needs_route);
         let verdict = check(plan, host, &req, route.as_deref(), || host.now_ms());
-        self.m.record(&verdict);
+        record(&self.m, &verdict);
         let rejected = matches!(verdict.action, Action::Reject { .. });
         if plan.rate_limit_headers || rejected {
             s.quota = quota_headers(plan, &verdict);

@@ -16,7 +16,7 @@ use sg_core::host::{configure, set_tick, Flow, Host, Plugin};
 use sg_core::keys::{
     sp_cache, sp_load, sp_lock, HK_DIVERT, SP_CACHE_BYTES, SP_INBOUND, SP_OPLIST, SP_STATE,
 };
-use sg_core::metrics::{filter_metric, per_rule, Counter, OpsMetrics, StoreMetrics};
+use sg_core::metrics::Counter;
 use sg_core::oplist::{decode_list, List};
 use sg_core::ops::{refresh_list, Ops};
 use sg_core::shared::Step;
@@ -78,33 +78,8 @@ sg_core::metrics! {
     }
 }
 
-#[derive(Debug, Default)]
-pub struct Metrics {
-    pub rules: Vec<RuleMetrics>,
-    pub filter: FilterMetrics,
-    pub ops: OpsMetrics,
-    pub store: StoreMetrics,
-}
-
-impl Metrics {
-    pub fn define<H: Host + ?Sized>(host: &H, plan: &Plan) -> Metrics {
-        let names = plan.rules.iter().map(|r| r.name.as_str());
-        let f = |w: &str| filter_metric(FILTER, w);
-        Metrics {
-            rules: per_rule(host, FILTER, names, |h, n| RuleMetrics::define(h, n)),
-            filter: FilterMetrics::define(host, f),
-            ops: OpsMetrics::define(host, f),
-            store: StoreMetrics::define(host, f),
-        }
-    }
-
-    pub fn flush<H: Host + ?Sized>(&self, host: &H) {
-        self.rules.iter().for_each(|r| r.flush(host));
-        self.filter.flush(host);
-        self.ops.flush(host);
-        self.store.flush(host);
-    }
-}
+/// `sg.simplepage.*`.
+pub type Metrics = sg_core::metrics::Metrics<RuleMetrics, FilterMetrics>;
 
 /// A request waiting for a cache fill (nginx `proxy_cache_lock`).
 #[derive(Debug)]
@@ -199,7 +174,7 @@ impl Plugin for Filter {
             plan.max_body_bytes
         );
         let f = Filter {
-            m: Metrics::define(host, &plan),
+            m: Metrics::define(host, FILTER, plan.rules.iter().map(|r| r.name.as_str())),
             plan,
             worker: RefCell::new(worker),
         };
