@@ -147,18 +147,14 @@ pub fn response_status<H: Host + ?Sized>(host: &H) -> u16 {
         .unwrap_or(0)
 }
 
-/// Reads and compiles the plugin configuration with `parse`; on refusal logs the one line
+/// Reads and compiles the plugin configuration as `C`; on refusal logs the one line
 /// `<filter>: <field path>: <reason>` and returns None (the caller returns false from
 /// `on_configure`, and Envoy refuses the config).
-pub fn configure<H, P>(
+pub fn configure<C: crate::config::Compile, H: Host + ?Sized>(
     host: &H,
     filter: &str,
-    parse: impl FnOnce(&[u8]) -> Result<P, crate::ConfigError>,
-) -> Option<P>
-where
-    H: Host + ?Sized,
-{
-    match parse(&host.plugin_config()) {
+) -> Option<C::Plan> {
+    match C::parse(&host.plugin_config()) {
         Ok(p) => Some(p),
         Err(e) => {
             log::error!("{filter}: {e}");

@@ -6,6 +6,7 @@
 
 pub mod alert;
 pub mod codec;
+pub mod config;
 pub mod error;
 pub mod hash;
 pub mod host;

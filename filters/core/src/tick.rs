@@ -58,6 +58,23 @@ impl Ticker {
     }
 }
 
+/// What a filter with periodic work keeps in its root context only: the task's lease and the
+/// filter's own leader-side state `L` (detectors, operator side, alert history).
+#[derive(Debug, Default)]
+pub struct Periodic<L> {
+    pub ticker: Ticker,
+    pub leader: L,
+}
+
+impl<L> Periodic<L> {
+    pub fn new(leader: L) -> Self {
+        Periodic {
+            ticker: Ticker::default(),
+            leader,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

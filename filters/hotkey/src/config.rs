@@ -4,9 +4,10 @@
 use crate::detect::Thresholds;
 use serde::Deserialize;
 pub use sg_core::alert::AlertConfig;
+use sg_core::config::require_rules;
+pub use sg_core::config::Compile;
 use sg_core::key::{KeyConfig, KeyPlan};
-use sg_core::matcher::{MatchConfig, Matcher};
-use sg_core::metrics::check_rule_name;
+use sg_core::matcher::Matcher;
 pub use sg_core::oplist::OperatorConfig;
 use sg_core::ConfigError;
 
@@ -95,39 +96,32 @@ pub struct BlockEntry {
     pub expires_at_ms: Option<u64>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleConfig {
-    pub name: String,
-    #[serde(default, rename = "match")]
-    pub match_: MatchConfig,
-    pub key: KeyConfig,
-    #[serde(default)]
-    pub lowercase_key: bool,
-    #[serde(default = "sg_core::key::default_max_key_len")]
-    pub max_key_len: usize,
-    /// Rates are measured over this sliding window (a whole number of ticks).
-    #[serde(default = "default_window_ms")]
-    pub window_ms: u64,
-    /// A key is hot at or above this many requests per second...
-    pub threshold_rps: u64,
-    /// ...and at or above this share of the rule's traffic (0 = no share condition).
-    #[serde(default)]
-    pub threshold_share_percent: u32,
-    /// It stops being hot after staying below `exit_percent` of the threshold for `cooldown_ms`.
-    #[serde(default = "default_exit_percent")]
-    pub exit_percent: u32,
-    #[serde(default = "default_cooldown_ms")]
-    pub cooldown_ms: u64,
-    #[serde(default = "default_max_hot")]
-    pub max_hot: usize,
-    pub action: ActionConfig,
-    /// Keys never shed (after normalisation).
-    #[serde(default)]
-    pub allow: Vec<String>,
-    /// Keys shed by the operator whatever their rate, with optional expiry.
-    #[serde(default)]
-    pub block: Vec<BlockEntry>,
+sg_core::rule_config! {
+    pub struct RuleConfig {
+        key: KeyConfig,
+        /// Rates are measured over this sliding window (a whole number of ticks).
+        #[serde(default = "default_window_ms")]
+        pub window_ms: u64,
+        /// A key is hot at or above this many requests per second...
+        pub threshold_rps: u64,
+        /// ...and at or above this share of the rule's traffic (0 = no share condition).
+        #[serde(default)]
+        pub threshold_share_percent: u32,
+        /// It stops being hot after staying below `exit_percent` of the threshold for `cooldown_ms`.
+        #[serde(default = "default_exit_percent")]
+        pub exit_percent: u32,
+        #[serde(default = "default_cooldown_ms")]
+        pub cooldown_ms: u64,
+        #[serde(default = "default_max_hot")]
+        pub max_hot: usize,
+        pub action: ActionConfig,
+        /// Keys never shed (after normalisation).
+        #[serde(default)]
+        pub allow: Vec<String>,
+        /// Keys shed by the operator whatever their rate, with optional expiry.
+        #[serde(default)]
+        pub block: Vec<BlockEntry>,
+    }
 }
 
 fn default_window_ms() -> u64 {
@@ -167,16 +161,11 @@ pub struct Plan {
     pub alert: AlertConfig,
 }
 
-impl Config {
-    pub fn parse(bytes: &[u8]) -> Result<Plan, ConfigError> {
-        let cfg: Config = sg_core::error::parse_json(bytes)?;
-        cfg.compile()
-    }
+impl Compile for Config {
+    type Plan = Plan;
 
-    pub fn compile(&self) -> Result<Plan, ConfigError> {
-        if self.rules.is_empty() {
-            return Err(ConfigError::new("rules", "at least one rule is required"));
-        }
+    fn compile(&self) -> Result<Plan, ConfigError> {
+        require_rules(&self.rules)?;
         if !(50..=1000).contains(&self.tick_ms) {
             return Err(ConfigError::new("tick_ms", "must be from 50 to 1000"));
         }
@@ -197,7 +186,7 @@ impl Config {
         for (i, r) in self.rules.iter().enumerate() {
             let path = format!("rules[{i}]");
             let bad = |field: &str, why: String| ConfigError::new(format!("{path}.{field}"), why);
-            check_rule_name(&r.name, rules.iter().any(|x| x.name == r.name), &path)?;
+            let head = r.head(&path, rules.iter().any(|x| x.name == r.name))?;
             if r.window_ms < self.tick_ms
                 || r.window_ms % self.tick_ms != 0
                 || r.window_ms / self.tick_ms > 60
@@ -263,7 +252,6 @@ impl Config {
                     "allow and block take at most 1000 keys each".into(),
                 ));
             }
-            let key = r.key.compile(r.lowercase_key, r.max_key_len, &path)?;
             let norm = |k: &str| {
                 sg_core::normalize::finish_key(
                     k.as_bytes().to_vec(),
@@ -273,8 +261,8 @@ impl Config {
             };
             rules.push(Rule {
                 name: r.name.clone(),
-                matcher: r.match_.compile(&format!("{path}.match"))?,
-                key,
+                matcher: head.matcher,
+                key: head.key,
                 action: r.action.clone(),
                 thresholds: Thresholds {
                     enter_milli_rps: r.threshold_rps * 1000,
@@ -308,24 +296,7 @@ impl Config {
 mod tests {
     use super::*;
 
-    #[test]
-    fn shipped_example_compiles() {
-        let p = Config::parse(include_str!("../../../config/hotkey.json").as_bytes());
-        assert!(
-            p.as_ref().is_ok_and(|p| p.rules.len() == 2),
-            "{:?}",
-            p.err()
-        );
-    }
-
-    #[test]
-    fn schema_describes_every_field_of_the_example() {
-        let gaps = sg_core::error::schema_gaps_of(
-            include_str!("../../../config/hotkey.schema.json"),
-            include_str!("../../../config/hotkey.json"),
-        );
-        assert!(gaps.is_empty(), "config/hotkey.schema.json lacks {gaps:?}");
-    }
+    sg_core::shipped_config_tests!("hotkey");
 
     #[test]
     fn shipped_ecds_example_compiles() {

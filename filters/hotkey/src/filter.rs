@@ -21,7 +21,7 @@ use sg_core::oplist::{decode_list, encode_list, Entry as ListEntry, List};
 use sg_core::ops::{refresh_list, Answer, Ops};
 use sg_core::shared::Step;
 use sg_core::store::{Data, Published};
-use sg_core::tick::{Now, Steps, Ticker};
+use sg_core::tick::{Now, Periodic, Steps};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
@@ -76,10 +76,9 @@ pub struct Filter {
     worker: RefCell<Worker>,
 }
 
-/// Root-context only: the periodic work's lease, the leader's detectors, operator side and
+/// The leader side (root context only): the periodic work's lease, the leader's detectors, operator side and
 /// alert history.
-pub struct Periodic {
-    ticker: Ticker,
+pub struct Leader {
     detectors: Vec<Detector>,
     ops: Ops,
     tops: Vec<TopHistory>,
@@ -117,10 +116,10 @@ fn hot_set(b: &[u8], old: &HotSet) -> Option<HotSet> {
 impl Plugin for Filter {
     /// The request path keeps nothing between callbacks.
     type Stream = ();
-    type Periodic = Periodic;
+    type Periodic = Periodic<Leader>;
 
-    fn configure<H: Host + ?Sized>(host: &H) -> Option<(Filter, Periodic)> {
-        let plan = configure(host, FILTER, Config::parse)?;
+    fn configure<H: Host + ?Sized>(host: &H) -> Option<(Filter, Periodic<Leader>)> {
+        let plan = configure::<Config, H>(host, FILTER)?;
         let worker = Worker {
             sketches: plan
                 .rules
@@ -129,12 +128,11 @@ impl Plugin for Filter {
                 .collect(),
             ..Worker::default()
         };
-        let periodic = Periodic {
-            ticker: Ticker::default(),
+        let periodic = Periodic::new(Leader {
             detectors: plan.rules.iter().map(|_| Detector::new()).collect(),
             ops: Ops::new(FILTER, HK_BLOCKLIST, plan.operator.as_ref(), &plan.alert),
             tops: plan.rules.iter().map(|_| TopHistory::default()).collect(),
-        };
+        });
         set_tick(host, FILTER, plan.tick_ms, "no detection on this worker");
         log::info!(
             "{FILTER}: configured {} rules, tick {} ms",
@@ -237,10 +235,12 @@ impl Plugin for Filter {
         Flow::Continue
     }
 
-    fn on_tick<H: Host + ?Sized>(&self, host: &H, p: &mut Periodic) {
-        let mut ticker = std::mem::take(&mut p.ticker);
-        ticker.run(host, FILTER, self.plan.tick_ms, &mut Tick { f: self, p });
-        p.ticker = ticker;
+    fn on_tick<H: Host + ?Sized>(&self, host: &H, p: &mut Periodic<Leader>) {
+        let steps = &mut Tick {
+            f: self,
+            p: &mut p.leader,
+        };
+        p.ticker.run(host, FILTER, self.plan.tick_ms, steps);
         self.m.flush(host);
     }
 
@@ -248,13 +248,14 @@ impl Plugin for Filter {
     fn on_call_response<H: Host + ?Sized>(
         &self,
         host: &H,
-        p: &mut Periodic,
+        p: &mut Periodic<Leader>,
         token: u32,
         body_size: usize,
     ) {
         let data = self.data(host);
         let Answer::Applied { previous } =
-            p.ops
+            p.leader
+                .ops
                 .on_response(host, &data, token, body_size, &self.m.ops)
         else {
             return;
@@ -262,6 +263,7 @@ impl Plugin for Filter {
         let now = host.now_ms();
         let before = block_keys(&previous, now);
         let added: Vec<(Option<String>, String)> = p
+            .leader
             .ops
             .list()
             .map(|l| block_keys(l, now))
@@ -273,7 +275,7 @@ impl Plugin for Filter {
             let rule = rule.unwrap_or_else(|| "*".to_string());
             self.alert(
                 host,
-                p,
+                &mut p.leader,
                 &rule,
                 &key,
                 0,
@@ -317,7 +319,7 @@ impl Filter {
     fn alert<H: Host + ?Sized>(
         &self,
         host: &H,
-        p: &mut Periodic,
+        p: &mut Leader,
         rule: &str,
         key: &str,
         milli_rps: u64,
@@ -346,7 +348,7 @@ impl Filter {
 /// One tick's steps (`core::tick`).
 struct Tick<'a> {
     f: &'a Filter,
-    p: &'a mut Periodic,
+    p: &'a mut Leader,
 }
 
 impl<H: Host + ?Sized> Steps<H> for Tick<'_> {

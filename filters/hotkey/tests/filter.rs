@@ -6,7 +6,8 @@ use sg_core::host::{Flow, Plugin};
 use sg_core::keys::{HK_BLOCKLIST, HK_DIVERT, HK_SHED};
 use sg_core::oplist::decode_list;
 use sg_core::testing::MemHost;
-use sg_hotkey::filter::{Filter, Periodic};
+use sg_core::tick::Periodic;
+use sg_hotkey::filter::{Filter, Leader};
 
 const TICK: u64 = 100;
 
@@ -19,7 +20,7 @@ fn config(action: &str, extra: &str) -> String {
     )
 }
 
-fn worker(h: &MemHost, json: &str) -> (Filter, Periodic) {
+fn worker(h: &MemHost, json: &str) -> (Filter, Periodic<Leader>) {
     h.set_config(json);
     Filter::configure(h).expect("config accepted")
 }
@@ -31,7 +32,7 @@ fn get(f: &Filter, h: &MemHost, blog: &str) -> Flow {
 
 /// `hot` requests of blog "hot" and one of a cold blog per tick, `ticks` times, ticking after
 /// each round. Returns the tick at which "hot" was first shed (None if never).
-fn run(w: &mut [(Filter, Periodic)], h: &MemHost, hot: u32, ticks: u32) -> Option<u32> {
+fn run(w: &mut [(Filter, Periodic<Leader>)], h: &MemHost, hot: u32, ticks: u32) -> Option<u32> {
     let mut first = None;
     for t in 0..ticks {
         for i in 0..hot {

@@ -3,9 +3,10 @@
 
 use crate::limiter::{Mode, Params};
 use serde::Deserialize;
+use sg_core::config::require_rules;
+pub use sg_core::config::Compile;
 use sg_core::key::{KeyConfig, KeyPlan};
-use sg_core::matcher::{MatchConfig, Matcher};
-use sg_core::metrics::check_rule_name;
+use sg_core::matcher::Matcher;
 use sg_core::ConfigError;
 
 /// Largest rate accepted, in requests per second (nginx has no cap; this keeps every
@@ -38,7 +39,7 @@ pub struct Config {
 }
 
 fn default_cas_attempts() -> u32 {
-    8
+    sg_core::store::CAS_ATTEMPTS
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -81,34 +82,25 @@ impl Default for RejectConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleConfig {
-    /// Letters, digits, `_`; appears in metric names and shared-data keys.
-    pub name: String,
-    #[serde(default, rename = "match")]
-    pub match_: MatchConfig,
-    /// One key component or a list (composite key).
-    pub key: KeyConfig,
-    #[serde(default)]
-    pub lowercase_key: bool,
-    #[serde(default = "sg_core::key::default_max_key_len")]
-    pub max_key_len: usize,
-    /// `"N r/s"` or `"N r/m"` (spaces optional), as nginx's `rate=`.
-    pub rate: String,
-    /// Requests allowed above the rate, as nginx's `burst=`.
-    #[serde(default)]
-    pub burst: u64,
-    /// `"nodelay"`, `"delay"` (nginx's default: hold excess requests to pace them at the
-    /// rate) or `{"delay": N}` (the first N excess requests pass at once, the rest are held).
-    #[serde(default)]
-    pub mode: ModeConfig,
-    /// Count and log what would be rejected or delayed, but never act.
-    #[serde(default)]
-    pub dry_run: bool,
-    /// Keys tracked at once (rounded up to a multiple of 4); fixed shared-data memory.
-    #[serde(default = "default_max_keys")]
-    pub max_keys: u32,
+sg_core::rule_config! {
+    pub struct RuleConfig {
+        key: KeyConfig,
+        /// `"N r/s"` or `"N r/m"` (spaces optional), as nginx's `rate=`.
+        pub rate: String,
+        /// Requests allowed above the rate, as nginx's `burst=`.
+        #[serde(default)]
+        pub burst: u64,
+        /// `"nodelay"`, `"delay"` (nginx's default: hold excess requests to pace them at the
+        /// rate) or `{"delay": N}` (the first N excess requests pass at once, the rest are held).
+        #[serde(default)]
+        pub mode: ModeConfig,
+        /// Count and log what would be rejected or delayed, but never act.
+        #[serde(default)]
+        pub dry_run: bool,
+        /// Keys tracked at once (rounded up to a multiple of 4); fixed shared-data memory.
+        #[serde(default = "default_max_keys")]
+        pub max_keys: u32,
+    }
 }
 
 fn default_max_keys() -> u32 {
@@ -127,9 +119,6 @@ pub struct Rule {
     pub dry_run: bool,
     /// Number of shared-data slot keys (sets of 4 keys).
     pub sets: u32,
-    /// `rate.window_s` and `rate.quota`, kept as fields while the adapter reads them here.
-    pub window_s: u64,
-    pub quota: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -241,16 +230,11 @@ impl<'de> Deserialize<'de> for ModeConfig {
     }
 }
 
-impl Config {
-    pub fn parse(bytes: &[u8]) -> Result<Plan, ConfigError> {
-        let cfg: Config = sg_core::error::parse_json(bytes)?;
-        cfg.compile()
-    }
+impl Compile for Config {
+    type Plan = Plan;
 
-    pub fn compile(&self) -> Result<Plan, ConfigError> {
-        if self.rules.is_empty() {
-            return Err(ConfigError::new("rules", "at least one rule is required"));
-        }
+    fn compile(&self) -> Result<Plan, ConfigError> {
+        require_rules(&self.rules)?;
         if !(400..=599).contains(&self.reject.status) {
             return Err(ConfigError::new(
                 "reject.status",
@@ -263,11 +247,7 @@ impl Config {
         let mut rules = Vec::with_capacity(self.rules.len());
         for (i, r) in self.rules.iter().enumerate() {
             let path = format!("rules[{i}]");
-            check_rule_name(
-                &r.name,
-                rules.iter().any(|x: &Rule| x.name == r.name),
-                &path,
-            )?;
+            let head = r.head(&path, rules.iter().any(|x: &Rule| x.name == r.name))?;
             let rate = Rate::parse(&r.rate)
                 .map_err(|why| ConfigError::new(format!("{path}.rate"), why))?;
             if r.burst > MAX_BURST {
@@ -276,18 +256,16 @@ impl Config {
                     format!("{} is above the maximum {MAX_BURST}", r.burst),
                 ));
             }
-            let key = r.key.compile(r.lowercase_key, r.max_key_len, &path)?;
             if r.max_keys == 0 || r.max_keys > MAX_KEYS {
                 return Err(ConfigError::new(
                     format!("{path}.max_keys"),
                     format!("must be from 1 to {MAX_KEYS}"),
                 ));
             }
-            let matcher = r.match_.compile(&format!("{path}.match"))?;
             rules.push(Rule {
                 name: r.name.clone(),
-                matcher,
-                key,
+                matcher: head.matcher,
+                key: head.key,
                 params: Params {
                     rate: rate.milli_per_s,
                     burst: r.burst * 1000,
@@ -296,8 +274,6 @@ impl Config {
                 rate,
                 dry_run: r.dry_run,
                 sets: r.max_keys.div_ceil(crate::limiter::WAYS as u32),
-                window_s: rate.window_s,
-                quota: rate.quota,
             });
         }
         Ok(Plan {
@@ -317,6 +293,8 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    sg_core::shipped_config_tests!("ratelimit");
 
     fn rule_json(fields: &str) -> String {
         format!(r#"{{"rules":[{{"name":"r","key":"host","rate":"1r/s"{fields}}}]}}"#)
@@ -358,7 +336,10 @@ mod tests {
         }
         let p = Config::parse(br#"{"rules":[{"name":"r","key":"host","rate":"600r/m"}]}"#);
         let r = p.map(|p| p.rules.into_iter().next().unwrap()).unwrap();
-        assert_eq!((r.params.rate, r.quota, r.window_s), (10_000, 600, 60));
+        assert_eq!(
+            (r.params.rate, r.rate.quota, r.rate.window_s),
+            (10_000, 600, 60)
+        );
         assert_eq!(r.rate, Rate::parse("600r/m").unwrap());
     }
 
@@ -549,18 +530,6 @@ mod tests {
             .unwrap_or_default();
         let p = Config::parse(json.as_bytes());
         assert!(p.is_ok(), "bundle config: {:?}\n{json}", p.err());
-    }
-
-    #[test]
-    fn schema_describes_every_field_of_the_example() {
-        let gaps = sg_core::error::schema_gaps_of(
-            include_str!("../../../config/ratelimit.schema.json"),
-            include_str!("../../../config/ratelimit.json"),
-        );
-        assert!(
-            gaps.is_empty(),
-            "config/ratelimit.schema.json lacks {gaps:?}"
-        );
     }
 
     #[test]

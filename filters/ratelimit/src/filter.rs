@@ -93,7 +93,10 @@ fn quota_headers(plan: &Plan, v: &Verdict) -> Option<(String, String)> {
     let q = v.quota.as_ref()?;
     let rule = plan.rules.get(q.rule)?;
     Some((
-        format!("\"{}\";q={};w={}", rule.name, rule.quota, rule.window_s),
+        format!(
+            "\"{}\";q={};w={}",
+            rule.name, rule.rate.quota, rule.rate.window_s
+        ),
         format!("\"{}\";r={};t={}", rule.name, q.remaining, q.reset_s),
     ))
 }
@@ -103,7 +106,7 @@ impl Plugin for Filter {
     type Periodic = ();
 
     fn configure<H: Host + ?Sized>(host: &H) -> Option<(Filter, ())> {
-        let plan = configure(host, FILTER, Config::parse)?;
+        let plan = configure::<Config, H>(host, FILTER)?;
         // Create every slot key now so request-time writes are always CAS writes.
         let mut failed = 0u32;
         for rule in &plan.rules {

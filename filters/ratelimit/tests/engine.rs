@@ -4,7 +4,7 @@
 
 use sg_core::key::SimpleRequest;
 use sg_core::shared::{MemStore, SharedStore};
-use sg_ratelimit::config::{Config, Plan};
+use sg_ratelimit::config::{Compile, Config, Plan};
 use sg_ratelimit::engine::{check, slot_key, Action, RuleOutcome, Verdict};
 
 fn plan(json: &str) -> Plan {

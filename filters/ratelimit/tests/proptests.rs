@@ -6,7 +6,7 @@
 #![allow(clippy::indexing_slicing)] // test code: fail loudly
 
 use proptest::prelude::*;
-use sg_ratelimit::config::{Config, Rate};
+use sg_ratelimit::config::{Compile, Config, Rate};
 use sg_ratelimit::limiter::{delay_ms, Entry, Mode, Params, Slot, WAYS};
 
 fn config() -> ProptestConfig {

@@ -3,9 +3,10 @@
 
 use crate::{cache, overload};
 use serde::Deserialize;
+use sg_core::config::require_rules;
+pub use sg_core::config::Compile;
 use sg_core::key::{KeyConfig, KeyPlan};
-use sg_core::matcher::{MatchConfig, Matcher};
-use sg_core::metrics::check_rule_name;
+use sg_core::matcher::Matcher;
 use sg_core::ConfigError;
 
 pub use sg_core::alert::AlertConfig;
@@ -54,32 +55,26 @@ impl Default for CacheConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RuleConfig {
-    pub name: String,
-    #[serde(default, rename = "match")]
-    pub match_: MatchConfig,
-    /// The page key (same extractors and normalisation as `hotkey`); needed by the `hotkey`
-    /// trigger and by operator key entries. It must be the same key spec as the `hotkey` rule.
-    #[serde(default)]
-    pub key: Option<KeyConfig>,
-    #[serde(default)]
-    pub lowercase_key: bool,
-    #[serde(default = "sg_core::key::default_max_key_len")]
-    pub max_key_len: usize,
-    pub triggers: TriggerConfig,
-    #[serde(default)]
-    pub divert: DivertConfig,
-    /// Requests carrying any of these cookies are never diverted (`"*"`: any cookie).
-    #[serde(default)]
-    pub exclude_cookies: Vec<String>,
-    /// Requests with `Authorization` are never diverted.
-    #[serde(default = "yes")]
-    pub exclude_authorization: bool,
-    /// Micro-cache for this rule's diverted pages.
-    #[serde(default)]
-    pub cache: Option<RuleCacheConfig>,
+sg_core::rule_config! {
+    pub struct RuleConfig {
+        /// The page key (same extractors and normalisation as `hotkey`); needed by the
+        /// `hotkey` trigger and by operator key entries. It must be the same key spec as the
+        /// `hotkey` rule.
+        #[serde(default)]
+        key: Option<KeyConfig>,
+        pub triggers: TriggerConfig,
+        #[serde(default)]
+        pub divert: DivertConfig,
+        /// Requests carrying any of these cookies are never diverted (`"*"`: any cookie).
+        #[serde(default)]
+        pub exclude_cookies: Vec<String>,
+        /// Requests with `Authorization` are never diverted.
+        #[serde(default = "yes")]
+        pub exclude_authorization: bool,
+        /// Micro-cache for this rule's diverted pages.
+        #[serde(default)]
+        pub cache: Option<RuleCacheConfig>,
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -261,16 +256,11 @@ fn header_name_ok(h: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-impl Config {
-    pub fn parse(bytes: &[u8]) -> Result<Plan, ConfigError> {
-        let cfg: Config = sg_core::error::parse_json(bytes)?;
-        cfg.compile()
-    }
+impl Compile for Config {
+    type Plan = Plan;
 
-    pub fn compile(&self) -> Result<Plan, ConfigError> {
-        if self.rules.is_empty() {
-            return Err(ConfigError::new("rules", "at least one rule is required"));
-        }
+    fn compile(&self) -> Result<Plan, ConfigError> {
+        require_rules(&self.rules)?;
         if !(50..=1000).contains(&self.tick_ms) {
             return Err(ConfigError::new("tick_ms", "must be from 50 to 1000"));
         }
@@ -303,7 +293,7 @@ impl Config {
         for (i, r) in self.rules.iter().enumerate() {
             let path = format!("rules[{i}]");
             let bad = |field: &str, why: String| ConfigError::new(format!("{path}.{field}"), why);
-            check_rule_name(&r.name, rules.iter().any(|x| x.name == r.name), &path)?;
+            let head = r.head(&path, rules.iter().any(|x| x.name == r.name))?;
             let t = &r.triggers;
             if t.hotkey.is_none() && !t.operator && t.overload.is_none() && !t.always {
                 return Err(bad(
@@ -445,14 +435,10 @@ impl Config {
                     })
                 }
             };
-            let key = match &r.key {
-                Some(k) => Some(k.compile(r.lowercase_key, r.max_key_len, &path)?),
-                None => None,
-            };
             rules.push(Rule {
                 name: r.name.clone(),
-                matcher: r.match_.compile(&format!("{path}.match"))?,
-                key,
+                matcher: head.matcher,
+                key: head.key,
                 hotkey_rule: t.hotkey.clone(),
                 operator: t.operator,
                 overload,
@@ -481,27 +467,7 @@ impl Config {
 mod tests {
     use super::*;
 
-    #[test]
-    fn shipped_example_compiles() {
-        let p = Config::parse(include_str!("../../../config/simplepage.json").as_bytes());
-        assert!(
-            p.as_ref().is_ok_and(|p| p.rules.len() == 2),
-            "{:?}",
-            p.err()
-        );
-    }
-
-    #[test]
-    fn schema_describes_every_field_of_the_example() {
-        let gaps = sg_core::error::schema_gaps_of(
-            include_str!("../../../config/simplepage.schema.json"),
-            include_str!("../../../config/simplepage.json"),
-        );
-        assert!(
-            gaps.is_empty(),
-            "config/simplepage.schema.json lacks {gaps:?}"
-        );
-    }
+    sg_core::shipped_config_tests!("simplepage");
 
     #[test]
     fn bad_fields_are_named() {

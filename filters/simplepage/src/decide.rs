@@ -119,7 +119,7 @@ pub fn redirect_location(base_url: &str, path: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
+    use crate::config::{Compile, Config};
     use sg_core::key::SimpleRequest;
 
     fn rule(extra: &str) -> Rule {

@@ -9,10 +9,9 @@ use crate::config::{Config, Plan};
 use crate::decide::Trigger;
 use crate::inbound::{Inbound, UrlTally};
 use crate::overload::{decode_state, encode_state, Change, Detector, LoadWindow, Reason, Tally};
-use crate::stream::Stream;
 use sg_core::alert::Alert;
 use sg_core::codec::Reader;
-use sg_core::host::{configure, set_tick, Flow, Host, Plugin};
+use sg_core::host::{configure, set_tick, Host};
 use sg_core::keys::{
     sp_cache, sp_load, sp_lock, HK_DIVERT, SP_CACHE_BYTES, SP_INBOUND, SP_OPLIST, SP_STATE,
 };
@@ -21,7 +20,7 @@ use sg_core::oplist::{decode_list, List};
 use sg_core::ops::{refresh_list, Ops};
 use sg_core::shared::Step;
 use sg_core::store::{Data, Published, Refresh};
-use sg_core::tick::{Now, Steps, Ticker};
+use sg_core::tick::{Now, Periodic, Steps};
 use std::cell::RefCell;
 use std::collections::HashMap;
 
@@ -115,9 +114,8 @@ pub struct Filter {
     pub(crate) worker: RefCell<Worker>,
 }
 
-/// Root-context only: the lease, the leader's detectors and operator side, alert periods.
-pub struct Periodic {
-    ticker: Ticker,
+/// The leader side (root context only): the lease, the leader's detectors and operator side, alert periods.
+pub struct Leader {
     detectors: Vec<Detector>,
     ops: Ops,
     inbound_period_start: u64,
@@ -142,24 +140,21 @@ pub(crate) fn borrowed(h: &[(String, String)]) -> Vec<(&str, &str)> {
     h.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
 }
 
-impl Plugin for Filter {
-    type Stream = Stream;
-    type Periodic = Periodic;
-
-    fn configure<H: Host + ?Sized>(host: &H) -> Option<(Filter, Periodic)> {
-        let plan = configure(host, FILTER, Config::parse)?;
+impl Filter {
+    /// `on_configure`: None (logged, naming the field) when the config is refused.
+    pub(crate) fn new<H: Host + ?Sized>(host: &H) -> Option<(Filter, Periodic<Leader>)> {
+        let plan = configure::<Config, H>(host, FILTER)?;
         let worker = Worker {
             overloaded: vec![None; plan.rules.len()],
             tallies: vec![Tally::default(); plan.rules.len()],
             ..Worker::default()
         };
-        let periodic = Periodic {
-            ticker: Ticker::default(),
+        let periodic = Periodic::new(Leader {
             detectors: plan.rules.iter().map(|_| Detector::default()).collect(),
             ops: Ops::new(FILTER, SP_OPLIST, plan.operator.as_ref(), &plan.alert),
             inbound_period_start: 0,
             next_work_ms: 0,
-        };
+        });
         let locks = plan
             .rules
             .iter()
@@ -181,66 +176,37 @@ impl Plugin for Filter {
         Some((f, periodic))
     }
 
-    fn stream(id: u32) -> Stream {
-        Stream::new(id)
-    }
-
-    fn flush<H: Host + ?Sized>(&self, host: &H) {
-        self.m.flush(host);
-    }
-
-    fn on_request<H: Host + ?Sized>(&self, host: &H, s: &mut Stream) -> Flow {
-        self.request(host, s)
-    }
-
-    fn on_response_headers<H: Host + ?Sized>(&self, host: &H, s: &mut Stream, eos: bool) -> Flow {
-        self.response_headers(host, s, eos)
-    }
-
-    fn on_response_body<H: Host + ?Sized>(
-        &self,
-        host: &H,
-        s: &mut Stream,
-        body_size: usize,
-        eos: bool,
-    ) -> Flow {
-        self.response_body(host, s, body_size, eos)
-    }
-
-    fn on_log<H: Host + ?Sized>(&self, host: &H, s: &mut Stream) {
-        self.log(host, s);
-    }
-
-    fn on_tick<H: Host + ?Sized>(&self, host: &H, p: &mut Periodic) {
+    pub(crate) fn tick<H: Host + ?Sized>(&self, host: &H, p: &mut Periodic<Leader>) {
         let now = host.now_ms();
         self.answer_waiters(host, now);
-        if now < p.next_work_ms {
+        if now < p.leader.next_work_ms {
             return;
         }
-        p.next_work_ms = now
+        p.leader.next_work_ms = now
             .saturating_add(self.plan.tick_ms)
             .saturating_sub(FAST_TICK_MS / 2);
-        let mut ticker = std::mem::take(&mut p.ticker);
-        ticker.run(host, FILTER, self.plan.tick_ms, &mut Tick { f: self, p });
-        p.ticker = ticker;
+        let steps = &mut Tick {
+            f: self,
+            p: &mut p.leader,
+        };
+        p.ticker.run(host, FILTER, self.plan.tick_ms, steps);
         self.m.flush(host);
     }
 
     /// An operator-list poll or webhook answer (root context).
-    fn on_call_response<H: Host + ?Sized>(
+    pub(crate) fn call_response<H: Host + ?Sized>(
         &self,
         host: &H,
-        p: &mut Periodic,
+        p: &mut Periodic<Leader>,
         token: u32,
         body_size: usize,
     ) {
         let data = self.data(host);
-        p.ops
+        p.leader
+            .ops
             .on_response(host, &data, token, body_size, &self.m.ops);
     }
-}
 
-impl Filter {
     pub(crate) fn data<'a, H: Host + ?Sized>(&'a self, host: &'a H) -> Data<'a, H> {
         Data::new(host, &self.m.store)
     }
@@ -306,7 +272,7 @@ impl Filter {
 /// One tick's steps (`core::tick`).
 struct Tick<'a> {
     f: &'a Filter,
-    p: &'a mut Periodic,
+    p: &'a mut Leader,
 }
 
 impl<H: Host + ?Sized> Steps<H> for Tick<'_> {

@@ -7,13 +7,14 @@
 use crate::cache::{self, Entry, Lock, State};
 use crate::config::{DivertConfig, Rule};
 use crate::decide::{eligible, is_probe, redirect_location, trigger, Signals, Trigger};
-use crate::filter::{borrowed, reply_headers, Filter, Waiter, MAX_WAITERS};
+use crate::filter::{borrowed, reply_headers, Filter, Leader, Waiter, MAX_WAITERS};
 use sg_core::codec::{Reader, Writer};
 use sg_core::hash::{hash64, slot_of};
-use sg_core::host::{response_status, Flow, Host, HostRequest, Map};
+use sg_core::host::{response_status, Flow, Host, HostRequest, Map, Plugin};
 use sg_core::key::RequestView;
 use sg_core::keys::{sp_cache, sp_lock, SP_CACHE_BYTES};
 use sg_core::shared::Step;
+use sg_core::tick::Periodic;
 
 /// What a stream remembers between its callbacks.
 #[derive(Debug, Default)]
@@ -71,8 +72,38 @@ fn cache_key<R: RequestView + ?Sized>(rule: &Rule, req: &R) -> Option<Vec<u8>> {
     (key.len() <= cache::MAX_KEY_BYTES).then_some(key)
 }
 
-impl Filter {
-    pub(crate) fn request<H: Host + ?Sized>(&self, host: &H, s: &mut Stream) -> Flow {
+impl Plugin for Filter {
+    type Stream = Stream;
+    type Periodic = Periodic<Leader>;
+
+    fn configure<H: Host + ?Sized>(host: &H) -> Option<(Filter, Periodic<Leader>)> {
+        Filter::new(host)
+    }
+
+    fn stream(id: u32) -> Stream {
+        Stream::new(id)
+    }
+
+    fn flush<H: Host + ?Sized>(&self, host: &H) {
+        self.m.flush(host);
+    }
+
+    fn on_tick<H: Host + ?Sized>(&self, host: &H, p: &mut Periodic<Leader>) {
+        self.tick(host, p);
+    }
+
+    /// An operator-list poll or webhook answer (root context).
+    fn on_call_response<H: Host + ?Sized>(
+        &self,
+        host: &H,
+        p: &mut Periodic<Leader>,
+        token: u32,
+        body_size: usize,
+    ) {
+        self.call_response(host, p, token, body_size);
+    }
+
+    fn on_request<H: Host + ?Sized>(&self, host: &H, s: &mut Stream) -> Flow {
         let plan = &self.plan;
         let req = HostRequest::new(host);
         let route = req.route_if(plan.needs_route);
@@ -138,6 +169,142 @@ impl Filter {
         }
     }
 
+    fn on_response_headers<H: Host + ?Sized>(&self, host: &H, s: &mut Stream, eos: bool) -> Flow {
+        if s.timed.is_none() && s.diverted.is_none() {
+            return Flow::Continue;
+        }
+        let plan = &self.plan;
+        let status = response_status(host);
+        self.record_timing(host, s, status);
+        let Some(trig) = s.diverted else {
+            return Flow::Continue;
+        };
+        let tag = |why: &str| host.set_header(Map::Response, &plan.response_header, why);
+        // A reply from the cache made by this filter (e.g. to a request that waited for a
+        // fill) already says what it is.
+        if host.header(Map::Response, &plan.response_header).is_some() {
+            s.cache = None;
+            return Flow::Continue;
+        }
+        let Some(job) = s.cache.take() else {
+            tag(trig.as_str());
+            return Flow::Continue;
+        };
+        let now = host.now_ms();
+        // A failing backend and a stale copy within stale-if-error: answer with the copy.
+        if status == 0 || status >= 500 {
+            match job.stale {
+                Some(e) if !eos && e.state(now) != State::Expired => {
+                    host.set_header(Map::Response, ":status", "200");
+                    for (k, _) in host.headers(Map::Response) {
+                        if !k.starts_with(':') {
+                            host.remove_header(Map::Response, &k);
+                        }
+                    }
+                    for (k, v) in &e.headers {
+                        host.set_header(Map::Response, k, v);
+                    }
+                    tag(&format!("{}; cache=stale-if-error", trig.as_str()));
+                    self.m.filter.cache_stale_if_error.inc();
+                    s.replace_body = Some(e.body);
+                }
+                _ => {
+                    tag(trig.as_str());
+                }
+            }
+            return Flow::Continue;
+        }
+        tag(trig.as_str());
+        let Some(c) = plan.rules.get(job.rule).and_then(|r| r.cache.as_ref()) else {
+            return Flow::Continue;
+        };
+        if !job.fill {
+            return Flow::Continue;
+        }
+        let headers = host.headers(Map::Response);
+        let length = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.trim().parse::<usize>().ok());
+        match cache::policy(status, &headers, length, &c.settings, now) {
+            Ok(windows) => {
+                let f = Filling {
+                    key: job.key,
+                    slot: job.slot,
+                    windows,
+                    headers: cache::kept_headers(&headers),
+                    max_body: c.settings.max_body_bytes,
+                };
+                if eos {
+                    self.store(host, &f, Vec::new());
+                } else {
+                    s.filling = Some(f);
+                }
+            }
+            Err(_) => self.m.filter.cache_not_cacheable.inc(),
+        }
+        Flow::Continue
+    }
+
+    fn on_response_body<H: Host + ?Sized>(
+        &self,
+        host: &H,
+        s: &mut Stream,
+        body_size: usize,
+        eos: bool,
+    ) -> Flow {
+        if let Some(stale) = &s.replace_body {
+            if !eos {
+                return Flow::Pause;
+            }
+            host.set_response_body(0, body_size, stale);
+            s.replace_body = None;
+            return Flow::Continue;
+        }
+        let Some(f) = &s.filling else {
+            return Flow::Continue;
+        };
+        if body_size > f.max_body {
+            self.m.filter.cache_not_cacheable.inc();
+            s.filling = None;
+            return Flow::Continue;
+        }
+        if !eos {
+            // Envoy buffers the body until the end (bounded by max_body above).
+            return Flow::Pause;
+        }
+        if let Some(f) = s.filling.take() {
+            match host.response_body(0, body_size) {
+                Some(body) if body.len() == body_size => self.store(host, &f, body),
+                _ => self.m.filter.cache_write_failed.inc(),
+            }
+        }
+        Flow::Continue
+    }
+
+    fn on_log<H: Host + ?Sized>(&self, host: &H, s: &mut Stream) {
+        // The fetch of a missing page is over (its answer is in the cache or was not
+        // cacheable): free the waiters now rather than at their timeout.
+        if let Some((slot, fp)) = s.lock.take() {
+            self.data(host)
+                .modify(&sp_lock(slot), Lock::decode, |cur| match cur {
+                    Some(l) if l.key_fp == fp => Step::Write(
+                        Lock {
+                            key_fp: fp,
+                            until_ms: 0,
+                        }
+                        .encode(),
+                        (),
+                    ),
+                    _ => Step::Keep(()),
+                });
+        }
+        // Went to the main backend and never got response headers (reset, timeout).
+        self.record_timing(host, s, 0);
+    }
+}
+
+impl Filter {
     /// The triggers for this request, from the worker's copies (no shared-data call).
     fn signals<H: Host + ?Sized>(
         &self,
@@ -347,144 +514,5 @@ impl Filter {
                 t.record(status, latency);
             }
         }
-    }
-
-    pub(crate) fn response_headers<H: Host + ?Sized>(
-        &self,
-        host: &H,
-        s: &mut Stream,
-        eos: bool,
-    ) -> Flow {
-        if s.timed.is_none() && s.diverted.is_none() {
-            return Flow::Continue;
-        }
-        let plan = &self.plan;
-        let status = response_status(host);
-        self.record_timing(host, s, status);
-        let Some(trig) = s.diverted else {
-            return Flow::Continue;
-        };
-        let tag = |why: &str| host.set_header(Map::Response, &plan.response_header, why);
-        // A reply from the cache made by this filter (e.g. to a request that waited for a
-        // fill) already says what it is.
-        if host.header(Map::Response, &plan.response_header).is_some() {
-            s.cache = None;
-            return Flow::Continue;
-        }
-        let Some(job) = s.cache.take() else {
-            tag(trig.as_str());
-            return Flow::Continue;
-        };
-        let now = host.now_ms();
-        // A failing backend and a stale copy within stale-if-error: answer with the copy.
-        if status == 0 || status >= 500 {
-            match job.stale {
-                Some(e) if !eos && e.state(now) != State::Expired => {
-                    host.set_header(Map::Response, ":status", "200");
-                    for (k, _) in host.headers(Map::Response) {
-                        if !k.starts_with(':') {
-                            host.remove_header(Map::Response, &k);
-                        }
-                    }
-                    for (k, v) in &e.headers {
-                        host.set_header(Map::Response, k, v);
-                    }
-                    tag(&format!("{}; cache=stale-if-error", trig.as_str()));
-                    self.m.filter.cache_stale_if_error.inc();
-                    s.replace_body = Some(e.body);
-                }
-                _ => {
-                    tag(trig.as_str());
-                }
-            }
-            return Flow::Continue;
-        }
-        tag(trig.as_str());
-        let Some(c) = plan.rules.get(job.rule).and_then(|r| r.cache.as_ref()) else {
-            return Flow::Continue;
-        };
-        if !job.fill {
-            return Flow::Continue;
-        }
-        let headers = host.headers(Map::Response);
-        let length = headers
-            .iter()
-            .find(|(k, _)| k == "content-length")
-            .and_then(|(_, v)| v.trim().parse::<usize>().ok());
-        match cache::policy(status, &headers, length, &c.settings, now) {
-            Ok(windows) => {
-                let f = Filling {
-                    key: job.key,
-                    slot: job.slot,
-                    windows,
-                    headers: cache::kept_headers(&headers),
-                    max_body: c.settings.max_body_bytes,
-                };
-                if eos {
-                    self.store(host, &f, Vec::new());
-                } else {
-                    s.filling = Some(f);
-                }
-            }
-            Err(_) => self.m.filter.cache_not_cacheable.inc(),
-        }
-        Flow::Continue
-    }
-
-    pub(crate) fn response_body<H: Host + ?Sized>(
-        &self,
-        host: &H,
-        s: &mut Stream,
-        body_size: usize,
-        eos: bool,
-    ) -> Flow {
-        if let Some(stale) = &s.replace_body {
-            if !eos {
-                return Flow::Pause;
-            }
-            host.set_response_body(0, body_size, stale);
-            s.replace_body = None;
-            return Flow::Continue;
-        }
-        let Some(f) = &s.filling else {
-            return Flow::Continue;
-        };
-        if body_size > f.max_body {
-            self.m.filter.cache_not_cacheable.inc();
-            s.filling = None;
-            return Flow::Continue;
-        }
-        if !eos {
-            // Envoy buffers the body until the end (bounded by max_body above).
-            return Flow::Pause;
-        }
-        if let Some(f) = s.filling.take() {
-            match host.response_body(0, body_size) {
-                Some(body) if body.len() == body_size => self.store(host, &f, body),
-                _ => self.m.filter.cache_write_failed.inc(),
-            }
-        }
-        Flow::Continue
-    }
-
-    pub(crate) fn log<H: Host + ?Sized>(&self, host: &H, s: &mut Stream) {
-        // The fetch of a missing page is over (its answer is in the cache or was not
-        // cacheable): free the waiters now rather than at their timeout.
-        if let Some((slot, fp)) = s.lock.take() {
-            self.data(host)
-                .modify(&sp_lock(slot), Lock::decode, |cur| match cur {
-                    Some(l) if l.key_fp == fp => Step::Write(
-                        Lock {
-                            key_fp: fp,
-                            until_ms: 0,
-                        }
-                        .encode(),
-                        (),
-                    ),
-                    _ => Step::Keep(()),
-                });
-        }
-        // Went to the main backend and never got response headers (reset, timeout).
-        self.record_timing(host, s, 0);
     }
 }

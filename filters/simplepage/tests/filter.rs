@@ -9,12 +9,13 @@ use sg_core::keys::HK_DIVERT;
 use sg_core::oplist::{encode_list, Entry, List};
 use sg_core::shared::SharedStore;
 use sg_core::testing::MemHost;
-use sg_simplepage::filter::{Filter, Periodic};
+use sg_core::tick::Periodic;
+use sg_simplepage::filter::{Filter, Leader};
 use sg_simplepage::stream::Stream;
 
 const HDR: &str = "x-spikeguard-simple-page";
 
-fn worker(h: &MemHost, json: &str) -> (Filter, Periodic) {
+fn worker(h: &MemHost, json: &str) -> (Filter, Periodic<Leader>) {
     h.set_config(json);
     Filter::configure(h).expect("config accepted")
 }
