@@ -27,7 +27,9 @@ pub const LOST_CALL_MS: u64 = 60_000;
 pub struct OperatorConfig {
     /// Envoy cluster serving the list.
     pub cluster: String,
-    #[serde(default = "default_operator_path")]
+    /// Path of the list; empty (absent) means the filter's own default (`Ops` callers pass it
+    /// to `compile`), so two filters never poll one list by accident.
+    #[serde(default)]
     pub path: String,
     #[serde(default = "default_authority")]
     pub authority: String,
@@ -40,8 +42,22 @@ pub struct OperatorConfig {
 }
 
 impl OperatorConfig {
-    /// Refuses a bad operator config; `at` is its field path (`operator`).
-    pub fn validate(&self, at: &str) -> Result<(), crate::ConfigError> {
+    /// Checks the operator config at field path `at` (`operator`) and fills in the filter's
+    /// `default_path` when none was given.
+    pub fn compile(
+        &self,
+        at: &str,
+        default_path: &str,
+    ) -> Result<OperatorConfig, crate::ConfigError> {
+        let mut c = self.clone();
+        if c.path.is_empty() {
+            c.path = default_path.to_string();
+        }
+        c.validate(at)?;
+        Ok(c)
+    }
+
+    fn validate(&self, at: &str) -> Result<(), crate::ConfigError> {
         let bad = |f: &str, why: String| crate::ConfigError::new(format!("{at}.{f}"), why);
         if self.cluster.is_empty() {
             return Err(bad("cluster", "must not be empty".into()));
@@ -62,9 +78,6 @@ impl OperatorConfig {
     }
 }
 
-fn default_operator_path() -> String {
-    "/blocklist".to_string()
-}
 fn default_authority() -> String {
     "spikeguard".to_string()
 }

@@ -6,10 +6,14 @@ use serde::Deserialize;
 pub use sg_core::alert::AlertConfig;
 use sg_core::config::require_rules;
 pub use sg_core::config::Compile;
+
 use sg_core::key::{KeyConfig, KeyPlan};
 use sg_core::matcher::Matcher;
 pub use sg_core::oplist::OperatorConfig;
 use sg_core::ConfigError;
+
+/// Where the operator list is polled when `operator.path` is not given.
+pub const DEFAULT_OPERATOR_PATH: &str = "/blocklist";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -178,9 +182,11 @@ impl Compile for Config {
         if !(4..=256).contains(&self.view_entries) {
             return Err(ConfigError::new("view_entries", "must be from 4 to 256"));
         }
-        if let Some(op) = &self.operator {
-            op.validate("operator")?;
-        }
+        let operator = self
+            .operator
+            .as_ref()
+            .map(|op| op.compile("operator", DEFAULT_OPERATOR_PATH))
+            .transpose()?;
         self.alert.validate("alert")?;
         let mut rules: Vec<Rule> = Vec::with_capacity(self.rules.len());
         for (i, r) in self.rules.iter().enumerate() {
@@ -286,7 +292,7 @@ impl Compile for Config {
             tick_ms: self.tick_ms,
             sketch_capacity: self.sketch_capacity,
             view_entries: self.view_entries,
-            operator: self.operator.clone(),
+            operator,
             alert: self.alert.clone(),
         })
     }
@@ -295,6 +301,12 @@ impl Compile for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_operator_list_path_defaults_to_this_filters_own() {
+        let p = Config::parse(r#"{"rules":[{"name":"r","key":"host","threshold_rps":5,"action":"observe"}],"operator":{"cluster":"c"}}"#.as_bytes()).unwrap();
+        assert_eq!(p.operator.map(|o| o.path).as_deref(), Some("/blocklist"));
+    }
 
     sg_core::shipped_config_tests!("hotkey");
 

@@ -5,12 +5,16 @@ use crate::{cache, overload};
 use serde::Deserialize;
 use sg_core::config::require_rules;
 pub use sg_core::config::Compile;
+
 use sg_core::key::{KeyConfig, KeyPlan};
 use sg_core::matcher::Matcher;
 use sg_core::ConfigError;
 
 pub use sg_core::alert::AlertConfig;
 pub use sg_core::oplist::OperatorConfig;
+
+/// Where the operator list is polled when `operator.path` is not given.
+pub const DEFAULT_OPERATOR_PATH: &str = "/simplepage";
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -273,9 +277,11 @@ impl Compile for Config {
                 "must be from 1 to 524288 (a body is buffered up to this size; Envoy's default buffer limit is 1 MiB)",
             ));
         }
-        if let Some(op) = &self.operator {
-            op.validate("operator")?;
-        }
+        let operator = self
+            .operator
+            .as_ref()
+            .map(|op| op.compile("operator", DEFAULT_OPERATOR_PATH))
+            .transpose()?;
         self.alert.validate("alert")?;
         if !(1000..=3_600_000).contains(&self.inbound_alert_ms) {
             return Err(ConfigError::new(
@@ -455,7 +461,7 @@ impl Compile for Config {
             tick_ms: self.tick_ms,
             slots: self.cache.slots,
             max_body_bytes: self.cache.max_body_bytes,
-            operator: self.operator.clone(),
+            operator,
             alert: self.alert.clone(),
             inbound_alert_ms: self.inbound_alert_ms,
             response_header: self.response_header.clone(),
@@ -466,6 +472,16 @@ impl Compile for Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_operator_list_path_defaults_to_this_filters_own() {
+        let p = Config::parse(
+            r#"{"rules":[{"name":"r","triggers":{"operator":true}}],"operator":{"cluster":"c"}}"#
+                .as_bytes(),
+        )
+        .unwrap();
+        assert_eq!(p.operator.map(|o| o.path).as_deref(), Some("/simplepage"));
+    }
 
     sg_core::shipped_config_tests!("simplepage");
 
