@@ -90,6 +90,7 @@ pub struct HostRequest<'h, H: Host + ?Sized> {
     authority: OnceCell<String>,
     method: OnceCell<String>,
     source: OnceCell<String>,
+    now: OnceCell<u64>,
 }
 
 impl<'h, H: Host + ?Sized> HostRequest<'h, H> {
@@ -100,7 +101,13 @@ impl<'h, H: Host + ?Sized> HostRequest<'h, H> {
             authority: OnceCell::new(),
             method: OnceCell::new(),
             source: OnceCell::new(),
+            now: OnceCell::new(),
         }
+    }
+
+    /// The time of this request: the clock is read once, and only if something needs it.
+    pub fn now(&self) -> u64 {
+        *self.now.get_or_init(|| self.host.now_ms())
     }
 
     fn get(&self, name: &str) -> String {

@@ -158,7 +158,6 @@ impl Plugin for Filter {
         let plan = &self.plan;
         let req = HostRequest::new(host);
         let route = req.route_if(plan.needs_route);
-        let mut now: Option<u64> = None;
         let Ok(mut w) = self.worker.try_borrow_mut() else {
             return Flow::Continue;
         };
@@ -174,11 +173,10 @@ impl Plugin for Filter {
             let fp = hash64(rule.name.as_bytes(), &key);
             let rule_idx = u16::try_from(i).unwrap_or(u16::MAX);
             let list = w.list.get();
-            let mut clock = || *now.get_or_insert_with(|| host.now_ms());
-            let blocked =
-                rule.block.iter().any(|(k, exp)| {
-                    k.as_slice() == key.as_slice() && exp.is_none_or(|e| clock() < e)
-                }) || (!list.entries.is_empty() && list.blocks_key(&rule.name, &key, clock()));
+            let blocked = rule.block.iter().any(|(k, exp)| {
+                k.as_slice() == key.as_slice() && exp.is_none_or(|e| req.now() < e)
+            }) || (!list.entries.is_empty()
+                && list.blocks_key(&rule.name, &key, req.now()));
             if let Some(s) = w.sketches.get_mut(i) {
                 s.add(fp, &key, 1);
             }

@@ -153,7 +153,7 @@ impl Plugin for Filter {
         let plan = &self.plan;
         let req = HostRequest::new(host);
         let route = req.route_if(plan.needs_route);
-        let verdict = check(plan, host, &req, route.as_deref(), || host.now_ms());
+        let verdict = check(plan, host, &req, route.as_deref(), || req.now());
         record(&self.m, &verdict);
         let rejected = matches!(verdict.action, Action::Reject { .. });
         if plan.rate_limit_headers || rejected {
@@ -163,7 +163,7 @@ impl Plugin for Filter {
             Action::Allow => Flow::Continue,
             Action::Delay(ms) => {
                 if let Ok(mut held) = self.held.try_borrow_mut() {
-                    held.push((host.now_ms().saturating_add(ms), s.id));
+                    held.push((req.now().saturating_add(ms), s.id));
                     return Flow::Pause;
                 }
                 Flow::Continue

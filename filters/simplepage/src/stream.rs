@@ -117,7 +117,7 @@ impl Plugin for Filter {
         };
         let m = self.m.rules.get(i);
         m.inspect(|m| m.seen.inc());
-        let mut sig = self.signals(host, rule, i, &req);
+        let mut sig = self.signals(rule, i, &req);
         if let Some(o) = &rule.overload {
             let mut w = self.worker.borrow_mut();
             if let Some(t) = w.tallies.get_mut(i) {
@@ -133,14 +133,14 @@ impl Plugin for Filter {
                 m.inspect(|m| m.probes.inc());
             }
             if rule.overload.is_some() {
-                s.timed = Some((i, host.now_ms()));
+                s.timed = Some((i, req.now()));
             }
             return Flow::Continue;
         };
         if eligible(rule, &req).is_err() {
             m.inspect(|m| m.excluded.inc());
             if rule.overload.is_some() {
-                s.timed = Some((i, host.now_ms()));
+                s.timed = Some((i, req.now()));
             }
             return Flow::Continue;
         }
@@ -175,7 +175,8 @@ impl Plugin for Filter {
         }
         let plan = &self.plan;
         let status = response_status(host);
-        self.record_timing(host, s, status);
+        let now = host.now_ms();
+        self.record_timing(s, status, now);
         let Some(trig) = s.diverted else {
             return Flow::Continue;
         };
@@ -190,7 +191,6 @@ impl Plugin for Filter {
             tag(trig.as_str());
             return Flow::Continue;
         };
-        let now = host.now_ms();
         // A failing backend and a stale copy within stale-if-error: answer with the copy.
         if status == 0 || status >= 500 {
             match job.stale {
@@ -236,7 +236,7 @@ impl Plugin for Filter {
                     max_body: c.settings.max_body_bytes,
                 };
                 if eos {
-                    self.store(host, &f, Vec::new());
+                    self.store(host, &f, Vec::new(), now);
                 } else {
                     s.filling = Some(f);
                 }
@@ -275,7 +275,7 @@ impl Plugin for Filter {
         }
         if let Some(f) = s.filling.take() {
             match host.response_body(0, body_size) {
-                Some(body) if body.len() == body_size => self.store(host, &f, body),
+                Some(body) if body.len() == body_size => self.store(host, &f, body, host.now_ms()),
                 _ => self.m.filter.cache_write_failed.inc(),
             }
         }
@@ -300,19 +300,15 @@ impl Plugin for Filter {
                 });
         }
         // Went to the main backend and never got response headers (reset, timeout).
-        self.record_timing(host, s, 0);
+        if s.timed.is_some() {
+            self.record_timing(s, 0, host.now_ms());
+        }
     }
 }
 
 impl Filter {
     /// The triggers for this request, from the worker's copies (no shared-data call).
-    fn signals<H: Host + ?Sized>(
-        &self,
-        host: &H,
-        rule: &Rule,
-        i: usize,
-        req: &HostRequest<H>,
-    ) -> Signals {
+    fn signals<H: Host + ?Sized>(&self, rule: &Rule, i: usize, req: &HostRequest<H>) -> Signals {
         let w = self.worker.borrow();
         let (list, hot) = (w.list.get(), w.hot.get());
         // The key is extracted only when a published list could name it.
@@ -328,7 +324,7 @@ impl Filter {
             ..Signals::default()
         };
         if rule.operator && !list.entries.is_empty() {
-            let now = host.now_ms();
+            let now = req.now();
             sig.listed = list.blocks_request_path(&rule.name, req.path(), now)
                 || key
                     .as_deref()
@@ -375,7 +371,7 @@ impl Filter {
         let key = cache_key(rule, req)?;
         let fp = hash64(b"sg-sp-cache", &key);
         let slot = slot_of(fp, self.plan.slots);
-        let now = host.now_ms();
+        let now = req.now();
         let m = &self.m.filter;
         let data = self.data(host);
         let entry = data
@@ -464,8 +460,7 @@ impl Filter {
             .unwrap_or(false)
     }
 
-    fn store<H: Host + ?Sized>(&self, host: &H, f: &Filling, body: Vec<u8>) {
-        let now = host.now_ms();
+    fn store<H: Host + ?Sized>(&self, host: &H, f: &Filling, body: Vec<u8>, now: u64) {
         let entry = Entry {
             key: f.key.clone(),
             stored_ms: now,
@@ -507,9 +502,9 @@ impl Filter {
     }
 
     /// The backend's time to response headers, for the overload tally.
-    fn record_timing<H: Host + ?Sized>(&self, host: &H, s: &mut Stream, status: u16) {
+    fn record_timing(&self, s: &mut Stream, status: u16, now: u64) {
         if let Some((i, start)) = s.timed.take() {
-            let latency = host.now_ms().saturating_sub(start);
+            let latency = now.saturating_sub(start);
             if let Some(t) = self.worker.borrow_mut().tallies.get_mut(i) {
                 t.record(status, latency);
             }
