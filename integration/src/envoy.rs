@@ -211,10 +211,10 @@ impl Bundle {
     pub fn raise_circuit_breakers(&mut self, max: u32) {
         let cs = self.doc["static_resources"]["clusters"].as_array_mut();
         for c in cs.into_iter().flatten() {
-            if c.get("circuit_breakers").is_none() {
-                c["circuit_breakers"] = json!({"thresholds": [{"priority": "DEFAULT",
-                    "max_connections": max, "max_pending_requests": max, "max_requests": max}]});
-            }
+            // Replaces the bundle's own limits too (sized to the demo app, not to a test's
+            // unlimited upstream).
+            c["circuit_breakers"] = json!({"thresholds": [{"priority": "DEFAULT",
+                "max_connections": max, "max_pending_requests": max, "max_requests": max}]});
         }
     }
 

@@ -71,8 +71,13 @@ pub struct LoadConfig {
     pub rate_rps: f64,
     /// Length of the schedule in milliseconds (`rate * duration` requests are planned).
     pub duration_ms: u64,
-    /// Path and query; `{key}` is replaced by the request's key.
+    /// Path and query; `{key}` is replaced by the request's key, `{n}` by the request's
+    /// sequence number (a cache-buster).
     pub path_template: String,
+    /// URL forms for the keys listed in `KeyMix::hot` (the spike): when not empty, the hot
+    /// keys' requests take these templates in turn instead of `path_template` (one page
+    /// written several ways, as real links are).
+    pub hot_templates: Vec<String>,
     /// Key mix.
     pub keys: KeyMix,
     /// Request headers; `{key}` is replaced in values too.
@@ -93,6 +98,7 @@ impl Default for LoadConfig {
             rate_rps: 100.0,
             duration_ms: 1000,
             path_template: "/PostView?blogId={key}&logNo=1".to_string(),
+            hot_templates: Vec::new(),
             keys: KeyMix::default(),
             headers: Vec::new(),
             max_in_flight: 1024,
@@ -441,7 +447,15 @@ async fn run_async(cfg: LoadConfig) -> std::io::Result<Report> {
             dropped += 1;
             continue;
         }
-        let path = cfg.path_template.replace("{key}", &key);
+        let hot = !cfg.hot_templates.is_empty() && cfg.keys.hot.iter().any(|(k, _)| *k == key);
+        let templ = match cfg
+            .hot_templates
+            .get(i as usize % cfg.hot_templates.len().max(1))
+        {
+            Some(t) if hot => t,
+            _ => &cfg.path_template,
+        };
+        let path = templ.replace("{key}", &key).replace("{n}", &i.to_string());
         let hdrs: Vec<(String, String)> = if templ_has_key {
             headers
                 .iter()

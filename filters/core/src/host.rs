@@ -90,6 +90,7 @@ pub struct HostRequest<'h, H: Host + ?Sized> {
     authority: OnceCell<String>,
     method: OnceCell<String>,
     source: OnceCell<String>,
+    normalized: OnceCell<Option<String>>,
     now: OnceCell<u64>,
 }
 
@@ -101,6 +102,7 @@ impl<'h, H: Host + ?Sized> HostRequest<'h, H> {
             authority: OnceCell::new(),
             method: OnceCell::new(),
             source: OnceCell::new(),
+            normalized: OnceCell::new(),
             now: OnceCell::new(),
         }
     }
@@ -144,6 +146,19 @@ impl<H: Host + ?Sized> RequestView for HostRequest<'_, H> {
     }
     fn header(&self, name: &str) -> Option<String> {
         self.host.header(Map::Request, name).map(lossy)
+    }
+    fn normalized_path(&self) -> std::borrow::Cow<'_, str> {
+        // Computed once per request; None when the raw path is already normal (borrowed).
+        let owned =
+            self.normalized
+                .get_or_init(|| match crate::normalize::normalized(self.path()) {
+                    std::borrow::Cow::Borrowed(_) => None,
+                    std::borrow::Cow::Owned(s) => Some(s),
+                });
+        match owned {
+            Some(s) => std::borrow::Cow::Borrowed(s.as_str()),
+            None => crate::normalize::normalized(self.path()),
+        }
     }
 }
 

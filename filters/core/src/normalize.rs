@@ -82,23 +82,112 @@ pub fn query_param<'q>(query: &'q str, name: &str) -> Option<Cow<'q, [u8]>> {
 }
 
 /// Normalises a URL path: percent-decodes it (not `+`, which is literal in paths), collapses
-/// runs of `/`, and drops a trailing `/` except for the root.
+/// runs of `/`, removes `.` and `..` segments (RFC 3986 5.2.4, as Envoy's `normalize_path`;
+/// `..` never climbs above the root), and drops a trailing `/` except for the root.
 pub fn normalize_path(path: &str) -> Vec<u8> {
     let decoded = percent_decode(path.as_bytes(), false);
-    let mut out = Vec::with_capacity(decoded.len());
-    for &b in decoded.iter() {
-        if b == b'/' && out.last() == Some(&b'/') {
-            continue;
+    let mut segs: Vec<&[u8]> = Vec::new();
+    for seg in decoded.split(|&b| b == b'/') {
+        match seg {
+            b"" | b"." => {}
+            b".." => {
+                segs.pop();
+            }
+            s => segs.push(s),
         }
-        out.push(b);
     }
-    if out.len() > 1 && out.last() == Some(&b'/') {
-        out.pop();
+    let mut out = Vec::with_capacity(decoded.len().max(1));
+    for s in &segs {
+        out.push(b'/');
+        out.extend_from_slice(s);
     }
     if out.is_empty() {
         out.push(b'/');
     }
     out
+}
+
+/// `normalize_path` of the path part (before `?`) of a raw `:path`, as text (lossy), borrowed
+/// when it is already normal (the common case: no `%`, no empty, `.` or `..` segment, no
+/// trailing `/`), so matching and key extraction allocate nothing for ordinary URLs.
+pub fn normalized(raw: &str) -> Cow<'_, str> {
+    let path = split_path(raw).0;
+    let normal = path == "/"
+        || (path.starts_with('/')
+            && !path.contains('%')
+            && path
+                .split('/')
+                .skip(1)
+                .all(|seg| !seg.is_empty() && seg != "." && seg != ".."));
+    if normal {
+        return Cow::Borrowed(path);
+    }
+    match String::from_utf8(normalize_path(path)) {
+        Ok(s) => Cow::Owned(s),
+        Err(e) => Cow::Owned(String::from_utf8_lossy(e.as_bytes()).into_owned()),
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters (`A-Z a-z 0-9 - . _ ~`),
+/// upper-case hex: the one spelling of a decoded query name or value.
+pub fn encode_component(b: &[u8], out: &mut String) {
+    let hex = |n: u8| char::from(if n < 10 { b'0' + n } else { b'A' + n - 10 });
+    for &c in b {
+        if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(c));
+        } else {
+            out.push('%');
+            out.push(hex(c >> 4));
+            out.push(hex(c & 15));
+        }
+    }
+}
+
+/// The canonical form of a query string for a cache key. Names and values are decoded (`+` is
+/// a space) and re-encoded one way (`encode_component`), then sorted by name, then value.
+/// With `keep`, only the named parameters stay, and only the first occurrence of each (the one
+/// key extraction reads): `logNo=1&x=913&blogId=a` with `[blogId, logNo]` is
+/// `blogId=a&logNo=1`, so a cache-buster or a reordering is the same page. Without `keep`
+/// every parameter stays (duplicates too): distinct pages can never share an entry.
+pub fn canonical_query(query: &str, keep: Option<&[String]>) -> String {
+    let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    for pair in query.as_bytes().split(|&b| b == b'&') {
+        if pair.is_empty() {
+            continue;
+        }
+        let (k, v) = match pair.iter().position(|&b| b == b'=') {
+            Some(eq) => (
+                pair.get(..eq).unwrap_or(&[]),
+                pair.get(eq + 1..).unwrap_or(&[]),
+            ),
+            None => (pair, &[][..]),
+        };
+        let k = percent_decode(k, true).into_owned();
+        if let Some(keep) = keep {
+            if !keep.iter().any(|n| n.as_bytes() == k.as_slice())
+                || pairs.iter().any(|(seen, _)| *seen == k)
+            {
+                continue;
+            }
+        }
+        pairs.push((k, percent_decode(v, true).into_owned()));
+    }
+    pairs.sort();
+    let mut out = String::with_capacity(query.len());
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        encode_component(k, &mut out);
+        out.push('=');
+        encode_component(v, &mut out);
+    }
+    out
+}
+
+/// The segments of a normalised path (`/a/b` -> `a`, `b`; `/` -> none).
+pub fn path_segments(normalised: &[u8]) -> impl Iterator<Item = &[u8]> {
+    normalised.split(|&b| b == b'/').filter(|s| !s.is_empty())
 }
 
 /// Final shaping of key bytes: optional ASCII case folding and a length cap. Longer keys
@@ -172,6 +261,13 @@ mod tests {
             ("/a+b", b"/a+b"),
             ("/", b"/"),
             ("", b"/"),
+            ("/a/./b", b"/a/b"),
+            ("/a/../b", b"/b"),
+            ("/../../b", b"/b"),
+            ("/a/b/..", b"/a"),
+            ("/%2e%2e/b", b"/b"),
+            ("/a/.../b", b"/a/.../b"),
+            ("/..", b"/"),
         ];
         for (p, want) in cases {
             assert_eq!(normalize_path(p), want.to_vec(), "{p}");
@@ -179,6 +275,57 @@ mod tests {
         assert_eq!(split_path("/a?b=1#f"), ("/a", "b=1"));
         assert_eq!(split_path("/a"), ("/a", ""));
         assert_eq!(split_path("/a?x?y"), ("/a", "x?y"));
+    }
+
+    #[test]
+    fn normalized_borrows_ordinary_paths_and_agrees_with_normalize_path() {
+        for raw in [
+            "/",
+            "/PostView?blogId=a",
+            "/alice/12",
+            "/a/b.c",
+            "/.well-known/x",
+        ] {
+            assert!(matches!(normalized(raw), Cow::Borrowed(_)), "{raw}");
+        }
+        for raw in [
+            "/", "", "/a/", "//a", "/a/./b", "/a/../b", "/%61", "/a?x", "/a/.", "/a/..", "/.b/",
+            "/a%2Fb", "/x//y/", "a/b",
+        ] {
+            let want = String::from_utf8_lossy(&normalize_path(split_path(raw).0)).into_owned();
+            assert_eq!(normalized(raw), want, "{raw}");
+        }
+    }
+
+    #[test]
+    fn canonical_query_table() {
+        let page = ["blogId".to_string(), "logNo".to_string()];
+        let keep: Option<&[String]> = Some(&page);
+        let cases: &[(&str, Option<&[String]>, &str)] = &[
+            ("blogId=a&logNo=1", keep, "blogId=a&logNo=1"),
+            ("logNo=1&blogId=a", keep, "blogId=a&logNo=1"),
+            ("blogId=a&logNo=1&x=913", keep, "blogId=a&logNo=1"),
+            (
+                "utm_source=sms&blogId=a&logNo=1&_=1700000000",
+                keep,
+                "blogId=a&logNo=1",
+            ),
+            ("%62logId=a&logNo=%31", keep, "blogId=a&logNo=1"),
+            ("blogId=a&blogId=b&logNo=1", keep, "blogId=a&logNo=1"),
+            ("blogId=a+b&logNo=1", keep, "blogId=a%20b&logNo=1"),
+            ("blogId=a%20b&logNo=1", keep, "blogId=a%20b&logNo=1"),
+            ("blogId=%e3%81%82", keep, "blogId=%E3%81%82"),
+            ("blogId&logNo=", keep, "blogId=&logNo="),
+            ("&&blogId=a&&", keep, "blogId=a"),
+            ("x=1", keep, ""),
+            ("", keep, ""),
+            ("b=2&a=1&a=0", None, "a=0&a=1&b=2"),
+            ("a=%7e&b=~", None, "a=~&b=~"),
+            ("q=a%26b", None, "q=a%26b"),
+        ];
+        for (q, keep, want) in cases {
+            assert_eq!(canonical_query(q, *keep), *want, "{q}");
+        }
     }
 
     #[test]

@@ -8,7 +8,9 @@
 
 use proptest::prelude::*;
 use sg_core::lease::Lease;
-use sg_core::normalize::{normalize_path, percent_decode, query_param, split_path};
+use sg_core::normalize::{
+    canonical_query, normalize_path, normalized, percent_decode, query_param, split_path,
+};
 use sg_core::oplist::{decode_list, encode_list, Entry, List, MAX_KEY_BYTES};
 
 fn config() -> ProptestConfig {
@@ -207,6 +209,23 @@ proptest! {
         let q = format!("x=1&{}={}", render(&name, true), render(&value, true));
         let got = query_param(&q, &n_plain);
         prop_assert_eq!(got.as_deref(), Some(v_plain.as_bytes()), "{}", q);
+    }
+
+    #[test]
+    fn the_borrowing_normaliser_agrees_with_normalize_path(s in "[/%a-f0-9A-F+.?]{0,40}|\\PC{0,40}") {
+        let want = String::from_utf8_lossy(&normalize_path(split_path(&s).0)).into_owned();
+        prop_assert_eq!(normalized(&s).into_owned(), want, "{:?}", s);
+    }
+
+    #[test]
+    fn a_canonical_query_is_canonical(q in "[a-z%0-9=&+]{0,40}|\\PC{0,30}") {
+        // Canonical once is canonical: re-canonicalising changes nothing, with or without a
+        // parameter filter.
+        let all = canonical_query(&q, None);
+        prop_assert_eq!(canonical_query(&all, None), all.clone());
+        let keep = vec!["a".to_string(), "b".to_string()];
+        let some = canonical_query(&q, Some(&keep));
+        prop_assert_eq!(canonical_query(&some, Some(&keep)), some.clone());
     }
 }
 

@@ -36,6 +36,16 @@ pub struct Config {
     /// carry `Retry-After`.
     #[serde(default)]
     pub rate_limit_headers: bool,
+    /// The request header `simplepage`/`hotkey` set on a request they send to the simple
+    /// page (the bundle strips it from client requests). Such a request is spent on the simple
+    /// page, not on the main app: rules neither count nor reject it unless they set
+    /// `include_diverted`.
+    #[serde(default = "default_divert_header")]
+    pub divert_header: String,
+}
+
+fn default_divert_header() -> String {
+    "x-spikeguard-divert".to_string()
 }
 
 fn default_cas_attempts() -> u32 {
@@ -100,6 +110,9 @@ sg_core::rule_config! {
         /// Keys tracked at once (rounded up to a multiple of 4); fixed shared-data memory.
         #[serde(default = "default_max_keys")]
         pub max_keys: u32,
+        /// Also count (and limit) requests diverted to the simple page (`divert_header`).
+        #[serde(default)]
+        pub include_diverted: bool,
     }
 }
 
@@ -117,6 +130,7 @@ pub struct Rule {
     pub params: Params,
     pub rate: Rate,
     pub dry_run: bool,
+    pub include_diverted: bool,
     /// Number of shared-data slot keys (sets of 4 keys).
     pub sets: u32,
 }
@@ -128,6 +142,8 @@ pub struct Plan {
     pub on_store_error: FailMode,
     pub cas_attempts: u32,
     pub rate_limit_headers: bool,
+    /// Lower-case.
+    pub divert_header: String,
     pub needs_route: bool,
     pub delays: bool,
 }
@@ -273,6 +289,7 @@ impl Compile for Config {
                 },
                 rate,
                 dry_run: r.dry_run,
+                include_diverted: r.include_diverted,
                 sets: r.max_keys.div_ceil(crate::limiter::WAYS as u32),
             });
         }
@@ -286,6 +303,7 @@ impl Compile for Config {
             on_store_error: self.on_store_error,
             cas_attempts: self.cas_attempts,
             rate_limit_headers: self.rate_limit_headers,
+            divert_header: self.divert_header.to_ascii_lowercase(),
         })
     }
 }

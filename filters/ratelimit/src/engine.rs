@@ -27,6 +27,8 @@ pub enum RuleOutcome {
     StoreTrouble {
         gave_up: bool,
     },
+    /// Diverted to the simple page: not the main app's budget, neither counted nor limited.
+    SkippedDiverted,
 }
 
 /// Rate-limit header values from the most restrictive applied rule.
@@ -101,6 +103,8 @@ pub fn check<S: SharedStore + ?Sized, R: RequestView + ?Sized>(
         evicted_in_debt: 0,
     };
     let mut pending: Vec<Pending> = Vec::new();
+    // Read once, and only when a rule that excludes diverted requests matches.
+    let mut diverted: Option<bool> = None;
     let note_quota = |v: &mut Verdict, idx: usize, rule: &Rule, excess: u64| {
         let (remaining, reset) = quota_of(rule, excess);
         if v.quota.as_ref().is_none_or(|q| remaining < q.remaining) {
@@ -115,6 +119,12 @@ pub fn check<S: SharedStore + ?Sized, R: RequestView + ?Sized>(
     // Phase 1: read and check every rule; charge nothing.
     for (idx, rule) in plan.rules.iter().enumerate() {
         if !rule.matcher.matches_request(req, route) {
+            continue;
+        }
+        if !rule.include_diverted
+            && *diverted.get_or_insert_with(|| req.header(&plan.divert_header).is_some())
+        {
+            v.rules.push((idx, RuleOutcome::SkippedDiverted));
             continue;
         }
         // nginx: an empty key means the rule does not apply to this request.

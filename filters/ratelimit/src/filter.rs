@@ -27,6 +27,7 @@ sg_core::metrics! {
         dry_run_delayed: Counter = "dry_run_delayed", "requests a dry-run rule would have delayed";
         store_error: Counter = "store_error", "shared data failed for the rule (on_store_error applied)";
         cas_giveup: Counter = "cas_giveup", "CAS attempts exhausted for the rule (on_store_error applied)";
+        skipped_diverted: Counter = "skipped_diverted", "requests diverted to the simple page, not counted (include_diverted: false)";
     }
 }
 
@@ -55,6 +56,7 @@ fn record(m: &Metrics, v: &Verdict) {
             RuleOutcome::DryRunDelayed(_) => &r.dry_run_delayed,
             RuleOutcome::StoreTrouble { gave_up: true } => &r.cas_giveup,
             RuleOutcome::StoreTrouble { gave_up: false } => &r.store_error,
+            RuleOutcome::SkippedDiverted => &r.skipped_diverted,
         };
         c.inc();
     }
@@ -320,6 +322,43 @@ mod tests {
         assert!(h
             .resp_header("ratelimit")
             .is_some_and(|v| v.starts_with("\"g\";r=")));
+    }
+
+    #[test]
+    fn a_request_diverted_to_the_simple_page_is_neither_counted_nor_rejected() {
+        let h = MemHost::new();
+        let f = filter(
+            &h,
+            r#"{"rules":[{"name":"app","key":{"fixed":"x"},"rate":"1r/s","mode":"nodelay"},
+                {"name":"simple","match":{"path_prefix":"/p"},"key":{"fixed":"x"},"rate":"1r/s","mode":"nodelay","include_diverted":true}]}"#,
+        );
+        let diverted = |id| {
+            h.request(&[
+                (":method", "GET"),
+                (":path", "/p"),
+                ("x-spikeguard-divert", "hotkey"),
+            ]);
+            f.on_request(&h, &mut Stream::new(id))
+        };
+        assert_eq!(
+            diverted(1),
+            Flow::Continue,
+            "charges only the opted-in rule"
+        );
+        assert_eq!(
+            diverted(2),
+            Flow::Pause,
+            "the opted-in rule caps diverted traffic"
+        );
+        let _ = h.take_replies();
+        // The app's own budget is untouched by the diverted requests.
+        h.get("blog", "/q");
+        let mut s = Stream::new(3);
+        let _ = f.on_request(&h, &mut s);
+        f.on_tick(&h, &mut ());
+        assert_eq!(h.metric("sg.ratelimit.app.skipped_diverted"), Some(2));
+        assert_eq!(h.metric("sg.ratelimit.app.allowed"), Some(1));
+        assert_eq!(h.metric("sg.ratelimit.simple.skipped_diverted"), Some(0));
     }
 
     #[test]

@@ -160,6 +160,14 @@ pub struct RuleCacheConfig {
     /// for it (nginx `proxy_cache_lock_timeout`), then go to the backend (0: no waiting).
     #[serde(default = "default_lock_timeout_ms")]
     pub lock_timeout_ms: u64,
+    /// The query parameters that select the page (e.g. `["blogId", "logNo"]`): the cache key
+    /// keeps only these (decoded, sorted, re-encoded one way), so a cache-buster or a
+    /// reordered query is the same entry. Absent: every parameter is kept (canonicalised), so
+    /// two different pages never share an entry. Like nginx `proxy_cache_key` built from
+    /// `$arg_blogId$arg_logNo` instead of `$request_uri`, or Varnish/Fastly query-string
+    /// filtering (`querystring.filter_except` + `sort`).
+    #[serde(default)]
+    pub query_params: Option<Vec<String>>,
 }
 
 fn yes() -> bool {
@@ -216,6 +224,8 @@ pub struct CachePlan {
     pub settings: cache::Settings,
     pub refresh_interval_ms: u64,
     pub lock_timeout_ms: u64,
+    /// `query_params`: None keeps every parameter.
+    pub query_params: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone)]
@@ -429,6 +439,14 @@ impl Compile for Config {
                             "must be from 0 to 10000".into(),
                         ));
                     }
+                    if let Some(q) = &c.query_params {
+                        if q.is_empty() || q.len() > 16 || q.iter().any(String::is_empty) {
+                            return Err(bad(
+                                "cache.query_params",
+                                "1 to 16 non-empty parameter names".into(),
+                            ));
+                        }
+                    }
                     Some(CachePlan {
                         settings: cache::Settings {
                             ttl_ms: c.ttl_ms,
@@ -438,6 +456,7 @@ impl Compile for Config {
                         },
                         refresh_interval_ms: refresh,
                         lock_timeout_ms: c.lock_timeout_ms,
+                        query_params: c.query_params.clone(),
                     })
                 }
             };

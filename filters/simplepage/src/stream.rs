@@ -5,7 +5,7 @@
 //! pages, fill the cache, replace a backend error with a stale copy, time the main backend.
 
 use crate::cache::{self, Entry, Lock, State};
-use crate::config::{DivertConfig, Rule};
+use crate::config::{CachePlan, DivertConfig, Rule};
 use crate::decide::{eligible, is_probe, redirect_location, trigger, Signals, Trigger};
 use crate::filter::{borrowed, reply_headers, Filter, Leader, Waiter, MAX_WAITERS};
 use sg_core::codec::{Reader, Writer};
@@ -13,6 +13,7 @@ use sg_core::hash::{hash64, slot_of};
 use sg_core::host::{response_status, Flow, Host, HostRequest, Map, Plugin};
 use sg_core::key::RequestView;
 use sg_core::keys::{sp_cache, sp_lock, SP_CACHE_BYTES};
+use sg_core::normalize::{canonical_query, split_path};
 use sg_core::shared::Step;
 use sg_core::tick::Periodic;
 
@@ -62,13 +63,22 @@ struct Filling {
     max_body: usize,
 }
 
-/// The micro-cache key of a request: rule, host and raw path. None when over the bound.
-fn cache_key<R: RequestView + ?Sized>(rule: &Rule, req: &R) -> Option<Vec<u8>> {
-    let mut key = Vec::with_capacity(rule.name.len() + 1 + req.host().len() + req.path().len());
+/// The micro-cache key of a request: rule, host (lower-cased), normalised path and the
+/// canonical query (`normalize::canonical_query` of the rule's `query_params`). None when over
+/// the bound (the request then goes to the backend uncached).
+fn cache_key<R: RequestView + ?Sized>(rule: &Rule, c: &CachePlan, req: &R) -> Option<Vec<u8>> {
+    let path = req.normalized_path();
+    let query = canonical_query(split_path(req.path()).1, c.query_params.as_deref());
+    let mut key =
+        Vec::with_capacity(rule.name.len() + req.host().len() + path.len() + query.len() + 2);
     key.extend_from_slice(rule.name.as_bytes());
     key.push(0);
-    key.extend_from_slice(req.host().as_bytes());
-    key.extend_from_slice(req.path().as_bytes());
+    key.extend(req.host().bytes().map(|b| b.to_ascii_lowercase()));
+    key.extend_from_slice(path.as_bytes());
+    if !query.is_empty() {
+        key.push(b'?');
+        key.extend_from_slice(query.as_bytes());
+    }
     (key.len() <= cache::MAX_KEY_BYTES).then_some(key)
 }
 
@@ -368,7 +378,7 @@ impl Filter {
         req: &HostRequest<H>,
     ) -> Option<Flow> {
         let c = rule.cache.as_ref()?;
-        let key = cache_key(rule, req)?;
+        let key = cache_key(rule, c, req)?;
         let fp = hash64(b"sg-sp-cache", &key);
         let slot = slot_of(fp, self.plan.slots);
         let now = req.now();

@@ -112,6 +112,59 @@ fn a_filled_page_is_served_from_the_cache_then_stale_while_one_request_refreshes
 }
 
 #[test]
+fn every_url_form_of_one_page_is_one_cache_entry_and_other_pages_are_not() {
+    let h = MemHost::new();
+    h.set_now(0);
+    let (f, _) = worker(
+        &h,
+        &always(r#"{"ttl_ms": 60000, "lock_timeout_ms": 0, "query_params": ["blogId", "logNo"]}"#),
+    );
+    let (flow, mut s) = request(&f, &h, 1, "/PostView?blogId=a&logNo=1");
+    assert_eq!(flow, Flow::Continue);
+    answer(&f, &h, &mut s, 200, PAGE, b"a1");
+    for (id, form) in [
+        "/PostView?blogId=a&logNo=1&x=913",
+        "/PostView?logNo=1&blogId=a",
+        "/PostView?_=1700000000&blogId=a&utm_source=sms&logNo=1",
+        "/Post%56iew?%62logId=a&logNo=%31",
+        "//PostView/?blogId=a&logNo=1",
+        "/PostView?blogId=a&logNo=1&blogId=b",
+    ]
+    .iter()
+    .enumerate()
+    {
+        assert_eq!(
+            request(&f, &h, id as u32 + 2, form).0,
+            Flow::Pause,
+            "{form}"
+        );
+    }
+    let r = h.take_replies();
+    assert!(r.iter().all(|r| r.body == b"a1"), "{r:?}");
+    for other in ["/PostView?blogId=a&logNo=2", "/PostView?blogId=b&logNo=1"] {
+        assert_eq!(
+            request(&f, &h, 99, other).0,
+            Flow::Continue,
+            "{other} is another page"
+        );
+    }
+    // Without query_params every parameter selects the page (canonicalised: order and
+    // spelling still do not matter).
+    let h = MemHost::new();
+    let (f, _) = worker(&h, &always(r#"{"ttl_ms": 60000, "lock_timeout_ms": 0}"#));
+    let (_, mut s) = request(&f, &h, 1, "/PostView?blogId=a&logNo=1");
+    answer(&f, &h, &mut s, 200, PAGE, b"a1");
+    assert_eq!(
+        request(&f, &h, 2, "/PostView?logNo=%31&blogId=a").0,
+        Flow::Pause
+    );
+    assert_eq!(
+        request(&f, &h, 3, "/PostView?blogId=a&logNo=1&x=1").0,
+        Flow::Continue
+    );
+}
+
+#[test]
 fn a_backend_error_is_replaced_by_the_stale_copy_within_stale_if_error() {
     let h = MemHost::new();
     h.set_now(0);

@@ -23,6 +23,17 @@ struct Args {
     hold: bool,
 }
 
+/// The hot blog's links are written several ways (as shared links are): query spellings, a
+/// cache-buster, the path form and the blog's post list. Every form is the same blog.
+const HOT_FORMS: &[&str] = &[
+    "/PostView?blogId={key}&logNo=1",
+    "/PostView?logNo=1&blogId={key}",
+    "/PostView?blogId={key}&logNo=1&x={n}",
+    "/{key}/1",
+    "/{key}/1/",
+    "/PostList?blogId={key}",
+];
+
 struct Run {
     name: &'static str,
     report: Report,
@@ -92,6 +103,7 @@ fn run(
         rate_rps: 2400.0,
         duration_ms: seconds * 1000,
         path_template: "/PostView?blogId={key}&logNo=1".into(),
+        hot_templates: HOT_FORMS.iter().map(|f| f.to_string()).collect(),
         keys: KeyMix {
             zipf_n: 2000,
             zipf_s: 1.0,
@@ -145,7 +157,8 @@ fn run(
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
     let seconds = args.seconds;
-    println!("spikeguard demo: 2,400 req/s for {seconds} s, 87.5% of it on one blog (\"hot\")\n");
+    println!("spikeguard demo: 2,400 req/s for {seconds} s, 87.5% of it on one blog (\"hot\")");
+    println!("the hot blog's URLs, in turn: {}\n", HOT_FORMS.join("  "));
     let runs = [
         run("no protection", false, &args)?,
         run("spikeguard", true, &args)?,
