@@ -150,9 +150,11 @@ macro_rules! rule_config {
     };
 }
 
-/// The tests every filter's shipped config gets: `config/<filter>.json` compiles, and
-/// `config/<filter>.schema.json` describes every field it uses. Invoke inside the config
-/// module's `tests` (paths are relative to `filters/<filter>/src/`).
+/// The tests every filter's shipped config gets: `config/<filter>.json` compiles,
+/// `config/<filter>.schema.json` describes every field it uses, and the Istio `WasmPlugin`'s
+/// `pluginConfig` (`deploy/istio/<filter>-wasmplugin.yaml`) compiles. Invoke inside the config
+/// module's `tests` (paths are relative to `filters/<filter>/src/`; the crate needs
+/// `serde_yaml` as a dev-dependency).
 #[macro_export]
 macro_rules! shipped_config_tests {
     ($filter:literal) => {
@@ -173,6 +175,33 @@ macro_rules! shipped_config_tests {
                 gaps.is_empty(),
                 "config/{}.schema.json lacks {gaps:?}",
                 $filter
+            );
+        }
+
+        #[test]
+        fn istio_wasmplugin_config_compiles() {
+            let yaml = include_str!(concat!(
+                "../../../deploy/istio/",
+                $filter,
+                "-wasmplugin.yaml"
+            ));
+            let doc: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap_or_default();
+            let cfg = doc
+                .get("spec")
+                .and_then(|s| s.get("pluginConfig"))
+                .map(|c| serde_json::to_vec(c).unwrap_or_default())
+                .unwrap_or_default();
+            assert!(
+                !cfg.is_empty(),
+                "no spec.pluginConfig in the {} WasmPlugin",
+                $filter
+            );
+            let p = <Config as $crate::config::Compile>::parse(&cfg);
+            assert!(
+                p.is_ok(),
+                "deploy/istio/{}-wasmplugin.yaml: {:?}",
+                $filter,
+                p.err()
             );
         }
     };
