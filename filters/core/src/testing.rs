@@ -2,6 +2,9 @@
 //! `test-support`, or this crate's own tests). It holds a request and a response, a clock the
 //! test sets, shared data with Envoy's CAS semantics (`MemStore`), and it records every effect
 //! (replies, resumes, HTTP calls, metric values) for exact assertions.
+//!
+//! `laws`: the shared-data codec laws and the proptest config every crate's property tests
+//! (`tests/proptests.rs`) use.
 
 use crate::host::{Call, Host, Map, MetricKind};
 use crate::shared::{MemStore, SharedStore, StoreError, Versioned};
@@ -329,5 +332,188 @@ impl Host for MemHost {
     }
     fn plugin_config(&self) -> Vec<u8> {
         self.config.borrow().clone()
+    }
+}
+
+/// The laws every shared-data codec obeys, and the proptest setup, for the property tests
+/// (`tests/proptests.rs` in each filter crate). Each law returns a `TestCaseError` that names
+/// the values involved, so a `proptest!` body calls it with `?`; the strategies stay in the
+/// test files, one `#[test]` per law and codec.
+pub mod laws {
+    use proptest::collection::SizeRange;
+    use proptest::prelude::*;
+    use proptest::test_runner::TestCaseError;
+    use std::fmt::Debug;
+
+    /// proptest's defaults, whose failure persistence writes next to the test's source file
+    /// (natively: `tests/proptests.rs` keeps each failure's seed in
+    /// `tests/proptests.proptest-regressions`, replayed first). On wasm32 nothing is
+    /// persisted: node:wasi has no filesystem preopened.
+    pub fn config() -> ProptestConfig {
+        #[allow(unused_mut)] // mutated on wasm32 only
+        let mut c = ProptestConfig::default();
+        #[cfg(target_arch = "wasm32")]
+        {
+            c.failure_persistence = None;
+        }
+        c
+    }
+
+    /// Times and ids as they come, with the edges (0, u64::MAX) drawn often, and small
+    /// values (below 1000) as often as each edge.
+    pub fn edgy_u64() -> impl Strategy<Value = u64> {
+        edgy_u64_small_below(1000)
+    }
+
+    /// [`edgy_u64`] with the small values drawn below `small` instead.
+    pub fn edgy_u64_small_below(small: u64) -> impl Strategy<Value = u64> {
+        prop_oneof![any::<u64>(), Just(0), Just(u64::MAX), 0..small]
+    }
+
+    /// Any bytes, of a length in `len`.
+    pub fn bytes(len: impl Into<SizeRange>) -> impl Strategy<Value = Vec<u8>> {
+        proptest::collection::vec(any::<u8>(), len)
+    }
+
+    /// `decode(encode(value)) == Some(value)`.
+    pub fn round_trip<T: Debug + PartialEq>(
+        value: &T,
+        encode: impl Fn(&T) -> Vec<u8>,
+        decode: impl Fn(&[u8]) -> Option<T>,
+    ) -> Result<(), TestCaseError> {
+        round_trip_as(value, value, encode, decode)
+    }
+
+    /// `decode(encode(value)) == Some(want)`: a round trip up to what the codec documents it
+    /// drops or cuts.
+    pub fn round_trip_as<T: Debug, U: Debug + PartialEq>(
+        value: &T,
+        want: &U,
+        encode: impl Fn(&T) -> Vec<u8>,
+        decode: impl Fn(&[u8]) -> Option<U>,
+    ) -> Result<(), TestCaseError> {
+        let b = encode(value);
+        let got = decode(&b);
+        prop_assert_eq!(got.as_ref(), Some(want), "{:?} encoded as {:?}", value, b);
+        Ok(())
+    }
+
+    /// Decoding any bytes gives None or the one value that encodes to exactly those bytes:
+    /// no second spelling of a value, no trailing bytes ignored.
+    pub fn canonical_or_none<T: Debug>(
+        bytes: &[u8],
+        encode: impl Fn(&T) -> Vec<u8>,
+        decode: impl Fn(&[u8]) -> Option<T>,
+    ) -> Result<(), TestCaseError> {
+        if let Some(v) = decode(bytes) {
+            prop_assert_eq!(encode(&v), bytes, "{:?} decoded as {:?}", bytes, v);
+        }
+        Ok(())
+    }
+
+    /// [`canonical_or_none`] for a codec that reads the empty value as the empty state
+    /// (`T::default()`, "no state yet"), whose encoding is not empty.
+    pub fn canonical_or_none_empty_is_default<T: Debug + PartialEq + Default>(
+        bytes: &[u8],
+        encode: impl Fn(&T) -> Vec<u8>,
+        decode: impl Fn(&[u8]) -> Option<T>,
+    ) -> Result<(), TestCaseError> {
+        if bytes.is_empty() {
+            prop_assert_eq!(decode(bytes), Some(T::default()), "the empty value");
+            return Ok(());
+        }
+        canonical_or_none(bytes, encode, decode)
+    }
+
+    /// Every strict prefix of `encode(value)`, the empty one included, decodes to None: a
+    /// cut-off write is never read as a value.
+    pub fn truncated_is_none<T: Debug + PartialEq>(
+        value: &T,
+        encode: impl Fn(&T) -> Vec<u8>,
+        decode: impl Fn(&[u8]) -> Option<T>,
+    ) -> Result<(), TestCaseError> {
+        prefixes_are_none(value, 0, encode, decode)
+    }
+
+    /// [`truncated_is_none`] for a codec that reads the empty value as the empty state
+    /// (`T::default()`): that prefix decodes to it, every longer strict prefix to None.
+    pub fn truncated_is_none_empty_is_default<T: Debug + PartialEq + Default>(
+        value: &T,
+        encode: impl Fn(&T) -> Vec<u8>,
+        decode: impl Fn(&[u8]) -> Option<T>,
+    ) -> Result<(), TestCaseError> {
+        prop_assert_eq!(decode(&[]), Some(T::default()), "the empty value");
+        prefixes_are_none(value, 1, encode, decode)
+    }
+
+    /// The strict prefixes of `encode(value)` from `from` bytes on decode to None.
+    fn prefixes_are_none<T: Debug + PartialEq>(
+        value: &T,
+        from: usize,
+        encode: impl Fn(&T) -> Vec<u8>,
+        decode: impl Fn(&[u8]) -> Option<T>,
+    ) -> Result<(), TestCaseError> {
+        let b = encode(value);
+        for n in from..b.len() {
+            let prefix = b.get(..n).unwrap_or_default();
+            prop_assert_eq!(
+                decode(prefix),
+                None,
+                "prefix {} of {:?} (encoding of {:?})",
+                n,
+                b,
+                value
+            );
+        }
+        Ok(())
+    }
+
+    #[cfg(test)]
+    mod tests {
+        //! The laws hold for a sound codec and catch each kind of unsound one.
+        use super::*;
+
+        /// A u16 as two little-endian bytes: sound.
+        fn enc(v: &u16) -> Vec<u8> {
+            v.to_le_bytes().to_vec()
+        }
+        fn dec(b: &[u8]) -> Option<u16> {
+            Some(u16::from_le_bytes(b.try_into().ok()?))
+        }
+
+        #[test]
+        fn a_sound_codec_keeps_every_law() {
+            for v in [0u16, 1, 0x1234, u16::MAX] {
+                assert!(round_trip(&v, enc, dec).is_ok());
+                assert!(truncated_is_none(&v, enc, dec).is_ok());
+            }
+            for b in [&[][..], &[1][..], &[1, 2][..], &[1, 2, 3][..]] {
+                assert!(canonical_or_none(b, enc, dec).is_ok());
+            }
+        }
+
+        #[test]
+        fn each_law_catches_its_breach() {
+            // Drops the high byte.
+            assert!(round_trip(&0x1234, enc, |b| dec(b).map(|v| v & 0xff)).is_err());
+            // Ignores trailing bytes.
+            let lax = |b: &[u8]| dec(b.get(..2)?);
+            assert!(canonical_or_none(&[1, 2, 3], enc, lax).is_err());
+            // Reads a short value as zero-extended.
+            let short = |b: &[u8]| {
+                let mut a = [0u8; 2];
+                a.get_mut(..b.len())?.copy_from_slice(b);
+                Some(u16::from_le_bytes(a))
+            };
+            assert!(truncated_is_none(&7, enc, short).is_err());
+            // The empty value is the empty state only where the law says so.
+            let empty_zero = |b: &[u8]| if b.is_empty() { Some(0) } else { dec(b) };
+            assert!(truncated_is_none(&7, enc, empty_zero).is_err());
+            assert!(truncated_is_none_empty_is_default(&7, enc, empty_zero).is_ok());
+            assert!(truncated_is_none_empty_is_default(&7, enc, dec).is_err());
+            assert!(canonical_or_none(&[], enc, empty_zero).is_err());
+            assert!(canonical_or_none_empty_is_default(&[], enc, empty_zero).is_ok());
+            assert!(canonical_or_none_empty_is_default(&[], enc, dec).is_err());
+        }
     }
 }

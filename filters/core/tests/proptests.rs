@@ -1,9 +1,9 @@
 //! Property tests of core's shared-data codecs (lease, operator list) and of the one URL/key
 //! normaliser.
 //!
-//! Natively, proptest keeps each failure's seed in `tests/proptests.proptest-regressions`
-//! (commit it) and replays it first. On wasm32 nothing is persisted: node:wasi has no
-//! filesystem preopened.
+//! The codec laws and the config are `sg_core::testing::laws`'s. Natively, proptest keeps
+//! each failure's seed in `tests/proptests.proptest-regressions` (commit it) and replays it
+//! first. On wasm32 nothing is persisted: node:wasi has no filesystem preopened.
 #![allow(clippy::indexing_slicing)] // test code: fail loudly
 
 use proptest::prelude::*;
@@ -12,21 +12,7 @@ use sg_core::normalize::{
     canonical_query, normalize_path, normalized, percent_decode, query_param, split_path,
 };
 use sg_core::oplist::{decode_list, encode_list, Entry, List, MAX_KEY_BYTES};
-
-fn config() -> ProptestConfig {
-    #[allow(unused_mut)] // mutated on wasm32 only
-    let mut c = ProptestConfig::default();
-    #[cfg(target_arch = "wasm32")]
-    {
-        c.failure_persistence = None;
-    }
-    c
-}
-
-/// Times and ids as they come, with the edges (0, u64::MAX) drawn often.
-fn edgy_u64() -> impl Strategy<Value = u64> {
-    prop_oneof![any::<u64>(), Just(0), Just(u64::MAX), 0u64..1000]
-}
+use sg_core::testing::laws::{self, bytes, config, edgy_u64};
 
 fn lease() -> impl Strategy<Value = Lease> {
     (edgy_u64(), edgy_u64()).prop_map(|(holder, expires_ms)| Lease { holder, expires_ms })
@@ -54,6 +40,11 @@ fn entry() -> impl Strategy<Value = Entry> {
 
 fn list() -> impl Strategy<Value = List> {
     proptest::collection::vec(entry(), 0..8).prop_map(|entries| List { entries })
+}
+
+/// `encode_list` over the (version, list) pair `decode_list` returns.
+fn oplist_encode((version, l): &(u64, List)) -> Vec<u8> {
+    encode_list(*version, l)
 }
 
 /// True when `b` holds a `%XX` escape that `percent_decode` would decode.
@@ -95,32 +86,27 @@ proptest! {
 
     #[test]
     fn lease_round_trips(l in lease()) {
-        prop_assert_eq!(Lease::decode(&l.encode()), Some(l));
+        laws::round_trip(&l, Lease::encode, Lease::decode)?;
     }
 
     #[test]
-    fn lease_decode_of_any_bytes_is_canonical_or_none(b in proptest::collection::vec(any::<u8>(), 0..40)) {
-        if let Some(l) = Lease::decode(&b) {
-            prop_assert_eq!(l.encode(), b);
-        }
+    fn lease_decode_of_any_bytes_is_canonical_or_none(b in bytes(0..40)) {
+        laws::canonical_or_none(&b, Lease::encode, Lease::decode)?;
     }
 
     #[test]
     fn lease_truncated_is_none(l in lease()) {
-        let b = l.encode();
-        for n in 0..b.len() {
-            prop_assert_eq!(Lease::decode(&b[..n]), None, "prefix {}", n);
-        }
+        laws::truncated_is_none(&l, Lease::encode, Lease::decode)?;
     }
 
     #[test]
     fn oplist_round_trips(version in edgy_u64(), l in list()) {
-        let b = encode_list(version, &l);
-        let max = l.entries.len().max(1);
-        prop_assert_eq!(decode_list(&b, max), Some((version, l.clone())));
+        let n = l.entries.len();
+        let v = (version, l);
+        laws::round_trip(&v, oplist_encode, |b| decode_list(b, n.max(1)))?;
         // One entry over the reader's bound is refused, not cut.
-        if !l.entries.is_empty() {
-            prop_assert_eq!(decode_list(&b, l.entries.len() - 1), None);
+        if n > 0 {
+            prop_assert_eq!(decode_list(&oplist_encode(&v), n - 1), None);
         }
     }
 
@@ -131,11 +117,11 @@ proptest! {
             key.pop();
         }
         let l = List { entries: vec![Entry { rule: None, key: Some(key), path_prefix: None, expires_at_ms: None }] };
-        prop_assert_eq!(decode_list(&encode_list(1, &l), 1), Some((1, l)));
+        laws::round_trip(&(1, l), oplist_encode, |b| decode_list(b, 1))?;
     }
 
     #[test]
-    fn oplist_decode_of_any_bytes_never_panics(b in proptest::collection::vec(any::<u8>(), 0..200)) {
+    fn oplist_decode_of_any_bytes_never_panics(b in bytes(0..200)) {
         let _ = decode_list(&b, 100);
         let mut framed = vec![1u8, 0, 0, 0, 0, 0, 0, 0, 0];
         framed.extend_from_slice(&b);
@@ -144,14 +130,11 @@ proptest! {
 
     #[test]
     fn oplist_truncated_is_none(version in edgy_u64(), l in list()) {
-        let b = encode_list(version, &l);
-        for n in 0..b.len() {
-            prop_assert_eq!(decode_list(&b[..n], 100), None, "prefix {}", n);
-        }
+        laws::truncated_is_none(&(version, l), oplist_encode, |b| decode_list(b, 100))?;
     }
 
     #[test]
-    fn normaliser_never_panics_on_any_bytes(b in proptest::collection::vec(any::<u8>(), 0..200), name in "\\PC{0,8}") {
+    fn normaliser_never_panics_on_any_bytes(b in bytes(0..200), name in "\\PC{0,8}") {
         let _ = percent_decode(&b, true);
         let _ = percent_decode(&b, false);
         let s = String::from_utf8_lossy(&b);

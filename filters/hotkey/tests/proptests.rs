@@ -1,33 +1,19 @@
 //! Property tests of the hotkey shared-data codecs: the windowed view (`sg:hk:<rule>:view`)
 //! and the published hot set (`sg:hk:shed`).
 //!
-//! Natively, proptest keeps each failure's seed in `tests/proptests.proptest-regressions`
-//! (commit it) and replays it first. On wasm32 nothing is persisted: node:wasi has no
-//! filesystem preopened.
-#![allow(clippy::indexing_slicing)] // test code: fail loudly
+//! The codec laws and the config are `sg_core::testing::laws`'s. Natively, proptest keeps
+//! each failure's seed in `tests/proptests.proptest-regressions` (commit it) and replays it
+//! first. On wasm32 nothing is persisted: node:wasi has no filesystem preopened.
 
 use proptest::prelude::*;
+use sg_core::testing::laws::{self, bytes, config, edgy_u64};
 use sg_hotkey::detect::Hot;
 use sg_hotkey::shed::{decode, encode, ShedEntry};
 use sg_hotkey::sketch::{Counted, MAX_KEY_BYTES};
 use sg_hotkey::window::{Bucket, View, MAX_BUCKETS};
 
-fn config() -> ProptestConfig {
-    #[allow(unused_mut)] // mutated on wasm32 only
-    let mut c = ProptestConfig::default();
-    #[cfg(target_arch = "wasm32")]
-    {
-        c.failure_persistence = None;
-    }
-    c
-}
-
-fn edgy_u64() -> impl Strategy<Value = u64> {
-    prop_oneof![any::<u64>(), Just(0), Just(u64::MAX), 0u64..1000]
-}
-
 fn key(max: usize) -> impl Strategy<Value = Vec<u8>> {
-    proptest::collection::vec(any::<u8>(), 0..=max)
+    bytes(0..=max)
 }
 
 /// A bucket as `View::decode` accepts it: unique fps, `error <= count`, keys within bound.
@@ -92,12 +78,17 @@ fn shed_entries() -> impl Strategy<Value = Vec<ShedEntry>> {
     )
 }
 
+/// `shed::encode` over the (seq, entries) pair `shed::decode` returns.
+fn shed_encode((seq, entries): &(u64, Vec<ShedEntry>)) -> Vec<u8> {
+    encode(*seq, entries)
+}
+
 proptest! {
     #![proptest_config(config())]
 
     #[test]
     fn view_round_trips(v in view()) {
-        prop_assert_eq!(View::decode(&v.encode()), Some(v));
+        laws::round_trip(&v, View::encode, View::decode)?;
     }
 
     /// `merge` output round-trips exactly (what workers actually write).
@@ -118,35 +109,27 @@ proptest! {
                 .collect();
             v.merge(epoch, total, &entries, window, max_entries);
             prop_assert!(v.buckets.len() <= MAX_BUCKETS);
-            prop_assert_eq!(View::decode(&v.encode()), Some(v.clone()));
+            laws::round_trip(&v, View::encode, View::decode)?;
         }
     }
 
+    /// An empty value is an empty view (whose encoding is not empty).
     #[test]
-    fn view_decode_of_any_bytes_is_canonical_or_none(b in proptest::collection::vec(any::<u8>(), 0..300)) {
-        if let Some(v) = View::decode(&b) {
-            if !b.is_empty() {
-                prop_assert_eq!(v.encode(), b);
-            }
-        }
+    fn view_decode_of_any_bytes_is_canonical_or_none(b in bytes(0..300)) {
+        laws::canonical_or_none_empty_is_default(&b, View::encode, View::decode)?;
     }
 
     #[test]
-    fn view_decode_of_framed_garbage_never_panics(nb in 0u8..4, rest in proptest::collection::vec(any::<u8>(), 0..300)) {
+    fn view_decode_of_framed_garbage_never_panics(nb in 0u8..4, rest in bytes(0..300)) {
         let mut b = vec![sg_hotkey::window::VERSION, nb];
         b.extend_from_slice(&rest);
-        if let Some(v) = View::decode(&b) {
-            prop_assert_eq!(v.encode(), b);
-        }
+        laws::canonical_or_none(&b, View::encode, View::decode)?;
     }
 
     /// An empty value is an empty view; every other prefix is unreadable.
     #[test]
     fn view_truncated_is_none(v in view()) {
-        let b = v.encode();
-        for n in 1..b.len() {
-            prop_assert_eq!(View::decode(&b[..n]), None, "prefix {}", n);
-        }
+        laws::truncated_is_none_empty_is_default(&v, View::encode, View::decode)?;
     }
 
     /// Round trip up to the documented key cut (MAX_KEY_BYTES).
@@ -160,31 +143,24 @@ proptest! {
                 e
             })
             .collect();
-        prop_assert_eq!(decode(&encode(seq, &entries)), Some((seq, want)));
+        laws::round_trip_as(&(seq, entries), &(seq, want), shed_encode, decode)?;
     }
 
     #[test]
-    fn shed_decode_of_any_bytes_is_canonical_or_none(b in proptest::collection::vec(any::<u8>(), 0..200)) {
-        if let Some((seq, entries)) = decode(&b) {
-            prop_assert_eq!(encode(seq, &entries), b);
-        }
+    fn shed_decode_of_any_bytes_is_canonical_or_none(b in bytes(0..200)) {
+        laws::canonical_or_none(&b, shed_encode, decode)?;
     }
 
     #[test]
-    fn shed_decode_of_framed_garbage_never_panics(n in 0u32..3, rest in proptest::collection::vec(any::<u8>(), 0..200)) {
+    fn shed_decode_of_framed_garbage_never_panics(n in 0u32..3, rest in bytes(0..200)) {
         let mut b = vec![sg_hotkey::shed::VERSION, 0, 0, 0, 0, 0, 0, 0, 0];
         b.extend_from_slice(&n.to_le_bytes());
         b.extend_from_slice(&rest);
-        if let Some((seq, entries)) = decode(&b) {
-            prop_assert_eq!(encode(seq, &entries), b);
-        }
+        laws::canonical_or_none(&b, shed_encode, decode)?;
     }
 
     #[test]
     fn shed_truncated_is_none(seq in edgy_u64(), entries in shed_entries()) {
-        let b = encode(seq, &entries);
-        for n in 0..b.len() {
-            prop_assert_eq!(decode(&b[..n]), None, "prefix {}", n);
-        }
+        laws::truncated_is_none(&(seq, entries), shed_encode, decode)?;
     }
 }

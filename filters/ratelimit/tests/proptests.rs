@@ -1,26 +1,17 @@
 //! Property tests of the ratelimit slot codec (`sg:rl:<rule>:<slot>`) and of config parsing.
 //!
-//! Natively, proptest keeps each failure's seed in `tests/proptests.proptest-regressions`
-//! (commit it) and replays it first. On wasm32 nothing is persisted: node:wasi has no
-//! filesystem preopened.
-#![allow(clippy::indexing_slicing)] // test code: fail loudly
+//! The codec laws and the config are `sg_core::testing::laws`'s. Natively, proptest keeps
+//! each failure's seed in `tests/proptests.proptest-regressions` (commit it) and replays it
+//! first. On wasm32 nothing is persisted: node:wasi has no filesystem preopened.
 
 use proptest::prelude::*;
+use sg_core::testing::laws::{self, bytes, config, edgy_u64_small_below};
 use sg_ratelimit::config::{Compile, Config, Rate};
 use sg_ratelimit::limiter::{delay_ms, Entry, Mode, Params, Slot, WAYS};
 
-fn config() -> ProptestConfig {
-    #[allow(unused_mut)] // mutated on wasm32 only
-    let mut c = ProptestConfig::default();
-    #[cfg(target_arch = "wasm32")]
-    {
-        c.failure_persistence = None;
-    }
-    c
-}
-
+/// `laws::edgy_u64`, with the small values drawn below 100_000.
 fn edgy_u64() -> impl Strategy<Value = u64> {
-    prop_oneof![any::<u64>(), Just(0), Just(u64::MAX), 0u64..100_000]
+    edgy_u64_small_below(100_000)
 }
 
 fn entry() -> impl Strategy<Value = Entry> {
@@ -41,22 +32,18 @@ proptest! {
 
     #[test]
     fn slot_round_trips(s in slot()) {
-        let b = s.encode();
-        prop_assert_eq!(b.len(), 18 + 24 * s.entries.len());
-        prop_assert_eq!(Slot::decode(&b), Some(s));
+        prop_assert_eq!(s.encode().len(), 18 + 24 * s.entries.len());
+        laws::round_trip(&s, Slot::encode, Slot::decode)?;
+    }
+
+    /// An empty value is an empty slot (whose encoding is not empty).
+    #[test]
+    fn slot_decode_of_any_bytes_is_canonical_or_none(b in bytes(0..140)) {
+        laws::canonical_or_none_empty_is_default(&b, Slot::encode, Slot::decode)?;
     }
 
     #[test]
-    fn slot_decode_of_any_bytes_is_canonical_or_none(b in proptest::collection::vec(any::<u8>(), 0..140)) {
-        if let Some(s) = Slot::decode(&b) {
-            if !b.is_empty() {
-                prop_assert_eq!(s.encode(), b);
-            }
-        }
-    }
-
-    #[test]
-    fn slot_decode_of_framed_garbage_never_panics(n in any::<u8>(), rest in proptest::collection::vec(any::<u8>(), 0..140)) {
+    fn slot_decode_of_framed_garbage_never_panics(n in any::<u8>(), rest in bytes(0..140)) {
         let mut b = vec![sg_ratelimit::limiter::VERSION, n];
         b.extend_from_slice(&rest);
         if let Some(s) = Slot::decode(&b) {
@@ -67,14 +54,11 @@ proptest! {
     /// An empty value is an empty slot ("no state yet"); every other prefix is unreadable.
     #[test]
     fn slot_truncated_is_none(s in slot()) {
-        let b = s.encode();
-        for n in 1..b.len() {
-            prop_assert_eq!(Slot::decode(&b[..n]), None, "prefix {}", n);
-        }
+        laws::truncated_is_none_empty_is_default(&s, Slot::encode, Slot::decode)?;
     }
 
     #[test]
-    fn config_parse_never_panics(b in proptest::collection::vec(any::<u8>(), 0..200)) {
+    fn config_parse_never_panics(b in bytes(0..200)) {
         let _ = Config::parse(&b);
     }
 

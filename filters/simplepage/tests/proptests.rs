@@ -2,32 +2,18 @@
 //! (`sg:sp:c:<slot>`, `sg:sp:l:<slot>`), load window (`sg:sp:<rule>:load`), overload state
 //! (`sg:sp:state`) and inbound tally (`sg:sp:inbound`).
 //!
-//! Natively, proptest keeps each failure's seed in `tests/proptests.proptest-regressions`
-//! (commit it) and replays it first. On wasm32 nothing is persisted: node:wasi has no
-//! filesystem preopened.
-#![allow(clippy::indexing_slicing)] // test code: fail loudly
+//! The codec laws and the config are `sg_core::testing::laws`'s. Natively, proptest keeps
+//! each failure's seed in `tests/proptests.proptest-regressions` (commit it) and replays it
+//! first. On wasm32 nothing is persisted: node:wasi has no filesystem preopened.
 
 use proptest::prelude::*;
+use sg_core::testing::laws::{self, config, edgy_u64};
 use sg_simplepage::cache::{Entry, Lock, Windows, KEPT_HEADERS, MAX_KEY_BYTES};
 use sg_simplepage::inbound::{Inbound, MAX_URLS};
 use sg_simplepage::overload::{decode_state, encode_state, LoadWindow, Reason, Tally, MAX_BUCKETS};
 
-fn config() -> ProptestConfig {
-    #[allow(unused_mut)] // mutated on wasm32 only
-    let mut c = ProptestConfig::default();
-    #[cfg(target_arch = "wasm32")]
-    {
-        c.failure_persistence = None;
-    }
-    c
-}
-
-fn edgy_u64() -> impl Strategy<Value = u64> {
-    prop_oneof![any::<u64>(), Just(0), Just(u64::MAX), 0u64..1000]
-}
-
 fn bytes(max: usize) -> impl Strategy<Value = Vec<u8>> {
-    proptest::collection::vec(any::<u8>(), 0..=max)
+    laws::bytes(0..=max)
 }
 
 /// Any bytes, half of them behind the layout version (1) so decoding gets past it.
@@ -120,47 +106,37 @@ proptest! {
 
     #[test]
     fn cache_entry_round_trips(e in entry()) {
-        prop_assert_eq!(Entry::decode(&e.encode()), Some(e));
+        laws::round_trip(&e, Entry::encode, Entry::decode)?;
     }
 
     #[test]
     fn cache_entry_decode_of_any_bytes_is_canonical_or_none(b in garbage(300)) {
-        if let Some(e) = Entry::decode(&b) {
-            prop_assert_eq!(e.encode(), b);
-        }
+        laws::canonical_or_none(&b, Entry::encode, Entry::decode)?;
     }
 
     #[test]
     fn cache_entry_truncated_is_none(e in entry()) {
-        let b = e.encode();
-        for n in 0..b.len() {
-            prop_assert_eq!(Entry::decode(&b[..n]), None, "prefix {}", n);
-        }
+        laws::truncated_is_none(&e, Entry::encode, Entry::decode)?;
     }
 
     #[test]
     fn lock_round_trips(l in lock()) {
-        prop_assert_eq!(Lock::decode(&l.encode()), Some(l));
+        laws::round_trip(&l, Lock::encode, Lock::decode)?;
     }
 
     #[test]
     fn lock_decode_of_any_bytes_is_canonical_or_none(b in garbage(40)) {
-        if let Some(l) = Lock::decode(&b) {
-            prop_assert_eq!(l.encode(), b);
-        }
+        laws::canonical_or_none(&b, Lock::encode, Lock::decode)?;
     }
 
     #[test]
     fn lock_truncated_is_none(l in lock()) {
-        let b = l.encode();
-        for n in 0..b.len() {
-            prop_assert_eq!(Lock::decode(&b[..n]), None, "prefix {}", n);
-        }
+        laws::truncated_is_none(&l, Lock::encode, Lock::decode)?;
     }
 
     #[test]
     fn load_window_round_trips(w in load_window()) {
-        prop_assert_eq!(LoadWindow::decode(&w.encode()), Some(w));
+        laws::round_trip(&w, LoadWindow::encode, LoadWindow::decode)?;
     }
 
     /// `merge` output round-trips (what workers actually write), within MAX_BUCKETS.
@@ -170,49 +146,38 @@ proptest! {
         for (epoch, t, keep) in merges {
             w.merge(epoch, &t, keep);
             prop_assert!(w.buckets.len() <= MAX_BUCKETS);
-            prop_assert_eq!(LoadWindow::decode(&w.encode()), Some(w.clone()));
+            laws::round_trip(&w, LoadWindow::encode, LoadWindow::decode)?;
         }
     }
 
     #[test]
     fn load_window_decode_of_any_bytes_is_canonical_or_none(b in garbage(400)) {
-        if let Some(w) = LoadWindow::decode(&b) {
-            prop_assert_eq!(w.encode(), b);
-        }
+        laws::canonical_or_none(&b, LoadWindow::encode, LoadWindow::decode)?;
     }
 
     #[test]
     fn load_window_truncated_is_none(w in load_window()) {
-        let b = w.encode();
-        for n in 0..b.len() {
-            prop_assert_eq!(LoadWindow::decode(&b[..n]), None, "prefix {}", n);
-        }
+        laws::truncated_is_none(&w, LoadWindow::encode, LoadWindow::decode)?;
     }
 
     #[test]
     fn state_round_trips(s in state()) {
-        prop_assert_eq!(decode_state(&encode_state(&s)), Some(s));
+        laws::round_trip(&s, |s| encode_state(s), decode_state)?;
     }
 
     #[test]
     fn state_decode_of_any_bytes_is_canonical_or_none(b in garbage(200)) {
-        if let Some(s) = decode_state(&b) {
-            prop_assert_eq!(encode_state(&s), b);
-        }
+        laws::canonical_or_none(&b, |s| encode_state(s), decode_state)?;
     }
 
     #[test]
     fn state_truncated_is_none(s in state()) {
-        let b = encode_state(&s);
-        for n in 0..b.len() {
-            prop_assert_eq!(decode_state(&b[..n]), None, "prefix {}", n);
-        }
+        laws::truncated_is_none(&s, |s| encode_state(s), decode_state)?;
     }
 
     #[test]
     fn inbound_round_trips(i in inbound()) {
-        let b = i.encode();
-        prop_assert_eq!(Inbound::decode(&b), Some(i));
+        laws::round_trip(&i, Inbound::encode, Inbound::decode)?;
     }
 
     /// What workers write goes through `add`, which keeps at most MAX_URLS.
@@ -222,23 +187,17 @@ proptest! {
         for (count, urls) in adds {
             i.add(count, &urls);
             prop_assert!(i.urls.len() <= MAX_URLS);
-            let back = Inbound::decode(&i.encode());
-            prop_assert_eq!(back.as_ref(), Some(&i));
+            laws::round_trip(&i, Inbound::encode, Inbound::decode)?;
         }
     }
 
     #[test]
     fn inbound_decode_of_any_bytes_is_canonical_or_none(b in garbage(200)) {
-        if let Some(i) = Inbound::decode(&b) {
-            prop_assert_eq!(i.encode(), b);
-        }
+        laws::canonical_or_none(&b, Inbound::encode, Inbound::decode)?;
     }
 
     #[test]
     fn inbound_truncated_is_none(i in inbound()) {
-        let b = i.encode();
-        for n in 0..b.len() {
-            prop_assert_eq!(Inbound::decode(&b[..n]), None, "prefix {}", n);
-        }
+        laws::truncated_is_none(&i, Inbound::encode, Inbound::decode)?;
     }
 }
