@@ -34,6 +34,16 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every state, in gauge order.
+    pub const ALL: [Kind; 6] = [
+        Kind::Closed,
+        Kind::Open,
+        Kind::HalfOpen,
+        Kind::Disabled,
+        Kind::MetricsOnly,
+        Kind::ForcedOpen,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::Closed => "closed",
@@ -58,16 +68,7 @@ impl Kind {
     }
 
     fn from_u8(b: u8) -> Option<Kind> {
-        [
-            Kind::Closed,
-            Kind::Open,
-            Kind::HalfOpen,
-            Kind::Disabled,
-            Kind::MetricsOnly,
-            Kind::ForcedOpen,
-        ]
-        .into_iter()
-        .find(|k| k.gauge() == u64::from(b))
+        Kind::ALL.into_iter().find(|k| k.gauge() == u64::from(b))
     }
 }
 

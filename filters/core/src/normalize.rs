@@ -57,23 +57,30 @@ pub fn split_path(raw: &str) -> (&str, &str) {
     }
 }
 
+/// The raw (still encoded) name and value of each `&`-separated parameter, empty ones
+/// skipped; a parameter with no `=` has the empty value. Splitting happens before decoding, so
+/// an encoded `&` or `=` stays inside its value.
+pub fn query_pairs(query: &str) -> impl Iterator<Item = (&[u8], &[u8])> {
+    query
+        .as_bytes()
+        .split(|&b| b == b'&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| match pair.iter().position(|&b| b == b'=') {
+            Some(eq) => (
+                pair.get(..eq).unwrap_or(&[]),
+                pair.get(eq + 1..).unwrap_or(&[]),
+            ),
+            None => (pair, &[][..]),
+        })
+}
+
 /// Value of query parameter `name` in `query`. Names and values are percent-decoded before
 /// comparison, so `%62logId=7` matches `blogId`; an encoded `&` or `=` inside a value stays
 /// part of the value because splitting happens before decoding. The FIRST occurrence wins
 /// (`?blogId=a&blogId=b` is `a`), as in nginx's `$arg_` variables. A parameter present with
 /// no `=` has the empty value.
 pub fn query_param<'q>(query: &'q str, name: &str) -> Option<Cow<'q, [u8]>> {
-    for pair in query.as_bytes().split(|&b| b == b'&') {
-        if pair.is_empty() {
-            continue;
-        }
-        let (k, v) = match pair.iter().position(|&b| b == b'=') {
-            Some(eq) => (
-                pair.get(..eq).unwrap_or(&[]),
-                pair.get(eq + 1..).unwrap_or(&[]),
-            ),
-            None => (pair, &[][..]),
-        };
+    for (k, v) in query_pairs(query) {
         if percent_decode(k, true).as_ref() == name.as_bytes() {
             return Some(percent_decode(v, true));
         }
@@ -151,17 +158,7 @@ pub fn encode_component(b: &[u8], out: &mut String) {
 /// every parameter stays (duplicates too): distinct pages can never share an entry.
 pub fn canonical_query(query: &str, keep: Option<&[String]>) -> String {
     let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-    for pair in query.as_bytes().split(|&b| b == b'&') {
-        if pair.is_empty() {
-            continue;
-        }
-        let (k, v) = match pair.iter().position(|&b| b == b'=') {
-            Some(eq) => (
-                pair.get(..eq).unwrap_or(&[]),
-                pair.get(eq + 1..).unwrap_or(&[]),
-            ),
-            None => (pair, &[][..]),
-        };
+    for (k, v) in query_pairs(query) {
         let k = percent_decode(k, true).into_owned();
         if let Some(keep) = keep {
             if !keep.iter().any(|n| n.as_bytes() == k.as_slice())
