@@ -3,7 +3,7 @@
 use serde_json::Value;
 use sg_integration::control::Control;
 use sg_integration::envoy::{Bundle, Envoy};
-use sg_integration::loadgen::{KeyMix, LoadConfig, Report};
+use sg_integration::loadgen::{KeyMix, LoadConfig, Record, Report};
 use sg_integration::upstream::{Upstream, UpstreamConfig};
 
 pub use sg_integration::{control, envoy, http, loadgen, nginx, upstream, wait};
@@ -114,4 +114,30 @@ pub fn load_pages(url: &str, rps: f64, ms: u64, keys: KeyMix) -> Report {
         ..LoadConfig::default()
     })
     .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// `key`'s requests in a recorded run, by send time, each with whether `diverted` holds for
+/// its answer; and the send time of the first diverted one, which must come within a second
+/// (one detection window) of the run's start (`context` is printed if it never comes).
+pub fn first_diverted(
+    report: &Report,
+    key: &str,
+    diverted: impl Fn(&Record) -> bool,
+    context: &dyn std::fmt::Debug,
+) -> (Vec<(u64, bool)>, u64) {
+    let hot: Vec<(u64, bool)> = report
+        .records
+        .iter()
+        .filter(|r| r.key == key)
+        .map(|r| (r.sent_us, diverted(r)))
+        .collect();
+    let began = report.records.iter().map(|r| r.sent_us).min().unwrap_or(0);
+    let first = hot.iter().filter(|h| h.1).map(|h| h.0).min();
+    let first = first.unwrap_or_else(|| panic!("the hot key was never diverted: {context:?}"));
+    assert!(
+        first - began <= 1_000_000,
+        "first diverted {} ms after the spike began",
+        (first - began) / 1000
+    );
+    (hot, first)
 }

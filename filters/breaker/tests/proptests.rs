@@ -28,14 +28,7 @@ fn breaker() -> impl Strategy<Value = Breaker> {
     )
         .prop_map(
             |(k, since_ms, attempts, retry_at_ms, permits_left, probes, generation)| {
-                let kind = [
-                    Kind::Closed,
-                    Kind::Open,
-                    Kind::HalfOpen,
-                    Kind::Disabled,
-                    Kind::MetricsOnly,
-                    Kind::ForcedOpen,
-                ][k];
+                let kind = Kind::ALL[k];
                 Breaker {
                     kind,
                     since_ms,
