@@ -5,7 +5,7 @@ VENV := .venv
 ENVOY := $(VENV)/bin/envoy
 ENVOY_VERSION := 1.40.0
 WASM_DIR := target/wasm32-wasip1/release
-FILTERS := sg-ratelimit sg-hotkey sg-simplepage sg-noop
+FILTERS := sg-ratelimit sg-hotkey sg-simplepage sg-breaker sg-noop
 WASM_TEST_CRATES := -p sg-core -p sg-ratelimit -p sg-hotkey -p sg-simplepage -p sg-breaker
 APT_PACKAGES := nginx wrk nghttp2-client
 export ENVOY_BIN := $(abspath $(ENVOY))
@@ -47,7 +47,7 @@ build: wasm
 lint: rust-target
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
-	$(CARGO) clippy --target wasm32-wasip1 $(addprefix -p ,$(FILTERS)) -p sg-core -p sg-breaker -- -D warnings
+	$(CARGO) clippy --target wasm32-wasip1 $(addprefix -p ,$(FILTERS)) -p sg-core -- -D warnings
 
 test-native:
 	$(CARGO) test --workspace --exclude sg-e2e

@@ -1,10 +1,19 @@
-//! spikeguard `breaker` (in progress, issue [6/11]): one circuit breaker per outbound API for
-//! the whole Envoy, with resilience4j's states and transitions.
+//! spikeguard `breaker` (issue [6/11]): one circuit breaker, bulkhead and set of feature flags
+//! per outbound API for the whole Envoy, on the egress listener.
 //!
-//! So far the pure logic: `machine` (the state machine on an injected clock, its shared-data
-//! codec) and `window` (the sliding windows, as per-tick buckets that workers merge). The
-//! filter (config, request path, bulkhead, flags, adapter) builds on these with the core kit.
+//! - `machine`: resilience4j's states and transitions on an injected clock, and the state's
+//!   shared-data codec;
+//! - `window`: the sliding windows, as per-tick buckets that workers merge;
+//! - `config`: the documented config compiled into a plan;
+//! - `filter`: the request path, the end of a stream and the tick, over the core kit's `Host`;
+//! - `adapter` (wasm32 only): `core::wasm::install` of `filter::Filter`.
+//!
 //! Where this differs from resilience4j and why: `docs/BREAKER.md`.
 
+pub mod config;
+pub mod filter;
 pub mod machine;
 pub mod window;
+
+#[cfg(target_arch = "wasm32")]
+mod adapter;

@@ -55,13 +55,42 @@ pub enum WindowKind {
     Time { seconds: u64 },
 }
 
-/// Buckets newest last, each (epoch, counts).
+/// Buckets newest last, each (epoch, counts), of one CLOSED period: `generation` is the
+/// breaker's generation (`machine::Breaker::generation`) the counted calls were permitted in.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Buckets {
+    pub generation: u64,
     pub buckets: Vec<(u64, Tally)>,
 }
 
 impl Buckets {
+    /// Adds a worker's counts of calls permitted in `generation`: a newer generation starts
+    /// a new window (resilience4j resets its metrics on every transition), an older one is
+    /// dropped (those calls belong to a period that is over). False when dropped.
+    pub fn merge_gen(&mut self, generation: u64, epoch: u64, t: &Tally, keep: usize) -> bool {
+        if generation < self.generation {
+            return false;
+        }
+        if generation > self.generation {
+            *self = Buckets {
+                generation,
+                buckets: Vec::new(),
+            };
+        }
+        self.merge(epoch, t, keep);
+        true
+    }
+
+    /// The counts of the window if it belongs to `generation`, else an empty tally (the
+    /// breaker moved since these calls were counted).
+    pub fn window_of(&self, generation: u64, kind: WindowKind, now_epoch: u64) -> Tally {
+        if generation == self.generation {
+            self.window(kind, now_epoch)
+        } else {
+            Tally::default()
+        }
+    }
+
     /// Adds a worker's counts for `epoch` (a late worker's older epoch goes into its own
     /// bucket, in order), keeping at most `keep` buckets: the oldest are dropped, since they
     /// have left every window the breaker judges (`keep` is sized to the window).
@@ -107,8 +136,8 @@ impl Buckets {
 
     pub fn encode(&self) -> Vec<u8> {
         let n = self.buckets.len().min(MAX_BUCKETS);
-        let mut w = Writer::with_capacity(5 + n * 32);
-        w.u8(VERSION).u32(n as u32);
+        let mut w = Writer::with_capacity(13 + n * 32);
+        w.u8(VERSION).u64(self.generation).u32(n as u32);
         for (e, b) in self.buckets.iter().skip(self.buckets.len() - n) {
             w.u64(*e).u64(b.calls).u64(b.failures).u64(b.slow);
         }
@@ -125,6 +154,7 @@ impl Buckets {
         if r.u8()? != VERSION {
             return None;
         }
+        let generation = r.u64()?;
         let n = r.u32()? as usize;
         if n > MAX_BUCKETS {
             return None;
@@ -145,7 +175,10 @@ impl Buckets {
             }
             buckets.push((e, t));
         }
-        (r.remaining() == 0).then_some(Buckets { buckets })
+        (r.remaining() == 0).then_some(Buckets {
+            generation,
+            buckets,
+        })
     }
 }
 
@@ -212,6 +245,27 @@ mod tests {
     }
 
     #[test]
+    fn a_newer_generation_starts_a_new_window_and_an_older_one_is_dropped() {
+        let mut b = Buckets::default();
+        assert!(b.merge_gen(3, 1, &t(5, 5, 0), 64));
+        assert!(
+            !b.merge_gen(2, 1, &t(9, 9, 0), 64),
+            "calls of a period that is over"
+        );
+        assert_eq!(
+            b.window_of(3, WindowKind::Count { calls: 100 }, 1),
+            t(5, 5, 0)
+        );
+        assert_eq!(
+            b.window_of(4, WindowKind::Count { calls: 100 }, 1),
+            t(0, 0, 0)
+        );
+        assert!(b.merge_gen(4, 2, &t(1, 0, 0), 64));
+        assert_eq!(b.generation, 4);
+        assert_eq!(b.buckets, vec![(2, t(1, 0, 0))]);
+    }
+
+    #[test]
     fn rates_in_per_mille() {
         assert_eq!(t(3, 1, 0).failure_permille(), Some(333));
         assert_eq!(t(6, 3, 6).failure_permille(), Some(500));
@@ -227,7 +281,7 @@ mod tests {
         assert_eq!(Buckets::decode(&b.encode()), Some(b.clone()));
         assert_eq!(Buckets::decode(&[]), Some(Buckets::default()));
         let mut bad = Writer::default();
-        bad.u8(VERSION).u32(1).u64(1).u64(1).u64(2).u64(0);
+        bad.u8(VERSION).u64(0).u32(1).u64(1).u64(1).u64(2).u64(0);
         assert_eq!(
             Buckets::decode(&bad.finish()),
             None,

@@ -43,9 +43,14 @@ fn breaker() -> impl Strategy<Value = Breaker> {
 }
 
 fn buckets() -> impl Strategy<Value = Buckets> {
-    proptest::collection::btree_map(edgy_u64(), tally(), 0..MAX_BUCKETS).prop_map(|m| Buckets {
-        buckets: m.into_iter().collect(),
-    })
+    (
+        edgy_u64(),
+        proptest::collection::btree_map(edgy_u64(), tally(), 0..MAX_BUCKETS),
+    )
+        .prop_map(|(generation, m)| Buckets {
+            generation,
+            buckets: m.into_iter().collect(),
+        })
 }
 
 proptest! {

@@ -46,6 +46,8 @@ pub trait Host: SharedStore {
     fn remove_header(&self, map: Map, name: &str) -> bool;
     /// A property (`source.address`, `route_name`) as a lossy string.
     fn property(&self, path: &[&str]) -> Option<String>;
+    /// A property's raw bytes (numbers such as `response.code` are 8 bytes, little-endian).
+    fn property_bytes(&self, path: &[&str]) -> Option<Vec<u8>>;
 
     /// Bytes `start..start+max` of the response body buffered so far.
     fn response_body(&self, start: usize, max: usize) -> Option<Vec<u8>>;
@@ -160,6 +162,13 @@ impl<H: Host + ?Sized> RequestView for HostRequest<'_, H> {
             None => crate::normalize::normalized(self.path()),
         }
     }
+}
+
+/// A numeric property (`response.code`, `response.flags`, `upstream.port`): Envoy serialises
+/// integers as 8 bytes little-endian. None when absent or of another size.
+pub fn property_u64<H: Host + ?Sized>(host: &H, path: &[&str]) -> Option<u64> {
+    let b: [u8; 8] = host.property_bytes(path)?.try_into().ok()?;
+    Some(u64::from_le_bytes(b))
 }
 
 /// The response status (0 when absent or unreadable, e.g. a reset).

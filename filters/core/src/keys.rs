@@ -56,6 +56,26 @@ pub fn sp_lock(slot: u32) -> String {
     format!("sg:sp:l:{slot}")
 }
 
+// ---- breaker --------------------------------------------------------------------------------
+/// An API's breaker state (`machine::Breaker`, CAS on every change).
+pub fn br_state(api: &str) -> String {
+    format!("sg:br:s:{api}")
+}
+/// An API's CLOSED window, per-tick buckets every worker merges into.
+pub fn br_window(api: &str) -> String {
+    format!("sg:br:w:{api}")
+}
+/// An API's bulkhead: calls in flight across all workers (CAS per acquire and release).
+pub fn br_slots(api: &str) -> String {
+    format!("sg:br:b:{api}")
+}
+/// The operator flag list (lease holder's poller writes).
+pub const BR_FLAGS: &str = "sg:br:flags";
+/// Contract breaker -> simplepage: the APIs whose breaker rejects calls now (OPEN,
+/// FORCED_OPEN, HALF_OPEN), an `oplist` list of (API name, state). Written by breaker's lease
+/// holder when it changes.
+pub const BR_OPEN: &str = "sg:br:open";
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,6 +97,11 @@ mod tests {
             SP_CACHE_BYTES.into(),
             sp_cache(0),
             sp_lock(0),
+            br_state("api"),
+            br_window("api"),
+            br_slots("api"),
+            BR_FLAGS.into(),
+            BR_OPEN.into(),
         ];
         for k in &keys {
             assert!(k.starts_with(PREFIX), "{k}");

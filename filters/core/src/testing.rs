@@ -58,7 +58,7 @@ pub struct MemHost {
     pub store: MemStore,
     now: Cell<u64>,
     maps: RefCell<HashMap<Map, Headers>>,
-    properties: RefCell<HashMap<String, String>>,
+    properties: RefCell<HashMap<String, Vec<u8>>>,
     body: RefCell<Vec<u8>>,
     replies: RefCell<Vec<SentReply>>,
     resumed: RefCell<Vec<u32>>,
@@ -118,7 +118,17 @@ impl MemHost {
     pub fn set_property(&self, path: &[&str], value: &str) {
         self.properties
             .borrow_mut()
-            .insert(path.join("."), value.to_string());
+            .insert(path.join("."), value.as_bytes().to_vec());
+    }
+    /// A numeric property as Envoy serialises it (`response.code`, `response.flags`: 8 bytes,
+    /// little-endian).
+    pub fn set_property_u64(&self, path: &[&str], value: u64) {
+        self.properties
+            .borrow_mut()
+            .insert(path.join("."), value.to_le_bytes().to_vec());
+    }
+    pub fn clear_property(&self, path: &[&str]) {
+        self.properties.borrow_mut().remove(&path.join("."));
     }
     pub fn set_config(&self, json: &str) {
         *self.config.borrow_mut() = json.as_bytes().to_vec();
@@ -241,6 +251,10 @@ impl Host for MemHost {
         true
     }
     fn property(&self, path: &[&str]) -> Option<String> {
+        self.property_bytes(path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+    }
+    fn property_bytes(&self, path: &[&str]) -> Option<Vec<u8>> {
         self.properties.borrow().get(&path.join(".")).cloned()
     }
     fn response_body(&self, start: usize, max: usize) -> Option<Vec<u8>> {

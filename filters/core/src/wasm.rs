@@ -270,6 +270,10 @@ impl Host for WasmHost {
             .map(lossy)
     }
 
+    fn property_bytes(&self, path: &[&str]) -> Option<Vec<u8>> {
+        hostcalls::get_property(path.to_vec()).ok().flatten()
+    }
+
     fn response_body(&self, start: usize, max: usize) -> Option<Vec<u8>> {
         let mut data: *mut u8 = std::ptr::null_mut();
         let mut size: usize = 0;
