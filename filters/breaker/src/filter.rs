@@ -923,15 +923,11 @@ impl<H: Host + ?Sized> Steps<H> for Tick<'_> {
             match *seen {
                 Some((g, k)) if g != b.generation => {
                     let n = b.generation.wrapping_sub(g);
-                    let reason = if n > 1 {
-                        format!(
-                            "circuit breaker {} -> {} ({n} transitions)",
-                            k.as_str(),
-                            b.kind.as_str()
-                        )
-                    } else {
-                        format!("circuit breaker {} -> {}", k.as_str(), b.kind.as_str())
-                    };
+                    let mut reason =
+                        format!("circuit breaker {} (was {})", b.kind.as_str(), k.as_str());
+                    if n > 1 {
+                        reason.push_str(&format!(", {n} transitions since the last alert"));
+                    }
                     let a = Alert {
                         filter: FILTER.to_string(),
                         rule: api.name.clone(),
