@@ -25,6 +25,8 @@ type Res<T> = Result<T, String>;
 
 /// `ratelimit` may cost at most this much Envoy CPU per request relative to `noop_wasm`.
 const TARGET: f64 = 1.15;
+/// `breaker` may cost at most this much Envoy CPU per request relative to `noop_wasm_egress`.
+const BREAKER_TARGET: f64 = 1.2;
 const BLOG_IDS: u32 = 1000;
 
 /// What a variant runs in front of the ingress route (which answers `200 ok` itself).
@@ -35,6 +37,12 @@ enum Setup {
     Prepend(fn() -> Value),
     /// Only this spikeguard filter of the bundle, with this config.
     Only(&'static str, fn() -> Value),
+    /// No spikeguard filter; this HTTP filter first in the egress chain, which answers
+    /// `200 ok` itself; the load goes to the egress listener.
+    EgressPrepend(fn() -> Value),
+    /// Only this spikeguard filter of the egress listener (which then answers `200 ok`
+    /// itself), with this config; the load goes to the egress listener.
+    Egress(&'static str, fn() -> Value),
 }
 
 /// One benchmark variant.
@@ -105,6 +113,27 @@ const VARIANTS: &[Variant] = &[
         min_cache_hit_percent: Some(80),
     },
     Variant {
+        name: "noop_wasm_egress",
+        description: "`sg_noop.wasm` on the egress listener (answering `200 ok` itself): the reference of `breaker`",
+        setup: Setup::EgressPrepend(noop_filter),
+        counters: None,
+        min_cache_hit_percent: None,
+    },
+    Variant {
+        name: "breaker",
+        description: "`sg_breaker.wasm` on the egress listener, API `bench` (every request), count window 100, no bulkhead; CLOSED throughout: one shared-data get of the state per call, and at its end two property reads (`response.code`, `response.flags`) and a clock read, counted in VM memory; the 100 ms tick merges and judges",
+        setup: Setup::Egress("breaker", breaker_cfg),
+        counters: Some(BREAKER_COUNTERS),
+        min_cache_hit_percent: None,
+    },
+    Variant {
+        name: "breaker_bulkhead",
+        description: "`breaker` with a bulkhead of 1,000,000 slots: also a CAS to take a slot and one to give it back per call",
+        setup: Setup::Egress("breaker", breaker_bulkhead_cfg),
+        counters: Some(BREAKER_COUNTERS),
+        min_cache_hit_percent: None,
+    },
+    Variant {
         name: "native_local_ratelimit",
         description: "`envoy.filters.http.local_ratelimit`, token bucket of 10^8 tokens refilled every 1 s, enabled and enforced 100%; never limits",
         setup: Setup::Prepend(native_local_ratelimit_filter),
@@ -134,6 +163,26 @@ const RATELIMIT_COUNTERS: (&str, &str) = (
     "wasmcustom.sg.ratelimit.bench.allowed",
     "wasmcustom.sg.ratelimit.bench.rejected",
 );
+
+const BREAKER_COUNTERS: (&str, &str) = (
+    "wasmcustom.sg.breaker.bench.success",
+    "wasmcustom.sg.breaker.bench.not_permitted",
+);
+
+fn breaker_api() -> Value {
+    json!({"name": "bench", "match": {"path_prefix": "/"}, "window": {"count": 100},
+        "min_calls": 100})
+}
+
+fn breaker_cfg() -> Value {
+    json!({"apis": [breaker_api()]})
+}
+
+fn breaker_bulkhead_cfg() -> Value {
+    let mut api = breaker_api();
+    api["bulkhead"] = json!({"max_concurrent": 1_000_000});
+    json!({"apis": [api]})
+}
 
 fn noop_filter() -> Value {
     Bundle::wasm_filter("noop", "noop", &json!({}))
@@ -261,6 +310,16 @@ fn bundle(v: &Variant) -> Res<Bundle> {
             b.keep_filters(&[filter]);
             b.set_filter_config(filter, &config()).map_err(e)?;
         }
+        Setup::EgressPrepend(filter) => {
+            b.answer_directly("egress", "ok\n").map_err(e)?;
+            b.keep_filters(&[]);
+            b.prepend_http_filter("egress", filter()).map_err(e)?;
+        }
+        Setup::Egress(filter, config) => {
+            b.answer_directly("egress", "ok\n").map_err(e)?;
+            b.keep_filters(&[filter]);
+            b.set_filter_config(filter, &config()).map_err(e)?;
+        }
     }
     Ok(b)
 }
@@ -376,7 +435,11 @@ fn measure(v: &Variant, conc: u32, o: &Opts, script: &Path) -> Res<Sample> {
     if conc == 1 {
         pin_all(envoy.pid(), "0")?;
     }
-    let url = format!("http://127.0.0.1:{}/", envoy.ingress());
+    let listener = match v.setup {
+        Setup::Egress(..) | Setup::EgressPrepend(..) => "egress",
+        _ => "ingress",
+    };
+    let url = format!("http://127.0.0.1:{}/", envoy.port(listener));
     if o.warmup > 0 {
         let warm = wrk(&url, o.warmup, o, script, cpus)?;
         // The warm-up's counts land before the measurement's "before" snapshot.
@@ -534,6 +597,31 @@ fn verdict(o: &Opts, res: &Results) -> Option<(String, bool)> {
         let _ = writeln!(md, "| {conc} | {cs} | {rs} | {extra:+.2} µs | {met} |");
     }
     Some((md, all))
+}
+
+/// `breaker` (and `breaker_bulkhead`) vs `noop_wasm_egress` per concurrency.
+fn breaker_verdict(o: &Opts, res: &Results) -> Option<(String, bool)> {
+    let idx = |n: &str| o.variants.iter().position(|v| v == n);
+    let noop = idx("noop_wasm_egress")?;
+    let mut md = String::from("| concurrency | variant | CPU/req ÷ noop_wasm_egress | req/s ÷ noop_wasm_egress | extra CPU per request | ≤ 1.2? |\n|---|---|---:|---:|---:|---|\n");
+    let mut all = true;
+    let mut any = false;
+    for name in ["breaker", "breaker_bulkhead"] {
+        let Some(b) = idx(name) else { continue };
+        any = true;
+        for (ci, conc) in o.concurrency.iter().enumerate() {
+            let (n, b) = (&res[ci][noop], &res[ci][b]);
+            let ((c, cs), rs) = (ratio(b, n, CPU), ratio(b, n, RPS).1);
+            let ok = c <= BREAKER_TARGET;
+            if name == "breaker" {
+                all &= ok;
+            }
+            let extra = med(b, CPU) - med(n, CPU);
+            let met = if ok { "met" } else { "**not met**" };
+            let _ = writeln!(md, "| {conc} | `{name}` | {cs} | {rs} | {extra:+.2} µs | {met} |");
+        }
+    }
+    any.then_some((md, all))
 }
 
 /// One load generator's run against the plain target.
@@ -728,6 +816,15 @@ fn results(o: &Opts, res: &Results, cross: &Res<Vec<Cross>>) -> String {
             Some(t) => md += &format!("\n{SPLIT}\n{t}"),
             None => md += "\nRun with `--variants bare,noop_wasm,ratelimit,ratelimit_headers,ratelimit_nomatch` to split the extra cost.\n",
         }
+    }
+    if let Some((table, met)) = breaker_verdict(o, res) {
+        md += "\n## Breaker vs no-op Wasm filter (egress)\n\nTarget: `breaker` costs at most 20% more Envoy CPU per request than `noop_wasm_egress` (the no-op filter on the same listener). `breaker_bulkhead` is reported, not judged: a bulkhead adds two CAS per call by design.\n\n";
+        md += &table;
+        md += if met {
+            "\nTarget **met** at every concurrency measured.\n"
+        } else {
+            "\nTarget **not met**: see the variant descriptions for what `breaker` does per call.\n"
+        };
     }
     md += "\n## Load-generator cross-check\n\n";
     match cross {
