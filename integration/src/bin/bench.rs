@@ -618,7 +618,10 @@ fn breaker_verdict(o: &Opts, res: &Results) -> Option<(String, bool)> {
             }
             let extra = med(b, CPU) - med(n, CPU);
             let met = if ok { "met" } else { "**not met**" };
-            let _ = writeln!(md, "| {conc} | `{name}` | {cs} | {rs} | {extra:+.2} µs | {met} |");
+            let _ = writeln!(
+                md,
+                "| {conc} | `{name}` | {cs} | {rs} | {extra:+.2} µs | {met} |"
+            );
         }
     }
     any.then_some((md, all))
