@@ -95,6 +95,10 @@ pub struct TriggerConfig {
     /// Maintenance switch: divert every eligible request.
     #[serde(default)]
     pub always: bool,
+    /// `breaker` APIs the page needs: while one of them refuses calls (open, half-open,
+    /// forced open; published by `breaker` in `sg:br:open`), divert (`"*"`: any API).
+    #[serde(default)]
+    pub breaker: Vec<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -245,6 +249,8 @@ pub struct Rule {
     pub operator: bool,
     pub overload: Option<OverloadPlan>,
     pub always: bool,
+    /// `breaker` API names (`"*"`: any) whose open breaker diverts.
+    pub breaker_apis: Vec<String>,
     pub divert: DivertConfig,
     pub exclude_cookies: Vec<String>,
     pub exclude_authorization: bool,
@@ -311,11 +317,24 @@ impl Compile for Config {
             let bad = |field: &str, why: String| ConfigError::new(format!("{path}.{field}"), why);
             let head = r.head(&path, rules.iter().any(|x| x.name == r.name))?;
             let t = &r.triggers;
-            if t.hotkey.is_none() && !t.operator && t.overload.is_none() && !t.always {
+            if t.hotkey.is_none()
+                && !t.operator
+                && t.overload.is_none()
+                && !t.always
+                && t.breaker.is_empty()
+            {
                 return Err(bad(
                     "triggers",
-                    "at least one of hotkey, operator, overload, always".into(),
+                    "at least one of hotkey, operator, overload, breaker, always".into(),
                 ));
+            }
+            for (j, api) in t.breaker.iter().enumerate() {
+                if api != "*" && !sg_core::metrics::valid_name(api) {
+                    return Err(bad(
+                        &format!("triggers.breaker[{j}]"),
+                        format!("{api:?} is not a breaker API name (or \"*\")"),
+                    ));
+                }
             }
             if t.hotkey.as_deref() == Some("") {
                 return Err(bad("triggers.hotkey", "must name a hotkey rule".into()));
@@ -468,6 +487,7 @@ impl Compile for Config {
                 operator: t.operator,
                 overload,
                 always: t.always,
+                breaker_apis: t.breaker.clone(),
                 divert: r.divert.clone(),
                 exclude_cookies: r.exclude_cookies.clone(),
                 exclude_authorization: r.exclude_authorization,

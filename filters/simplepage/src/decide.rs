@@ -11,6 +11,8 @@ pub enum Trigger {
     Hotkey,
     Operator,
     Overload(Reason),
+    /// A `breaker` API the page needs refuses calls (`sg:br:open`).
+    Breaker,
     Always,
 }
 
@@ -23,6 +25,7 @@ impl Trigger {
             Trigger::Overload(Reason::Rate) => "overload:rate",
             Trigger::Overload(Reason::Errors) => "overload:errors",
             Trigger::Overload(Reason::Latency) => "overload:latency",
+            Trigger::Breaker => "breaker",
             Trigger::Always => "always",
         }
     }
@@ -34,6 +37,7 @@ impl Trigger {
             Trigger::Operator => 1,
             Trigger::Overload(_) => 2,
             Trigger::Always => 3,
+            Trigger::Breaker => 4,
         }
     }
 }
@@ -80,12 +84,14 @@ pub struct Signals {
     pub listed: bool,
     pub hot: bool,
     pub overloaded: Option<Reason>,
+    /// A `breaker` API the rule names is open (half-open, forced open).
+    pub breaker_open: bool,
     /// This request is one of the probes that keep going to the main backend in overload.
     pub probe: bool,
 }
 
 /// The trigger that diverts the request, in precedence order: always, operator, hotkey,
-/// overload (unless the request is a probe).
+/// breaker, overload (unless the request is a probe).
 pub fn trigger(s: &Signals) -> Option<Trigger> {
     if s.always {
         Some(Trigger::Always)
@@ -93,6 +99,8 @@ pub fn trigger(s: &Signals) -> Option<Trigger> {
         Some(Trigger::Operator)
     } else if s.hot {
         Some(Trigger::Hotkey)
+    } else if s.breaker_open {
+        Some(Trigger::Breaker)
     } else {
         match s.overloaded {
             Some(r) if !s.probe => Some(Trigger::Overload(r)),
@@ -189,6 +197,12 @@ mod tests {
         assert_eq!(trigger(&s), Some(Trigger::Overload(Reason::Latency)));
         s.probe = true;
         assert_eq!(trigger(&s), None, "a probe measures the main backend");
+        s.breaker_open = true;
+        assert_eq!(
+            trigger(&s),
+            Some(Trigger::Breaker),
+            "an open API the page needs"
+        );
         s.hot = true;
         assert_eq!(
             trigger(&s),

@@ -13,7 +13,7 @@ use sg_core::alert::Alert;
 use sg_core::codec::Reader;
 use sg_core::host::{configure, set_tick, Host};
 use sg_core::keys::{
-    sp_cache, sp_load, sp_lock, HK_DIVERT, SP_CACHE_BYTES, SP_INBOUND, SP_OPLIST, SP_STATE,
+    sp_cache, sp_load, sp_lock, BR_OPEN, HK_DIVERT, SP_CACHE_BYTES, SP_INBOUND, SP_OPLIST, SP_STATE,
 };
 use sg_core::metrics::Counter;
 use sg_core::oplist::{decode_list, List};
@@ -40,6 +40,7 @@ sg_core::metrics! {
         diverted_operator: Counter = "diverted_operator", "diverted: listed by an operator";
         diverted_overload: Counter = "diverted_overload", "diverted: the main backend is overloaded";
         diverted_always: Counter = "diverted_always", "diverted: maintenance switch";
+        diverted_breaker: Counter = "diverted_breaker", "diverted: a breaker API the page needs refuses calls";
         excluded: Counter = "excluded", "would be diverted but unsafe (method, Authorization, cookie)";
         probes: Counter = "probes", "sent to the main backend while overloaded, to see recovery";
     }
@@ -52,6 +53,7 @@ impl RuleMetrics {
             Trigger::Operator => &self.diverted_operator,
             Trigger::Overload(_) => &self.diverted_overload,
             Trigger::Always => &self.diverted_always,
+            Trigger::Breaker => &self.diverted_breaker,
         }
     }
 }
@@ -98,6 +100,8 @@ pub(crate) struct Worker {
     pub hot: Published<List>,
     pub list: Published<List>,
     pub state: Published<Vec<(String, Reason, u64)>>,
+    /// `breaker`'s open set (`sg:br:open`): (API, state).
+    pub breakers: Published<List>,
     /// Per rule index.
     pub overloaded: Vec<Option<Reason>>,
     pub tallies: Vec<Tally>,
@@ -336,6 +340,15 @@ impl<H: Host + ?Sized> Steps<H> for Tick<'_> {
         if plan.operator.is_some() {
             let max = plan.operator.as_ref().map_or(1000, |o| o.max_entries);
             refresh_list(&mut w.list, &data, SP_OPLIST, max);
+        }
+        if plan.rules.iter().any(|r| !r.breaker_apis.is_empty()) {
+            // Absent or unreadable: no breaker is open (fail open).
+            let r = w
+                .breakers
+                .refresh(&data, BR_OPEN, |b| decode_list(b, 64).map(|x| x.1));
+            if r == Refresh::Absent {
+                w.breakers.clear();
+            }
         }
         if plan.rules.iter().any(|r| r.overload.is_some()) {
             // Unreadable or absent state means "not overloaded" (fail open).

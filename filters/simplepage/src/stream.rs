@@ -344,6 +344,14 @@ impl Filter {
             // Hot entries do not expire: the publisher removes them.
             sig.hot = hot.blocks_key(hk, k, u64::MAX - 1);
         }
+        if !rule.breaker_apis.is_empty() {
+            let open = w.breakers.get();
+            sig.breaker_open = open.entries.iter().any(|e| {
+                rule.breaker_apis
+                    .iter()
+                    .any(|a| a == "*" || e.rule.as_deref() == Some(a.as_str()))
+            });
+        }
         sig.overloaded = w.overloaded.get(i).copied().flatten();
         sig
     }

@@ -486,3 +486,44 @@ fn an_unreadable_slot_is_a_miss_and_a_failed_write_is_counted() {
         "the response goes through"
     );
 }
+
+#[test]
+fn an_open_breaker_of_an_api_the_page_needs_diverts_it_until_the_breaker_closes() {
+    use sg_core::keys::BR_OPEN;
+    let h = MemHost::new();
+    h.set_now(0);
+    let json = r#"{"rules": [{"name": "pv", "match": {"path_prefix": "/PostView"},
+        "triggers": {"breaker": ["recommend"]},
+        "divert": {"redirect": {"status": 307, "base_url": "https://simple.example"}}}]}"#;
+    let (f, mut p) = worker(&h, json);
+    let open = |api: &str, version: u64| {
+        let list = List {
+            entries: vec![Entry {
+                rule: Some(api.into()),
+                key: Some("open".into()),
+                path_prefix: None,
+                expires_at_ms: None,
+            }],
+        };
+        h.set(BR_OPEN, &encode_list(version, &list), 0).unwrap();
+    };
+    open("comments", 1);
+    f.on_tick(&h, &mut p);
+    assert_eq!(
+        request(&f, &h, 1, "/PostView?blogId=a").0,
+        Flow::Continue,
+        "an API this page does not need"
+    );
+    open("recommend", 2);
+    h.advance(100);
+    f.on_tick(&h, &mut p);
+    assert_eq!(request(&f, &h, 2, "/PostView?blogId=a").0, Flow::Pause);
+    let r = h.take_replies();
+    assert_eq!(r[0].header(HDR), Some("breaker"));
+    h.set(BR_OPEN, &encode_list(3, &List::default()), 0)
+        .unwrap();
+    h.advance(100);
+    f.on_tick(&h, &mut p);
+    assert_eq!(request(&f, &h, 3, "/PostView?blogId=a").0, Flow::Continue);
+    assert_eq!(h.metric("sg.simplepage.pv.diverted_breaker"), Some(1));
+}
