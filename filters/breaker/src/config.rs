@@ -202,8 +202,9 @@ pub struct ApiConfig {
     pub backoff: Option<BackoffConfig>,
     #[serde(default = "default_half_open_calls")]
     pub half_open_calls: u32,
-    /// 0: no limit (resilience4j's default); set it so a breaker is never stuck half-open.
-    #[serde(default)]
+    /// The longest stay in HALF_OPEN (then `after_half_open_wait`), so a breaker whose probes
+    /// never report is never stuck there. Default 60 s; 0: no limit (resilience4j's default).
+    #[serde(default = "default_half_open_max_wait_ms")]
     pub half_open_max_wait_ms: u64,
     /// Where the half-open limit leads: "open" (resilience4j) or "closed".
     #[serde(default = "default_after_half_open")]
@@ -254,6 +255,9 @@ fn default_wait_open_ms() -> u64 {
 }
 fn default_half_open_calls() -> u32 {
     10
+}
+fn default_half_open_max_wait_ms() -> u64 {
+    60_000
 }
 fn default_after_half_open() -> String {
     "open".into()
@@ -602,7 +606,8 @@ mod tests {
         let p = parse(r#"{"apis":[{"name":"a"}]}"#).unwrap();
         let a = &p.apis[0];
         let mut r4j = Settings::resilience4j_defaults();
-        r4j.min_calls = 100;
+        // The one default that differs (docs/BREAKER.md): never stuck half-open.
+        r4j.half_open_max_wait_ms = 60_000;
         assert_eq!(a.settings, r4j);
         assert_eq!(a.window, WindowKind::Count { calls: 100 });
         assert_eq!(a.status_outcome(503), Some(true));

@@ -108,6 +108,9 @@ struct Worker {
     granted: HashSet<u32>,
     /// Slots whose release lost every CAS (or ended without a host): given back on the tick.
     releases: Vec<usize>,
+    /// Half-open permits of streams destroyed without `on_log`: (API, generation), given
+    /// back on the tick (bounded: one per permit, and permits are `half_open_calls`).
+    givebacks: Vec<(usize, u64)>,
     last_main_ms: u64,
 }
 
@@ -336,6 +339,9 @@ impl Plugin for Filter {
             s.slot = false;
             w.releases.push(i);
         }
+        if let (Some((g, true, _)), false) = (s.permit, s.replied) {
+            w.givebacks.push((i, g));
+        }
     }
 
     fn on_tick<H: Host + ?Sized>(&self, host: &H, p: &mut Periodic<Leader>) {
@@ -536,10 +542,17 @@ impl Filter {
     }
 
     fn retry_releases<H: Host + ?Sized>(&self, host: &H) {
-        let pending = match self.worker.try_borrow_mut() {
-            Ok(mut w) => std::mem::take(&mut w.releases),
+        let (pending, givebacks) = match self.worker.try_borrow_mut() {
+            Ok(mut w) => (
+                std::mem::take(&mut w.releases),
+                std::mem::take(&mut w.givebacks),
+            ),
             Err(_) => return,
         };
+        let now = host.now_ms();
+        for (i, g) in givebacks {
+            self.record(host, i, g, None, now);
+        }
         for i in pending {
             if !self.release(host, i) {
                 self.defer_release(i);
@@ -872,7 +885,7 @@ impl<H: Host + ?Sized> Steps<H> for Tick<'_> {
             let merged = data.modify(&keys.window, Buckets::decode, |cur| {
                 let mut b = cur.unwrap_or_default();
                 for (g, e, t) in &list {
-                    b.merge_gen(*g, *e, t, api.keep);
+                    b.merge_gen(*g, *e, t, api.window, api.keep);
                 }
                 Step::Write(b.encode(), b)
             });

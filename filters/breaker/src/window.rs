@@ -66,8 +66,17 @@ pub struct Buckets {
 impl Buckets {
     /// Adds a worker's counts of calls permitted in `generation`: a newer generation starts
     /// a new window (resilience4j resets its metrics on every transition), an older one is
-    /// dropped (those calls belong to a period that is over). False when dropped.
-    pub fn merge_gen(&mut self, generation: u64, epoch: u64, t: &Tally, keep: usize) -> bool {
+    /// dropped (those calls belong to a period that is over). False when dropped. `keep` is
+    /// the most buckets a time window needs (its seconds); a count window keeps what holds
+    /// its last `calls` calls, in at most `MAX_BUCKETS` buckets (see `trim_count`).
+    pub fn merge_gen(
+        &mut self,
+        generation: u64,
+        epoch: u64,
+        t: &Tally,
+        kind: WindowKind,
+        keep: usize,
+    ) -> bool {
         if generation < self.generation {
             return false;
         }
@@ -77,8 +86,45 @@ impl Buckets {
                 buckets: Vec::new(),
             };
         }
-        self.merge(epoch, t, keep);
+        match kind {
+            WindowKind::Time { .. } => self.merge(epoch, t, keep),
+            WindowKind::Count { calls } => {
+                self.merge(epoch, t, usize::MAX);
+                self.trim_count(calls);
+            }
+        }
         true
+    }
+
+    /// A count window's buckets: the oldest bucket goes once the newer ones hold `calls`
+    /// calls without it; past `MAX_BUCKETS` the adjacent pair with the fewest calls is
+    /// combined (into the newer epoch), so a slow trickle of calls over many ticks still
+    /// fills the window and buckets stay of similar size (little more than `calls` kept).
+    pub fn trim_count(&mut self, calls: u64) {
+        loop {
+            let rest: u64 = self.buckets.iter().skip(1).map(|(_, t)| t.calls).sum();
+            if self.buckets.len() > 1 && rest >= calls {
+                self.buckets.remove(0);
+            } else {
+                break;
+            }
+        }
+        while self.buckets.len() > MAX_BUCKETS {
+            let mut best: Option<(usize, u64)> = None;
+            for (i, w) in self.buckets.windows(2).enumerate() {
+                if let [(_, a), (_, b)] = w {
+                    let n = a.calls.saturating_add(b.calls);
+                    if best.is_none_or(|(_, m)| n < m) {
+                        best = Some((i, n));
+                    }
+                }
+            }
+            let Some((i, _)) = best else { break };
+            let (_, older) = self.buckets.remove(i);
+            if let Some((_, newer)) = self.buckets.get_mut(i) {
+                newer.add(&older);
+            }
+        }
     }
 
     /// The counts of the window if it belongs to `generation`, else an empty tally (the
@@ -92,13 +138,13 @@ impl Buckets {
     }
 
     /// Adds a worker's counts for `epoch` (a late worker's older epoch goes into its own
-    /// bucket, in order), keeping at most `keep` buckets: the oldest are dropped, since they
-    /// have left every window the breaker judges (`keep` is sized to the window).
+    /// bucket, in order), keeping at most `keep` buckets (`usize::MAX`: all): the oldest are
+    /// dropped, since they have left the time window the breaker judges.
     pub fn merge(&mut self, epoch: u64, t: &Tally, keep: usize) {
         if t.is_empty() {
             return;
         }
-        let keep = keep.clamp(1, MAX_BUCKETS);
+        let keep = keep.max(1);
         match self.buckets.iter_mut().find(|(e, _)| *e == epoch) {
             Some((_, b)) => b.add(t),
             None => {
@@ -244,12 +290,14 @@ mod tests {
         assert_eq!(b.buckets.len(), 3, "an empty tally adds no bucket");
     }
 
+    const C100: WindowKind = WindowKind::Count { calls: 100 };
+
     #[test]
     fn a_newer_generation_starts_a_new_window_and_an_older_one_is_dropped() {
         let mut b = Buckets::default();
-        assert!(b.merge_gen(3, 1, &t(5, 5, 0), 64));
+        assert!(b.merge_gen(3, 1, &t(5, 5, 0), C100, 64));
         assert!(
-            !b.merge_gen(2, 1, &t(9, 9, 0), 64),
+            !b.merge_gen(2, 1, &t(9, 9, 0), C100, 64),
             "calls of a period that is over"
         );
         assert_eq!(
@@ -260,9 +308,29 @@ mod tests {
             b.window_of(4, WindowKind::Count { calls: 100 }, 1),
             t(0, 0, 0)
         );
-        assert!(b.merge_gen(4, 2, &t(1, 0, 0), 64));
+        assert!(b.merge_gen(4, 2, &t(1, 0, 0), C100, 64));
         assert_eq!(b.generation, 4);
         assert_eq!(b.buckets, vec![(2, t(1, 0, 0))]);
+    }
+
+    #[test]
+    fn a_count_window_fed_one_call_per_tick_still_fills_and_drops_what_it_no_longer_needs() {
+        let c = WindowKind::Count { calls: 100 };
+        let mut b = Buckets::default();
+        for e in 0..500 {
+            b.merge_gen(0, e, &t(1, e % 2, 0), c, 64);
+            assert!(b.buckets.len() <= MAX_BUCKETS);
+        }
+        let w = b.window(c, 0);
+        assert!(
+            w.calls >= 100,
+            "a trickle over 500 ticks fills a 100-call window: {w:?}"
+        );
+        assert!(w.calls <= 110, "and keeps little more than it needs: {w:?}");
+        // A burst: the old trickle is no longer needed.
+        b.merge_gen(0, 600, &t(200, 200, 0), c, 64);
+        assert_eq!(b.buckets.len(), 1);
+        assert_eq!(b.window(c, 0), t(200, 200, 0));
     }
 
     #[test]

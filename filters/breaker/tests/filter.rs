@@ -499,3 +499,35 @@ fn a_refused_config_names_the_field() {
     h.set_config(r#"{"apis": [{"name": "a", "window": {"count": 0}}]}"#);
     assert!(Filter::configure(&h).is_none());
 }
+
+#[test]
+fn a_probe_destroyed_without_on_log_gives_its_permit_back_on_the_tick() {
+    let h = host();
+    let mut w = vec![worker(&h, &config("", ""))];
+    open(&mut w, &h);
+    h.advance(1_001);
+    let mut probes: Vec<(Flow, Stream)> = (0..3).map(|i| start(&w[0].0, &h, i)).collect();
+    assert!(probes.iter().all(|(f, _)| *f == Flow::Continue));
+    assert_eq!(start(&w[0].0, &h, 9).0, Flow::Pause, "no permit left");
+    w[0].0.on_done(&mut probes[0].1);
+    tick_all(&mut w, &h);
+    assert_eq!(state(&h).permits_left, 1, "given back");
+    assert_eq!(start(&w[0].0, &h, 10).0, Flow::Continue);
+}
+
+#[test]
+fn half_open_never_sticks_by_default() {
+    let h = host();
+    let mut w = vec![worker(&h, &config("", ""))];
+    open(&mut w, &h);
+    h.advance(1_001);
+    let _lost: Vec<(Flow, Stream)> = (0..3).map(|i| start(&w[0].0, &h, i)).collect();
+    assert_eq!(state(&h).kind, Kind::HalfOpen);
+    h.advance(60_000);
+    tick_all(&mut w, &h);
+    assert_eq!(
+        state(&h).kind,
+        Kind::Open,
+        "60 s without probe outcomes: back to OPEN (after_half_open_wait), not stuck"
+    );
+}

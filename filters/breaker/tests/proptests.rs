@@ -101,4 +101,24 @@ proptest! {
         prop_assert!(b.buckets.windows(2).all(|w| w[0].0 < w[1].0));
         prop_assert_eq!(Buckets::decode(&b.encode()), Some(b));
     }
+
+    #[test]
+    fn a_count_window_always_holds_its_last_n_calls_in_bounded_buckets(
+        n in 1u64..300,
+        calls in proptest::collection::vec(0u64..20, 0..400),
+    ) {
+        // One merge per tick of 0..20 calls: the window holds at least min(n, all calls so
+        // far), whatever the rate, in at most MAX_BUCKETS buckets.
+        let kind = WindowKind::Count { calls: n };
+        let mut b = Buckets::default();
+        let mut total = 0u64;
+        for (e, c) in calls.iter().enumerate() {
+            b.merge_gen(0, e as u64, &Tally { calls: *c, failures: 0, slow: 0 }, kind, MAX_BUCKETS);
+            total += c;
+            let w = b.window(kind, e as u64);
+            prop_assert!(w.calls >= n.min(total), "{} calls of {} (n {})", w.calls, total, n);
+            prop_assert!(b.buckets.len() <= MAX_BUCKETS);
+        }
+        prop_assert_eq!(Buckets::decode(&b.encode()), Some(b));
+    }
 }
