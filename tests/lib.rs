@@ -98,6 +98,16 @@ impl Stack {
     pub fn get(&self, path: &str) -> http::Response {
         http::get(self.port(), path).unwrap_or_else(|e| panic!("GET {path}: {e}"))
     }
+
+    /// The egress listener's port (the app's calls to other services, `outbound_api`).
+    pub fn egress(&self) -> u16 {
+        self.envoy.port("egress")
+    }
+
+    /// `GET path` on the egress listener.
+    pub fn egress_get(&self, path: &str) -> http::Response {
+        http::get(self.egress(), path).unwrap_or_else(|e| panic!("GET egress {path}: {e}"))
+    }
 }
 
 /// Open-loop load on `/PostView?blogId={key}&logNo=1` at `rps` for `ms`, every request

@@ -555,10 +555,21 @@ async fn serve(shared: &Arc<Shared>, route: Route) -> Resp {
     };
     let now = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
     shared.note_in_flight(now);
+    // Counted out however the request ends: answered, or dropped by the server when its
+    // client (Envoy) went away first (a route timeout, a reset).
+    let _served = InFlight(&shared.in_flight);
     let resp = work(shared, route).await;
-    shared.in_flight.fetch_sub(1, Ordering::SeqCst);
     drop(permit);
     resp
+}
+
+/// One request in [`UpstreamStats::in_flight`] until dropped.
+struct InFlight<'a>(&'a AtomicU64);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 async fn work(shared: &Arc<Shared>, route: Route) -> Resp {
