@@ -748,6 +748,7 @@ fn a_hung_or_killed_api_opens_the_breaker_and_no_call_outlasts_the_route_timeout
     let killed = Instant::now();
     e.wait_stat("state", |v| v == OPEN);
     let killed_open = killed.elapsed();
+    wait_count("20 fallbacks", &saved, saved.load(Ordering::SeqCst) + 20);
     // Calls answered before this instant cannot have been served by it.
     let restarting = Instant::now();
     e.restart_api();
