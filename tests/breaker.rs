@@ -1132,6 +1132,70 @@ fn operator_flags_force_open_and_metrics_only_apply_without_restart() {
 }
 
 #[test]
+fn config_flags_force_open_and_force_closed_hold_from_the_start() {
+    let forced = api_cfg(
+        json!({"name": "forced", "match": {"path_prefix": "/api/forced"},
+        "flag": "force_open"}),
+    );
+    let closed = api_cfg(
+        json!({"name": "closed", "match": {"path_prefix": "/api/closed"},
+        "flag": "force_closed"}),
+    );
+    let e = Egress::start(breaker(vec![forced, closed]), 2);
+    e.api().set_error_rate(1.0, 503);
+    // force_open: in force within about a tick of the start, then every call gets the
+    // fallback and none reaches the API.
+    eventually_every(
+        "the config flag in force",
+        STATS,
+        Duration::from_millis(10),
+        || {
+            let c = e.call("/api/forced/x");
+            if c.fallback() {
+                Ok(())
+            } else {
+                Err(Box::new(c))
+            }
+        },
+    );
+    let refused = e.stat_of("forced", "not_permitted");
+    for _ in 0..20 {
+        let c = e.call("/api/forced/x");
+        assert!(c.fallback_for("forced_open") && !c.reached, "{c:?}");
+    }
+    // force_closed (metrics only): a failing API is measured, crosses the thresholds, and
+    // every call still goes through.
+    let mut n = 0;
+    eventually_every(
+        "a would-open crossing",
+        STATS,
+        Duration::from_millis(5),
+        || {
+            let c = e.call("/api/closed/x");
+            assert!(c.reached && c.status == 503 && c.action.is_none(), "{c:?}");
+            n += 1;
+            if e.stat_of("closed", "would_open") > 0 && n >= 10 {
+                Ok(())
+            } else {
+                Err(n)
+            }
+        },
+    );
+    e.ticks_pass(3);
+    for _ in 0..10 {
+        let c = e.call("/api/closed/x");
+        assert!(c.reached && c.status == 503 && c.action.is_none(), "{c:?}");
+    }
+    assert_eq!(e.stat_of("closed", "opened"), 0);
+    e.wait_stat_of("forced", "not_permitted", |v| v >= refused + 20);
+    // And the gauges say so.
+    e.wait_stat_of("forced", "state", |v| v == FORCED_OPEN);
+    e.wait_stat_of("closed", "state", |v| v == METRICS_ONLY);
+    e.s.envoy
+        .wait_stat("wasmcustom.sg.breaker.open_apis", STATS, |v| v == 1);
+}
+
+#[test]
 fn the_disable_flag_by_ecds_turns_breaker_and_bulkhead_off_without_restart() {
     let dir = tempfile::Builder::new()
         .prefix("sg-ecds-")
