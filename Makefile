@@ -11,7 +11,7 @@ APT_PACKAGES := nginx wrk nghttp2-client
 export ENVOY_BIN := $(abspath $(ENVOY))
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: setup apt rust-target wasm build lint test test-steps test-native test-wasm test-e2e demo bench clean
+.PHONY: setup apt rust-target wasm build lint test test-steps test-native test-wasm test-e2e bench-smoke demo bench clean
 
 setup: apt rust-target $(ENVOY)
 
@@ -66,7 +66,16 @@ test: setup
 	@set -o pipefail; $(MAKE) --no-print-directory test-steps 2>&1 | tee .work/test.log
 	@awk '/^test result:/ {p += $$4; f += $$6} END {printf "summary: %d passed, %d failed\n", p, f; exit (p == 0 || f > 0)}' .work/test.log
 
-test-steps: lint test-native test-wasm test-e2e
+test-steps: lint test-native test-wasm test-e2e bench-smoke
+
+# A short run of `make bench` (1 round of 1 s per variant, no cross-check): the benchmark
+# harness and every variant's "the filter saw every request" check still work (the cached
+# variant is left out: its hit-rate check needs a warm cache). Its figures
+# mean nothing; docs/BENCHMARKS.md comes from `make bench`.
+bench-smoke: build
+	./target/release/bench --out .work/bench-smoke.md --rounds 1 --seconds 1 --warmup 0 \
+	  --concurrency 1 --xcheck-rps 0 \
+	  --variants bare,noop_wasm,ratelimit,hotkey,simplepage,noop_wasm_egress,breaker,breaker_bulkhead
 
 demo: setup build
 	$(CARGO) run --release -q -p sg-integration --bin demo
