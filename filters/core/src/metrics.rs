@@ -80,10 +80,13 @@ impl Counter {
 }
 
 /// A gauge: `set` keeps the value in VM memory, `flush` records it when it changed.
+/// Every worker's VM defines the same gauge and Envoy keeps one value per name, so a VM
+/// that never `set` it records nothing: gauges are set by the lease holder alone, and a
+/// worker flushing its untouched 0 would overwrite the holder's value.
 #[derive(Debug, Default)]
 pub struct Gauge {
     id: Option<u32>,
-    value: Cell<u64>,
+    value: Cell<Option<u64>>,
     sent: Cell<Option<u64>>,
 }
 
@@ -95,13 +98,15 @@ impl Gauge {
         }
     }
     pub fn set(&self, v: u64) {
-        self.value.set(v);
+        self.value.set(Some(v));
     }
     pub fn get(&self) -> u64 {
-        self.value.get()
+        self.value.get().unwrap_or(0)
     }
     pub fn flush<H: Host + ?Sized>(&self, host: &H) {
-        let v = self.value.get();
+        let Some(v) = self.value.get() else {
+            return;
+        };
         if let (Some(id), false) = (self.id, self.sent.get() == Some(v)) {
             host.record_metric(id, v);
             self.sent.set(Some(v));
@@ -272,9 +277,18 @@ mod tests {
     }
 
     #[test]
-    fn gauges_are_recorded_when_they_change() {
+    fn gauges_are_recorded_when_they_change_and_never_by_a_vm_that_did_not_set_them() {
         let h = MemHost::new();
         let g = Gauge::define(&h, "sg.t.g");
+        let other_worker = Gauge::define(&h, "sg.t.g");
+        g.set(5);
+        g.flush(&h);
+        other_worker.flush(&h);
+        assert_eq!(
+            h.metric("sg.t.g"),
+            Some(5),
+            "an untouched gauge records nothing"
+        );
         g.set(5);
         g.flush(&h);
         assert_eq!(h.metric("sg.t.g"), Some(5));

@@ -178,7 +178,13 @@ impl Ops {
                     PollOutcome::Applied { entries } => {
                         m.operator_applied.inc();
                         data.put(self.list_key, &encode_list(poller.version(), poller.list()));
-                        log::info!("{}: operator list applied ({entries} entries)", self.filter);
+                        // An endpoint without ETags answers every poll in full: log changes only.
+                        if poller.list() != &previous {
+                            log::info!(
+                                "{}: operator list applied ({entries} entries)",
+                                self.filter
+                            );
+                        }
                         Answer::Applied { previous }
                     }
                     PollOutcome::KeptLastGood { reason } => {
