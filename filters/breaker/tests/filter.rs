@@ -317,6 +317,13 @@ fn the_bulkhead_is_exact_across_workers_and_every_ending_gives_the_slot_back() {
     tick_all(&mut w, &h);
     assert_eq!(slots(&h), 0);
     assert_eq!(metric(&h, "bulkhead_rejected"), 1);
+    assert_eq!(
+        metric(&h, "in_flight"),
+        1,
+        "the lease holder (worker 0) ticked before worker 1 gave the slot back"
+    );
+    h.advance(TICK);
+    tick_all(&mut w, &h);
     assert_eq!(metric(&h, "in_flight"), 0);
 }
 
