@@ -17,7 +17,9 @@ use crate::config::{Api, Config, FailMode, Flag, Plan, FLAG_DC, FLAG_DR, WAIT_TI
 use crate::machine::{Breaker, Judged, Kind, Outcome, Permit, Transition};
 use crate::window::{Buckets, Tally, WindowKind};
 use sg_core::alert::Alert;
-use sg_core::host::{configure, property_u64, set_tick, Flow, Host, HostRequest, Plugin};
+use sg_core::host::{
+    configure, property_u64, response_status, set_tick, Flow, Host, HostRequest, Plugin,
+};
 use sg_core::key::{strip_port, RequestView};
 use sg_core::keys::{br_slots, br_state, br_window, BR_FLAGS, BR_OPEN};
 use sg_core::oplist::{decode_list, encode_list, Entry, List};
@@ -86,6 +88,10 @@ pub struct Stream {
     waiting: bool,
     replied: bool,
     done: bool,
+    /// The response's `:status` (read in `on_response_headers`), and whether the response
+    /// reached its end of stream (then no reset or timeout cut it).
+    status: Option<u16>,
+    complete: bool,
 }
 
 /// A call waiting for a bulkhead slot.
@@ -153,8 +159,8 @@ impl Reason {
 }
 
 enum Gate {
-    /// Granted: generation, probe, counted in the window, bulkhead applies.
-    Go(u64, bool, bool, bool),
+    /// Granted: generation, probe, counted in the window (the bulkhead applies).
+    Go(u64, bool, bool),
     Refuse(Reason, u64),
     /// No breaker applies (disabled, or a shared-data failure with `on_store_error: allow`).
     Pass,
@@ -257,16 +263,16 @@ impl Plugin for Filter {
         let now = req.now();
         s.api = Some(i);
         s.start_ms = now;
-        let (generation, probe, counted, bulkhead) = match self.gate(host, i, now) {
+        let (generation, probe, counted) = match self.gate(host, i, now) {
             Gate::Pass => return Flow::Continue,
             Gate::Refuse(reason, retry_at) => {
                 m.not_permitted.inc();
                 return self.refuse(host, s, i, reason, retry_at, now);
             }
-            Gate::Go(g, p, c, b) => (g, p, c, b),
+            Gate::Go(g, p, c) => (g, p, c),
         };
         s.permit = Some((generation, probe, counted));
-        let Some(bh) = api.bulkhead.filter(|_| bulkhead) else {
+        let Some(bh) = api.bulkhead else {
             return Flow::Continue;
         };
         match self.acquire(host, i, bh.max_concurrent) {
@@ -315,6 +321,27 @@ impl Plugin for Filter {
                 Flow::Continue
             }
         }
+    }
+
+    /// The status of a call the breaker let through (a header read, cheaper than the
+    /// `response.code` property in `on_log`).
+    fn on_response_headers<H: Host + ?Sized>(&self, host: &H, s: &mut Stream, eos: bool) -> Flow {
+        if s.permit.is_some() && !s.replied {
+            s.status = Some(response_status(host));
+            s.complete = eos;
+        }
+        Flow::Continue
+    }
+
+    fn on_response_body<H: Host + ?Sized>(
+        &self,
+        _host: &H,
+        s: &mut Stream,
+        _body_size: usize,
+        eos: bool,
+    ) -> Flow {
+        s.complete |= eos;
+        Flow::Continue
     }
 
     fn on_log<H: Host + ?Sized>(&self, host: &H, s: &mut Stream) {
@@ -366,6 +393,7 @@ impl Plugin for Filter {
             let steps = &mut Tick {
                 f: self,
                 p: &mut p.leader,
+                judged: vec![false; self.plan.apis.len()],
             };
             p.ticker.run(host, FILTER, self.plan.tick_ms, steps);
         }
@@ -466,7 +494,7 @@ impl Filter {
         match (p, kind) {
             (_, Kind::Disabled) => Gate::Pass,
             (Permit::Granted { generation, probe }, k) => {
-                Gate::Go(generation, probe, !probe && k != Kind::Disabled, true)
+                Gate::Go(generation, probe, !probe && k != Kind::Disabled)
             }
             (Permit::Rejected, Kind::ForcedOpen) => Gate::Refuse(Reason::ForcedOpen, 0),
             (Permit::Rejected, Kind::HalfOpen) => Gate::Refuse(Reason::HalfOpen, 0),
@@ -711,9 +739,18 @@ impl Filter {
             return;
         };
         let now = host.now_ms();
-        let code = property_u64(host, &["response", "code"]).unwrap_or(0);
-        let flags = property_u64(host, &["response", "flags"]).unwrap_or(0);
-        let outcome = classify(api, code, flags, now.saturating_sub(s.start_ms));
+        let code = s.status.unwrap_or(0);
+        // Envoy's response flags can change the outcome only when the status has not already
+        // made it a failure and the response did not end normally below 500 (a reset or time-out
+        // cuts the stream; Envoy's own local replies are 5xx): the property read is skipped
+        // for an ordinary answer.
+        let flags =
+            if api.status_outcome(code) == Some(true) || (s.complete && (1..500).contains(&code)) {
+                0
+            } else {
+                property_u64(host, &["response", "flags"]).unwrap_or(0)
+            };
+        let outcome = classify(api, u64::from(code), flags, now.saturating_sub(s.start_ms));
         if let Some(m) = self.m.rules.get(i) {
             let c = match outcome {
                 None => &m.ignored,
@@ -734,10 +771,7 @@ impl Filter {
         let (Some(o), true) = (outcome, counted) else {
             return;
         };
-        let epoch = match api.window {
-            WindowKind::Time { .. } => now / 1000,
-            WindowKind::Count { .. } => now / self.plan.tick_ms.max(1),
-        };
+        let epoch = self.epoch(api, now);
         let t = Tally {
             calls: 1,
             failures: u64::from(o.failed),
@@ -764,6 +798,15 @@ impl Filter {
         }
     }
 
+    /// The window bucket a call ending at `now` belongs to: its second (time window) or its
+    /// tick (count window).
+    fn epoch(&self, api: &Api, now: u64) -> u64 {
+        match api.window {
+            WindowKind::Time { .. } => now / 1000,
+            WindowKind::Count { .. } => now / self.plan.tick_ms.max(1),
+        }
+    }
+
     /// Judges API `i` now (under CAS); counts a move and reports a METRICS_ONLY crossing.
     fn judge<H: Host + ?Sized>(&self, host: &H, i: usize, window: Option<&Buckets>, now: u64) {
         let (Some(api), Some(keys)) = (self.plan.apis.get(i), self.keys.get(i)) else {
@@ -778,10 +821,7 @@ impl Filter {
                 &owned
             }
         };
-        let epoch = match api.window {
-            WindowKind::Time { .. } => now / 1000,
-            WindowKind::Count { .. } => now / self.plan.tick_ms.max(1),
-        };
+        let epoch = self.epoch(api, now);
         let r = data.modify(&keys.state, Breaker::decode, |cur| {
             let mut b = cur.unwrap_or_default();
             let before = b;
@@ -865,6 +905,8 @@ impl Filter {
 struct Tick<'a> {
     f: &'a Filter,
     p: &'a mut Leader,
+    /// APIs this tick's merge already judged (the lead step need not again).
+    judged: Vec<bool>,
 }
 
 impl<H: Host + ?Sized> Steps<H> for Tick<'_> {
@@ -890,7 +932,12 @@ impl<H: Host + ?Sized> Steps<H> for Tick<'_> {
                 Step::Write(b.encode(), b)
             });
             match merged {
-                Some(b) => f.judge(host, i, Some(&b), now.ms),
+                Some(b) => {
+                    f.judge(host, i, Some(&b), now.ms);
+                    if let Some(j) = self.judged.get_mut(i) {
+                        *j = true;
+                    }
+                }
                 None => {
                     // Lost every CAS: keep the counts for the next tick (nothing is lost).
                     if let Ok(mut w) = f.worker.try_borrow_mut() {
@@ -913,7 +960,9 @@ impl<H: Host + ?Sized> Steps<H> for Tick<'_> {
         let mut open = List::default();
         for (i, api) in f.plan.apis.iter().enumerate() {
             f.apply_flag(host, i, f.flag(i, &flags, now.ms), now.ms);
-            f.judge(host, i, None, now.ms);
+            if !self.judged.get(i).copied().unwrap_or(false) {
+                f.judge(host, i, None, now.ms);
+            }
             let Some(keys) = f.keys.get(i) else {
                 continue;
             };

@@ -50,8 +50,15 @@ fn start(f: &Filter, h: &MemHost, id: u32) -> (Flow, Stream) {
     (flow, s)
 }
 
-/// The stream ends as Envoy reports it: status (0: none) and response flags.
+/// The stream ends as Envoy reports it: response headers with `code` (0: none came) then the
+/// body's end, unless a response flag says the stream was cut (a reset, a time-out, the client
+/// leaving); `on_log` with the `response.code`/`response.flags` properties.
 fn end(f: &Filter, h: &MemHost, s: &mut Stream, code: u64, flags: u64) {
+    if code != 0 {
+        h.respond(code as u16, &[], b"");
+        assert_eq!(f.on_response_headers(h, s, false), Flow::Continue);
+        f.on_response_body(h, s, 0, flags == 0);
+    }
     h.set_property_u64(&["response", "code"], code);
     h.set_property_u64(&["response", "flags"], flags);
     f.on_log(h, s);
@@ -498,6 +505,39 @@ fn unmatched_calls_pass_untouched() {
     let mut s = Filter::stream(1);
     assert_eq!(f.on_request(&h, &mut s), Flow::Continue);
     assert_eq!(f.pending_calls(), 0);
+}
+
+#[test]
+fn a_200_cut_by_a_reset_or_time_out_after_its_headers_is_a_failure() {
+    let h = host();
+    let mut w = vec![worker(&h, &config("", ""))];
+    for _ in 0..10 {
+        // UR: the upstream reset mid-body; UT: the route timeout fired mid-body.
+        assert!(call(&w[0].0, &h, 200, 1 << 4));
+        assert!(call(&w[0].0, &h, 200, 1 << 2));
+    }
+    h.advance(TICK);
+    tick_all(&mut w, &h);
+    assert_eq!(metric(&h, "failure"), 20);
+    assert_eq!(state(&h).kind, Kind::Open);
+}
+
+#[test]
+fn a_503_envoy_answered_itself_is_a_failure_by_its_flag_even_when_503_is_not_listed() {
+    let h = host();
+    let json = config(r#", "failure_status": [500], "ignore_status": []"#, "");
+    let mut w = vec![worker(&h, &json)];
+    for _ in 0..5 {
+        assert!(
+            call(&w[0].0, &h, 503, 1 << 7),
+            "UO: Envoy's cluster overflow"
+        );
+        assert!(call(&w[0].0, &h, 503, 0), "the API's own 503: not listed");
+    }
+    h.advance(TICK);
+    tick_all(&mut w, &h);
+    assert_eq!(metric(&h, "failure"), 5);
+    assert_eq!(metric(&h, "success"), 5);
 }
 
 #[test]
