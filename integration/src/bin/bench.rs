@@ -134,6 +134,13 @@ const VARIANTS: &[Variant] = &[
         min_cache_hit_percent: None,
     },
     Variant {
+        name: "breaker_nomatch",
+        description: "diagnostic: `breaker` whose API matches no call (the `:path` read and the match only)",
+        setup: Setup::Egress("breaker", breaker_nomatch_cfg),
+        counters: None,
+        min_cache_hit_percent: None,
+    },
+    Variant {
         name: "native_local_ratelimit",
         description: "`envoy.filters.http.local_ratelimit`, token bucket of 10^8 tokens refilled every 1 s, enabled and enforced 100%; never limits",
         setup: Setup::Prepend(native_local_ratelimit_filter),
@@ -181,6 +188,12 @@ fn breaker_cfg() -> Value {
 fn breaker_bulkhead_cfg() -> Value {
     let mut api = breaker_api();
     api["bulkhead"] = json!({"max_concurrent": 1_000_000});
+    json!({"apis": [api]})
+}
+
+fn breaker_nomatch_cfg() -> Value {
+    let mut api = breaker_api();
+    api["match"] = json!({"path_prefix": "/never-matches"});
     json!({"apis": [api]})
 }
 
