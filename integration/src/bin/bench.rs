@@ -121,7 +121,7 @@ const VARIANTS: &[Variant] = &[
     },
     Variant {
         name: "breaker",
-        description: "`sg_breaker.wasm` on the egress listener, API `bench` (every request), count window 100, no bulkhead; CLOSED throughout: one shared-data get of the state per call, and at its end two property reads (`response.code`, `response.flags`) and a clock read, counted in VM memory; the 100 ms tick merges and judges",
+        description: "`sg_breaker.wasm` on the egress listener, API `bench` (every request), count window 100, no bulkhead; CLOSED throughout: one shared-data get of the state per call, the `:status` response-header read, and at its end a clock read (`response.flags` is read only when it can change the outcome: never here), counted in VM memory; the 100 ms tick merges and judges",
         setup: Setup::Egress("breaker", breaker_cfg),
         counters: Some(BREAKER_COUNTERS),
         min_cache_hit_percent: None,
