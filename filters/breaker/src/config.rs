@@ -41,13 +41,7 @@ pub struct Config {
     pub alert: AlertConfig,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailMode {
-    #[default]
-    Allow,
-    Reject,
-}
+pub use sg_core::config::FailMode;
 
 fn default_tick_ms() -> u64 {
     100

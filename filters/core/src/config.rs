@@ -9,6 +9,17 @@ use crate::matcher::{MatchConfig, Matcher};
 use crate::metrics::check_rule_name;
 use crate::ConfigError;
 
+/// What a request gets when shared data fails (`on_store_error`): `allow` (fail open, the
+/// default: a proxy hiccup never becomes an outage) or `reject`. Shared by every filter that
+/// offers the choice (ratelimit, breaker).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailMode {
+    #[default]
+    Allow,
+    Reject,
+}
+
 /// A filter's config: parsed from JSON, then compiled into its immutable plan (`on_configure`
 /// only; the request path never parses).
 pub trait Compile: serde::de::DeserializeOwned {

@@ -52,13 +52,7 @@ fn default_cas_attempts() -> u32 {
     sg_core::store::CAS_ATTEMPTS
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailMode {
-    #[default]
-    Allow,
-    Reject,
-}
+pub use sg_core::config::FailMode;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
