@@ -24,7 +24,7 @@ use sg_core::key::{strip_port, RequestView};
 use sg_core::keys::{br_slots, br_state, br_window, BR_FLAGS, BR_OPEN};
 use sg_core::oplist::{decode_list, encode_list, Entry, List};
 use sg_core::ops::{refresh_list, Ops};
-use sg_core::shared::Step;
+use sg_core::shared::{ensure_all, Step};
 use sg_core::store::{Data, Published};
 use sg_core::tick::{Now, Periodic, Steps};
 use std::cell::RefCell;
@@ -206,7 +206,12 @@ impl Plugin for Filter {
                 window: br_window(&a.name),
                 slots: br_slots(&a.name),
             })
-            .collect();
+            .collect::<Vec<Keys>>();
+        ensure_all(
+            host,
+            FILTER,
+            keys.iter().flat_map(|k| [&k.state, &k.window, &k.slots]),
+        );
         let periodic = Periodic::new(Leader {
             ops: Ops::new(FILTER, BR_FLAGS, plan.operator.as_ref(), &plan.alert),
             flags: Published::default(),

@@ -578,3 +578,23 @@ fn half_open_never_sticks_by_default() {
         "60 s without probe outcomes: back to OPEN (after_half_open_wait), not stuck"
     );
 }
+
+#[test]
+fn configure_creates_every_shared_key_and_a_later_worker_keeps_their_values() {
+    let h = host();
+    let _w1 = worker(&h, &config("", ""));
+    for key in [br_state("api"), br_window("api"), br_slots("api")] {
+        let v = SharedStore::get(&h, &key).unwrap().value;
+        assert_eq!(v.as_deref(), Some(&[][..]), "{key} not created empty");
+    }
+    // A slot held on the first worker survives the next worker's (or an ECDS) configure.
+    SharedStore::set(&h, &br_slots("api"), &3u64.to_le_bytes(), 0).unwrap();
+    let _w2 = worker(&h, &config("", ""));
+    assert_eq!(
+        SharedStore::get(&h, &br_slots("api"))
+            .unwrap()
+            .value
+            .as_deref(),
+        Some(&3u64.to_le_bytes()[..])
+    );
+}

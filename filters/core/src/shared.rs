@@ -120,6 +120,27 @@ pub fn ensure<S: SharedStore + ?Sized>(
     }
 }
 
+/// Creates every key in `keys` (empty) that is absent, at configure time. Envoy has no
+/// create-if-absent: two workers creating a key on their first request could both write
+/// blindly and lose a count. One warning when some could not be created (they are then
+/// created on first use). Returns how many failed.
+pub fn ensure_all<S, K>(store: &S, filter: &str, keys: impl IntoIterator<Item = K>) -> usize
+where
+    S: SharedStore + ?Sized,
+    K: AsRef<str>,
+{
+    let failed = keys
+        .into_iter()
+        .filter(|k| ensure(store, k.as_ref(), &[]).is_err())
+        .count();
+    if failed > 0 {
+        log::warn!(
+            "{filter}: {failed} shared keys could not be created; they are created on first use"
+        );
+    }
+    failed
+}
+
 /// In-memory store with Envoy's semantics, for native tests. `interfere` makes the next N
 /// CAS writes fail as if another worker had written in between; `fail` makes calls fail.
 #[derive(Default)]

@@ -45,7 +45,8 @@ impl<'a, S: SharedStore + ?Sized> Data<'a, S> {
     pub fn read_with<T>(&self, key: &str, decode: impl FnOnce(&[u8]) -> Option<T>) -> Option<T> {
         let b = self.bytes(key)?;
         let v = decode(&b);
-        if v.is_none() {
+        // Empty is what `ensure` creates: absent in all but name.
+        if v.is_none() && !b.is_empty() {
             self.m.bad_state.inc();
         }
         v

@@ -19,7 +19,7 @@ use sg_core::keys::{hk_view, HK_BLOCKLIST, HK_DIVERT, HK_SHED};
 use sg_core::metrics::Counter;
 use sg_core::oplist::{decode_list, encode_list, Entry as ListEntry, List};
 use sg_core::ops::{refresh_list, Answer, Ops};
-use sg_core::shared::Step;
+use sg_core::shared::{ensure_all, Step};
 use sg_core::store::{Data, Published};
 use sg_core::tick::{Now, Periodic, Steps};
 use std::cell::{Cell, RefCell};
@@ -133,6 +133,7 @@ impl Plugin for Filter {
             ops: Ops::new(FILTER, HK_BLOCKLIST, plan.operator.as_ref(), &plan.alert),
             tops: plan.rules.iter().map(|_| TopHistory::default()).collect(),
         });
+        ensure_all(host, FILTER, plan.rules.iter().map(|r| hk_view(&r.name)));
         set_tick(host, FILTER, plan.tick_ms, "no detection on this worker");
         log::info!(
             "{FILTER}: configured {} rules, tick {} ms",

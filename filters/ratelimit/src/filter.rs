@@ -8,7 +8,7 @@ use crate::engine::{check, Action, RuleOutcome, Verdict};
 use sg_core::host::{configure, set_tick, Flow, Host, HostRequest, Map, Plugin};
 use sg_core::keys::rl_slot;
 use sg_core::metrics::Counter;
-use sg_core::shared::ensure;
+use sg_core::shared::ensure_all;
 use std::cell::RefCell;
 
 pub const FILTER: &str = "ratelimit";
@@ -109,20 +109,14 @@ impl Plugin for Filter {
 
     fn configure<H: Host + ?Sized>(host: &H) -> Option<(Filter, ())> {
         let plan = configure::<Config, H>(host, FILTER)?;
-        // Create every slot key now so request-time writes are always CAS writes.
-        let mut failed = 0u32;
-        for rule in &plan.rules {
-            for slot in 0..rule.sets {
-                if ensure(host, &rl_slot(&rule.name, slot), &[]).is_err() {
-                    failed += 1;
-                }
-            }
-        }
-        if failed > 0 {
-            log::warn!(
-                "{FILTER}: {failed} slot keys could not be created; they are created on first use"
-            );
-        }
+        // Every slot key now, so request-time writes are always CAS writes.
+        ensure_all(
+            host,
+            FILTER,
+            plan.rules
+                .iter()
+                .flat_map(|r| (0..r.sets).map(move |slot| rl_slot(&r.name, slot))),
+        );
         let tick = if plan.delays { TICK_MS } else { FLUSH_TICK_MS };
         set_tick(
             host,

@@ -18,7 +18,7 @@ use sg_core::keys::{
 use sg_core::metrics::Counter;
 use sg_core::oplist::{decode_list, List};
 use sg_core::ops::{refresh_list, Ops};
-use sg_core::shared::Step;
+use sg_core::shared::{ensure_all, Step};
 use sg_core::store::{Data, Published, Refresh};
 use sg_core::tick::{Now, Periodic, Steps};
 use std::cell::RefCell;
@@ -163,6 +163,15 @@ impl Filter {
             .rules
             .iter()
             .any(|r| r.cache.as_ref().is_some_and(|c| c.lock_timeout_ms > 0));
+        ensure_all(
+            host,
+            FILTER,
+            plan.rules
+                .iter()
+                .map(|r| sp_load(&r.name))
+                .chain([SP_INBOUND.to_string(), SP_CACHE_BYTES.to_string()])
+                .chain((0..plan.slots).map(sp_lock)),
+        );
         let period = if locks { FAST_TICK_MS } else { plan.tick_ms };
         set_tick(host, FILTER, period, "state will not refresh");
         log::info!(
