@@ -11,18 +11,21 @@ APT_PACKAGES := nginx wrk nghttp2-client
 export ENVOY_BIN := $(abspath $(ENVOY))
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: setup apt rust-target wasm build lint test test-steps test-native test-wasm test-e2e bench-smoke demo bench clean
+.PHONY: slo setup apt rust-target wasm build lint test test-steps test-native test-wasm test-e2e bench-smoke demo bench clean
 
 setup: apt rust-target $(ENVOY)
 
 # Debian peers used by tests and benchmarks (nginx for the parity test, wrk/h2load to
-# cross-check the load generator). One `apt-get update`, then install what is missing.
+# cross-check the load generator, prometheus/promtool and alertmanager/amtool for the
+# observability test). One `apt-get update`, then install what is missing.
 apt:
 	@missing=""; \
 	command -v nginx >/dev/null || missing="$$missing nginx"; \
 	command -v wrk >/dev/null || missing="$$missing wrk"; \
 	command -v h2load >/dev/null || missing="$$missing nghttp2-client"; \
 	command -v node >/dev/null || missing="$$missing nodejs"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	command -v prometheus-alertmanager >/dev/null || missing="$$missing prometheus-alertmanager"; \
 	if [ -n "$$missing" ]; then \
 	  echo "apt-get install:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -82,6 +85,11 @@ demo: setup build
 
 bench: setup build
 	$(CARGO) run --release -q -p sg-integration --bin bench -- --out docs/BENCHMARKS.md
+
+# Regenerates config/prometheus/rules, config/grafana/dashboards from config/slo.yaml
+# (`-- --check` compares instead of writing; tests/observability.rs runs the check).
+slo:
+	$(CARGO) run -q -p sg-integration --bin slo
 
 clean:
 	$(CARGO) clean
