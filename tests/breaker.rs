@@ -64,8 +64,11 @@ fn api_cfg(over: Value) -> Value {
 
 /// The filter config: 50 ms ticks, flags polled every 100 ms from the test's control plane
 /// (`/blocklist/breaker`, default `{"entries":[]}`), alerts posted to it.
+/// `state_cache_ms: 0`: these tests send a call right after seeing a transition in the
+/// stats, so every worker reads the shared state on every call (the default 10 ms cache is
+/// tested natively, on a fake clock, in filters/breaker/tests/filter.rs).
 fn breaker(apis: Vec<Value>) -> Value {
-    json!({"tick_ms": 50, "apis": apis,
+    json!({"tick_ms": 50, "state_cache_ms": 0, "apis": apis,
         "operator": {"cluster": "spikeguard_control", "path": "/blocklist/breaker", "poll_ms": 100},
         "alert": {"webhook_cluster": "spikeguard_control", "webhook_path": "/hook"}})
 }

@@ -25,6 +25,13 @@ pub struct Config {
     /// opens within one tick of its threshold being crossed.
     #[serde(default = "default_tick_ms")]
     pub tick_ms: u64,
+    /// How long a worker may answer from the state it last read (CLOSED, OPEN before its
+    /// wait ends, FORCED_OPEN, DISABLED, METRICS_ONLY) instead of reading the shared state
+    /// again: saves one shared-data read per call; a transition made by another worker
+    /// reaches this one within this time. HALF_OPEN permits and an OPEN state whose wait is
+    /// over are always read and changed under CAS. 0 = read on every call.
+    #[serde(default = "default_state_cache_ms")]
+    pub state_cache_ms: u64,
     /// Every API in shadow mode (METRICS_ONLY: judged and reported, never acts).
     #[serde(default)]
     pub shadow: bool,
@@ -45,6 +52,9 @@ pub use sg_core::config::FailMode;
 
 fn default_tick_ms() -> u64 {
     100
+}
+fn default_state_cache_ms() -> u64 {
+    10
 }
 
 /// A status code (`503`) or a class (`"5xx"`).
@@ -312,6 +322,7 @@ pub struct Bulkhead {
 pub struct Plan {
     pub apis: Vec<Api>,
     pub tick_ms: u64,
+    pub state_cache_ms: u64,
     pub on_store_error: FailMode,
     pub operator: Option<OperatorConfig>,
     pub alert: AlertConfig,
@@ -534,6 +545,12 @@ impl Compile for Config {
         if !(10..=10_000).contains(&self.tick_ms) {
             return Err(ConfigError::new("tick_ms", "must be from 10 to 10000"));
         }
+        if self.state_cache_ms > self.tick_ms {
+            return Err(ConfigError::new(
+                "state_cache_ms",
+                "must be at most tick_ms (transitions are made on the tick)",
+            ));
+        }
         let mut apis: Vec<Api> = Vec::with_capacity(self.apis.len());
         for (i, a) in self.apis.iter().enumerate() {
             let taken = apis.iter().any(|x| x.name == a.name);
@@ -557,6 +574,7 @@ impl Compile for Config {
                 .any(|a| a.bulkhead.is_some_and(|b| b.max_wait_ms > 0)),
             apis,
             tick_ms: self.tick_ms,
+            state_cache_ms: self.state_cache_ms,
             on_store_error: self.on_store_error,
             operator,
             alert: self.alert.clone(),
@@ -616,6 +634,20 @@ mod tests {
             "a client leaving is not a failure"
         );
         assert!(!p.waits);
+    }
+
+    #[test]
+    fn state_cache_ms_is_at_most_tick_ms() {
+        assert_eq!(
+            refused(r#"{"tick_ms": 100, "state_cache_ms": 101, "apis":[{"name":"a"}]}"#),
+            "state_cache_ms"
+        );
+        let p = parse(r#"{"state_cache_ms": 0, "apis":[{"name":"a"}]}"#).unwrap();
+        assert_eq!(p.state_cache_ms, 0);
+        assert_eq!(
+            parse(r#"{"apis":[{"name":"a"}]}"#).unwrap().state_cache_ms,
+            10
+        );
     }
 
     #[test]

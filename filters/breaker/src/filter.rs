@@ -118,6 +118,8 @@ struct Worker {
     /// back on the tick (bounded: one per permit, and permits are `half_open_calls`).
     givebacks: Vec<(usize, u64)>,
     last_main_ms: u64,
+    /// Per API: the state this worker last read or wrote, and when (`state_cache_ms`).
+    states: Vec<Option<(Breaker, u64)>>,
 }
 
 /// The configured filter of one worker, shared by its root and HTTP contexts.
@@ -235,6 +237,7 @@ impl Plugin for Filter {
         );
         let worker = Worker {
             tallies: plan.apis.iter().map(|_| Vec::new()).collect(),
+            states: plan.apis.iter().map(|_| None).collect(),
             ..Worker::default()
         };
         let f = Filter {
@@ -424,6 +427,30 @@ impl Filter {
         Data::new(host, &self.m.store)
     }
 
+    /// API `i`'s state as this worker saw it less than `state_cache_ms` ago; never a
+    /// HALF_OPEN one (its permits are counted in the shared state).
+    fn cached(&self, i: usize, now: u64) -> Option<Breaker> {
+        let ttl = self.plan.state_cache_ms;
+        if ttl == 0 {
+            return None;
+        }
+        let w = self.worker.try_borrow().ok()?;
+        let (b, at) = (*w.states.get(i)?)?;
+        (now >= at && now - at < ttl && b.kind != Kind::HalfOpen).then_some(b)
+    }
+
+    /// Keeps (or, with None, forgets) the state of API `i` this worker just read or wrote.
+    fn remember(&self, i: usize, b: Option<Breaker>, now: u64) {
+        if self.plan.state_cache_ms == 0 {
+            return;
+        }
+        if let Ok(mut w) = self.worker.try_borrow_mut() {
+            if let Some(slot) = w.states.get_mut(i) {
+                *slot = b.map(|b| (b, now));
+            }
+        }
+    }
+
     fn shadow(&self, i: usize) -> bool {
         self.plan
             .apis
@@ -472,17 +499,32 @@ impl Filter {
         let (Some(api), Some(keys)) = (self.plan.apis.get(i), self.keys.get(i)) else {
             return Gate::Pass;
         };
+        // The state read a moment ago answers when the permit changes nothing (CLOSED,
+        // OPEN before its wait ends, ...): no shared-data read.
+        let cached = self.cached(i, now).and_then(|b| {
+            let mut c = b;
+            let (p, t) = c.permit(&api.settings, now);
+            (c == b && t.is_none()).then_some((p, None, b.kind, b.retry_at_ms))
+        });
         let data = self.data(host);
-        let r = data.modify(&keys.state, Breaker::decode, |cur| {
-            let mut b = cur.unwrap_or_default();
-            let before = b;
-            let (p, t) = b.permit(&api.settings, now);
-            let out = (p, t, b.kind, b.retry_at_ms);
-            if b == before {
-                Step::Keep(out)
-            } else {
-                Step::Write(b.encode(), out)
+        let r = cached.or_else(|| {
+            let mut seen = None;
+            let r = data.modify(&keys.state, Breaker::decode, |cur| {
+                let mut b = cur.unwrap_or_default();
+                let before = b;
+                let (p, t) = b.permit(&api.settings, now);
+                let out = (p, t, b.kind, b.retry_at_ms);
+                seen = Some(b);
+                if b == before {
+                    Step::Keep(out)
+                } else {
+                    Step::Write(b.encode(), out)
+                }
+            });
+            if r.is_some() {
+                self.remember(i, seen, now);
             }
+            r
         });
         let Some((p, t, kind, retry_at)) = r else {
             if let Some(m) = self.m.rules.get(i) {
@@ -520,6 +562,7 @@ impl Filter {
             return;
         };
         let data = self.data(host);
+        self.remember(i, None, now);
         let t = data.modify(&keys.state, Breaker::decode, |cur| {
             let mut b = cur.unwrap_or_default();
             let before = b;
@@ -827,6 +870,7 @@ impl Filter {
             }
         };
         let epoch = self.epoch(api, now);
+        self.remember(i, None, now);
         let r = data.modify(&keys.state, Breaker::decode, |cur| {
             let mut b = cur.unwrap_or_default();
             let before = b;
@@ -865,6 +909,7 @@ impl Filter {
             return;
         };
         let want = flag.map(Flag::state);
+        self.remember(i, None, now);
         let data = self.data(host);
         let r = data.modify(&keys.state, Breaker::decode, |cur| {
             let mut b = cur.unwrap_or_default();

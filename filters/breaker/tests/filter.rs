@@ -598,3 +598,57 @@ fn configure_creates_every_shared_key_and_a_later_worker_keeps_their_values() {
         Some(&3u64.to_le_bytes()[..])
     );
 }
+
+/// Opens the breaker from worker 0's tick with 10 failures there, worker 1 having just
+/// served a call (so it holds a fresh CLOSED copy); returns the workers.
+fn opened_by_worker_0_after_worker_1_read(h: &MemHost, json: &str) -> Vec<Worker> {
+    let mut w = vec![worker(h, json), worker(h, json)];
+    tick_all(&mut w, h);
+    for _ in 0..10 {
+        assert!(call(&w[0].0, h, 503, 0));
+    }
+    h.advance(TICK);
+    assert!(call(&w[1].0, h, 200, 0), "worker 1 reads CLOSED now");
+    let (f0, p0) = &mut w[0];
+    f0.on_tick(h, p0);
+    assert_eq!(state(h).kind, Kind::Open);
+    w
+}
+
+#[test]
+fn a_worker_answers_from_the_state_it_read_less_than_state_cache_ms_ago() {
+    let h = host();
+    let w = opened_by_worker_0_after_worker_1_read(&h, &config("", ""));
+    let reads = || h.store.gets();
+    // Within 10 ms of its read, worker 1 still passes calls without reading shared data.
+    h.advance(9);
+    let before = reads();
+    let (flow, mut s) = start(&w[1].0, &h, 3);
+    assert_eq!(flow, Flow::Continue, "the CLOSED copy is 9 ms old");
+    assert_eq!(reads(), before, "no shared-data read for the permit");
+    end(&w[1].0, &h, &mut s, 200, 0);
+    // At 10 ms it reads again and sees OPEN.
+    h.advance(1);
+    let (flow, _) = start(&w[1].0, &h, 4);
+    assert_eq!(
+        flow,
+        Flow::Pause,
+        "the transition reached worker 1 within state_cache_ms"
+    );
+    assert!(reads() > before);
+    // Worker 0 made the transition: it never serves its own stale copy.
+    let (flow, _) = start(&w[0].0, &h, 5);
+    assert_eq!(flow, Flow::Pause);
+}
+
+#[test]
+fn with_state_cache_ms_0_every_call_reads_the_shared_state() {
+    let h = host();
+    let w = opened_by_worker_0_after_worker_1_read(&h, &config("", r#""state_cache_ms": 0,"#));
+    let (flow, _) = start(&w[1].0, &h, 3);
+    assert_eq!(
+        flow,
+        Flow::Pause,
+        "the transition is seen by the very next call"
+    );
+}

@@ -149,6 +149,7 @@ pub struct MemStore {
     next_cas: RefCell<u32>,
     interfere: RefCell<u32>,
     fail: RefCell<bool>,
+    gets: std::cell::Cell<u64>,
 }
 
 impl MemStore {
@@ -163,6 +164,10 @@ impl MemStore {
     }
     pub fn len(&self) -> usize {
         self.map.borrow().len()
+    }
+    /// `get` calls so far (a test counts the shared-data reads a path makes).
+    pub fn gets(&self) -> u64 {
+        self.gets.get()
     }
     pub fn is_empty(&self) -> bool {
         self.len() == 0
@@ -182,6 +187,7 @@ impl MemStore {
 
 impl SharedStore for MemStore {
     fn get(&self, key: &str) -> Result<Versioned, StoreError> {
+        self.gets.set(self.gets.get().saturating_add(1));
         if *self.fail.borrow() {
             return Err(StoreError::Host);
         }
