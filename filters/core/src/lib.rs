@@ -19,8 +19,10 @@ pub mod normalize;
 pub mod oplist;
 pub mod ops;
 pub mod shared;
+pub mod sketch;
 pub mod store;
 pub mod tick;
+pub mod topview;
 
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;

@@ -27,12 +27,12 @@ pub struct Counted {
 }
 
 /// `key` cut to at most [`MAX_KEY_BYTES`].
-pub(crate) fn truncate_key(key: &[u8]) -> &[u8] {
+pub fn truncate_key(key: &[u8]) -> &[u8] {
     key.get(..MAX_KEY_BYTES).unwrap_or(key)
 }
 
 /// Sort order of drained counters and window entries: count desc, then fp asc.
-pub(crate) fn by_count_desc(a: &Counted, b: &Counted) -> std::cmp::Ordering {
+pub fn by_count_desc(a: &Counted, b: &Counted) -> std::cmp::Ordering {
     b.count.cmp(&a.count).then(a.fp.cmp(&b.fp))
 }
 

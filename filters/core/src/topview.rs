@@ -16,7 +16,7 @@
 
 use std::collections::HashMap;
 
-use sg_core::codec::{Reader, Writer};
+use crate::codec::{Reader, Writer};
 
 use crate::sketch::{by_count_desc, truncate_key, Counted, MAX_KEY_BYTES};
 
@@ -259,7 +259,7 @@ impl View {
     }
 }
 
-impl sg_core::store::Decode for View {
+impl crate::store::Decode for View {
     fn decode(b: &[u8]) -> Option<View> {
         View::decode(b)
     }
