@@ -76,6 +76,16 @@ pub const BR_FLAGS: &str = "sg:br:flags";
 /// holder when it changes.
 pub const BR_OPEN: &str = "sg:br:open";
 
+// ---- sli ------------------------------------------------------------------------------------
+/// A direction's top URLs: a `topview::View` of 1 s buckets every worker merges into.
+pub fn sli_top(direction: &str) -> String {
+    format!("sg:sli:{direction}:top")
+}
+/// A direction's SLI summary per page type (counts since start), every worker merges into it.
+pub fn sli_sum(direction: &str) -> String {
+    format!("sg:sli:{direction}:sum")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -102,6 +112,8 @@ mod tests {
             br_slots("api"),
             BR_FLAGS.into(),
             BR_OPEN.into(),
+            sli_top("inbound"),
+            sli_sum("inbound"),
         ];
         for k in &keys {
             assert!(k.starts_with(PREFIX), "{k}");
