@@ -1,10 +1,13 @@
 //! spikeguard test harness: Envoy launcher, demo upstream, load generator, HTTP client, waits.
 
+pub mod alertmanager;
 pub mod control;
 pub mod envoy;
 pub mod http;
 pub mod loadgen;
 pub mod nginx;
+pub mod prometheus;
 pub mod server;
+pub mod slo;
 pub mod upstream;
 pub mod wait;
