@@ -527,6 +527,9 @@ fn recording_rules(f: &SloFile) -> RuleFile {
     }
 }
 
+/// simplepage's `diverted_<reason>` counters (one per trigger).
+const DIVERT_REASONS: [&str; 5] = ["always", "breaker", "hotkey", "operator", "overload"];
+
 fn alert_rules(f: &SloFile) -> RuleFile {
     let mut burn = Vec::new();
     let mut absent = Vec::new();
@@ -704,7 +707,11 @@ fn alert_rules(f: &SloFile) -> RuleFile {
         ),
         alert(
             "SpikeguardDiverting",
-            "sum by (sg_rule) (rate({__name__=~\"sg_simplepage_diverted_.+\"}[5m])) > 0",
+            DIVERT_REASONS
+                .iter()
+                .map(|r| format!("sum by (sg_rule) (rate(sg_simplepage_diverted_{r}[5m])) > 0"))
+                .collect::<Vec<_>>()
+                .join("\nor "),
             None,
             &[("severity", "chat"), ("category", "protection")],
             "simplepage is diverting pages of rule {{ $labels.sg_rule }} to the simple page",
@@ -1254,7 +1261,7 @@ fn direction_dash(f: &SloFile, direction: &str) -> Value {
     d.build()
 }
 
-fn protection() -> Value {
+fn protection(f: &SloFile) -> Value {
     let mut d = Dash::new("spikeguard-protection", "spikeguard / protection actions");
     d.row("Actions");
     d.ts(
@@ -1381,14 +1388,26 @@ fn protection() -> Value {
             ("sum by (direction) (rate(spikeguard_requests_total[$__rate_interval]))", "sli {{direction}}"),
         ],
     );
+    let mut vm: Vec<(String, String)> = f
+        .wasm_plugins
+        .iter()
+        .map(|p| {
+            (
+                format!("sum(increase(envoy_wasm_{p}_vm_reload[$__rate_interval]))"),
+                format!("{p} reloads"),
+            )
+        })
+        .collect();
+    vm.push((
+        "sum(envoy_wasm_envoy_wasm_runtime_v8_active)".into(),
+        "active v8 instances".into(),
+    ));
+    let vm_refs: Vec<(&str, &str)> = vm.iter().map(|(a, b)| (a.as_str(), b.as_str())).collect();
     d.ts(
         "Wasm VM reloads and runtime",
         "short",
-        "Envoy's wasm stats: VM reloads after a failure (FAIL_RELOAD) and active V8 instances.",
-        &[
-            ("sum(increase({__name__=~\"envoy_wasm_.+_vm_reload(_failure|_backoff)?\"}[$__rate_interval]))", "reloads"),
-            ("sum(envoy_wasm_envoy_wasm_runtime_v8_active)", "active v8 instances"),
-        ],
+        "Envoy's wasm stats: VM reloads after a failure (FAIL_RELOAD) per plugin, and active V8 instances.",
+        &vm_refs,
     );
     d.build()
 }
@@ -1436,7 +1455,7 @@ pub fn generate(slo_yaml: &str) -> Result<Vec<(String, String)>, String> {
         ),
         (
             format!("{DASHBOARDS_DIR}/protection.json"),
-            json(&protection())?,
+            json(&protection(&f))?,
         ),
     ])
 }
