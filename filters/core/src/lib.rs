@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod normalize;
 pub mod oplist;
 pub mod ops;
+pub mod published;
 pub mod shared;
 pub mod sketch;
 pub mod store;

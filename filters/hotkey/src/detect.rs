@@ -59,18 +59,8 @@ pub enum Event {
     },
 }
 
-/// One hot key.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Hot {
-    pub fp: u64,
-    pub key: Vec<u8>,
-    /// When it entered.
-    pub since_ms: u64,
-    /// Its rate at the last update.
-    pub milli_rps: u64,
-    /// Since when it has been continuously below the exit level (None = not below).
-    pub below_since_ms: Option<u64>,
-}
+/// One hot key (published in `sg:hk:shed`, so its type lives in `sg_core::published`).
+pub use sg_core::published::Hot;
 
 /// Current hot keys of one rule.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -3,76 +3,11 @@
 //! "no hot keys" (fail open) and keep their last good copy.
 
 use crate::config::{ActionConfig, Rule};
-use crate::detect::Hot;
-use sg_core::codec::{Reader, Writer};
 
-pub const VERSION: u8 = 1;
-/// Entries published at most (rules x max_hot is far below this).
-pub const MAX_ENTRIES: usize = 4096;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShedEntry {
-    pub rule: u16,
-    pub hot: Hot,
-}
-
-/// Encodes (publish sequence, entries).
-pub fn encode(seq: u64, entries: &[ShedEntry]) -> Vec<u8> {
-    let mut w = Writer::with_capacity(16 + entries.len() * 64);
-    let n = entries.len().min(MAX_ENTRIES);
-    w.u8(VERSION).u64(seq).u32(n as u32);
-    for e in entries.iter().take(n) {
-        let key = e
-            .hot
-            .key
-            .get(..e.hot.key.len().min(crate::sketch::MAX_KEY_BYTES))
-            .unwrap_or(&[]);
-        w.u32(u32::from(e.rule))
-            .u64(e.hot.fp)
-            .u64(e.hot.milli_rps)
-            .u64(e.hot.since_ms)
-            .u64(e.hot.below_since_ms.map_or(0, |t| t.saturating_add(1)))
-            .u32(key.len() as u32)
-            .bytes(key);
-    }
-    w.finish()
-}
-
-pub fn decode(b: &[u8]) -> Option<(u64, Vec<ShedEntry>)> {
-    let mut r = Reader::new(b);
-    if r.u8()? != VERSION {
-        return None;
-    }
-    let seq = r.u64()?;
-    let n = r.u32()? as usize;
-    if n > MAX_ENTRIES {
-        return None;
-    }
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let rule = u16::try_from(r.u32()?).ok()?;
-        let fp = r.u64()?;
-        let milli_rps = r.u64()?;
-        let since_ms = r.u64()?;
-        let below = r.u64()?;
-        let len = r.u32()? as usize;
-        if len > crate::sketch::MAX_KEY_BYTES {
-            return None;
-        }
-        let key = r.take(len)?.to_vec();
-        out.push(ShedEntry {
-            rule,
-            hot: Hot {
-                fp,
-                key,
-                since_ms,
-                milli_rps,
-                below_since_ms: below.checked_sub(1),
-            },
-        });
-    }
-    (r.remaining() == 0).then_some((seq, out))
-}
+/// The hot set's type and codec live in `sg_core::published` (also read by `sli`);
+/// re-exported under their old names.
+pub use sg_core::published::{decode_shed as decode, encode_shed as encode};
+pub use sg_core::published::{ShedEntry, SHED_MAX_ENTRIES as MAX_ENTRIES, SHED_VERSION as VERSION};
 
 /// Why a request of a rule is acted on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -194,25 +129,6 @@ pub fn decide(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn shed_set_round_trips_and_garbage_is_none() {
-        let e = ShedEntry {
-            rule: 2,
-            hot: Hot {
-                fp: 9,
-                key: b"blog7".to_vec(),
-                since_ms: 100,
-                milli_rps: 5000,
-                below_since_ms: Some(0),
-            },
-        };
-        let b = encode(7, std::slice::from_ref(&e));
-        assert_eq!(decode(&b), Some((7, vec![e])));
-        assert_eq!(decode(&b[..b.len() - 1]), None);
-        assert_eq!(decode(&[9]), None);
-        assert_eq!(decode(&encode(1, &[])), Some((1, vec![])));
-    }
 
     #[test]
     fn limit_admits_exactly_the_threshold_share() {

@@ -197,23 +197,9 @@ pub struct Settings {
     pub clear_after_ms: u64,
 }
 
-/// Which condition fired, for the response header, logs and alerts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
-    Rate,
-    Errors,
-    Latency,
-}
-
-impl Reason {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Reason::Rate => "rate",
-            Reason::Errors => "errors",
-            Reason::Latency => "latency",
-        }
-    }
-}
+/// Which condition fired, and the published overload state's codec (`sg:sp:state`, also read
+/// by `sli`), live in `sg_core::published`; re-exported under their old paths.
+pub use sg_core::published::{decode_state, encode_state, Reason};
 
 /// The first condition crossed by the window's tally, if any.
 pub fn crossed(t: &Tally, s: &Settings) -> Option<Reason> {
@@ -291,48 +277,6 @@ impl Detector {
             }
         }
     }
-}
-
-/// `sg:sp:state`: (rule name, reason 0..3, since) per rule in overload.
-pub fn encode_state(s: &[(String, Reason, u64)]) -> Vec<u8> {
-    let mut w = Writer::with_capacity(8 + s.len() * 48);
-    w.u8(1).u32(s.len() as u32);
-    for (name, r, since) in s {
-        let code = match r {
-            Reason::Rate => 1,
-            Reason::Errors => 2,
-            Reason::Latency => 3,
-        };
-        w.u32(name.len() as u32)
-            .bytes(name.as_bytes())
-            .u8(code)
-            .u64(*since);
-    }
-    w.finish()
-}
-
-pub fn decode_state(b: &[u8]) -> Option<Vec<(String, Reason, u64)>> {
-    let mut r = Reader::new(b);
-    if r.u8()? != 1 {
-        return None;
-    }
-    let n = r.u32()? as usize;
-    if n > 4096 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let len = r.u32()? as usize;
-        let name = String::from_utf8(r.take(len)?.to_vec()).ok()?;
-        let reason = match r.u8()? {
-            1 => Reason::Rate,
-            2 => Reason::Errors,
-            3 => Reason::Latency,
-            _ => return None,
-        };
-        out.push((name, reason, r.u64()?));
-    }
-    (r.remaining() == 0).then_some(out)
 }
 
 #[cfg(test)]
@@ -415,19 +359,6 @@ mod tests {
         assert_eq!(d.update(3000, &ok, &S), None);
         assert_eq!(d.update(3100, &ok, &S), Some(Change::Ended));
         assert_eq!(d.on, None);
-    }
-
-    #[test]
-    fn published_state_round_trips_and_garbage_is_none() {
-        let st = vec![
-            ("post_view".to_string(), Reason::Latency, 17),
-            ("list".to_string(), Reason::Rate, 0),
-        ];
-        let b = encode_state(&st);
-        assert_eq!(decode_state(&b), Some(st));
-        assert_eq!(decode_state(&b[..b.len() - 1]), None);
-        assert_eq!(decode_state(b"\x01\x01\x00\x00\x00"), None);
-        assert_eq!(decode_state(&encode_state(&[])), Some(vec![]));
     }
 
     #[test]
