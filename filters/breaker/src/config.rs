@@ -269,14 +269,7 @@ fn default_after_half_open() -> String {
 
 /// Envoy's response flags (`StreamInfo::CoreResponseFlag`), by short name: bit `1 << i` of
 /// the `response.flags` property.
-pub const RESPONSE_FLAGS: [&str; 29] = [
-    "LH", "UH", "UT", "LR", "UR", "UF", "UC", "UO", "NR", "DI", "FI", "RL", "UAEX", "RLSE", "DC",
-    "URX", "SI", "IH", "DPE", "UMSDR", "RFCF", "NFCF", "DT", "UPE", "NC", "OM", "DF", "DO", "DR",
-];
-/// `DC`: the downstream went away (the client's doing, not the API's).
-pub const FLAG_DC: u64 = 1 << 14;
-/// `DR`: the downstream reset the stream.
-pub const FLAG_DR: u64 = 1 << 28;
+pub use sg_core::flags::{FLAG_DC, FLAG_DR, RESPONSE_FLAGS};
 
 /// One API's compiled plan.
 #[derive(Debug, Clone)]

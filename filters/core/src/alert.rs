@@ -160,13 +160,13 @@ impl Alert {
 }
 
 /// milli-rps as requests per second with one decimal, truncated.
-fn rate(milli: u64) -> String {
+pub fn rate(milli: u64) -> String {
     format!("{}.{}", milli / 1000, (milli % 1000) / 100)
 }
 
 /// `s` with `"` and `\` backslash-escaped and control characters (and `extra`) as `\xNN`,
 /// at most `max` bytes; a value cut short ends in `...`.
-fn escape(s: &str, extra: &[char], max: usize) -> String {
+pub fn escape(s: &str, extra: &[char], max: usize) -> String {
     let room = max.saturating_sub(3);
     let mut out = String::new();
     let mut fit = 0;

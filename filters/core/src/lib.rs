@@ -8,6 +8,7 @@ pub mod alert;
 pub mod codec;
 pub mod config;
 pub mod error;
+pub mod flags;
 pub mod hash;
 pub mod host;
 pub mod key;
