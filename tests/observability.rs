@@ -226,10 +226,11 @@ fn alertmanager_routes_protection_and_slo_alerts_to_the_chat_webhook() {
 // 4. Prometheus: the dashboards' expressions and the recording rules on real data
 // ---------------------------------------------------------------------------------------------
 
-const PAGES: [(&str, &str); 4] = [
+const PAGES: [(&str, &str); 5] = [
     ("PostView", "inbound"),
     ("PostList", "inbound"),
     ("other", "inbound"),
+    ("api", "inbound"),
     ("outbound_api", "outbound"),
 ];
 const LE: [&str; 16] = [

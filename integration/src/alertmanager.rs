@@ -193,10 +193,7 @@ impl WebhookReceiver {
     ) -> io::Result<Received> {
         wait::try_eventually_every(what, timeout, Duration::from_millis(100), || {
             let got = self.received();
-            got.iter()
-                .find(|r| pred(r))
-                .cloned()
-                .ok_or_else(|| got.len())
+            got.iter().find(|r| pred(r)).cloned().ok_or(got.len())
         })
         .map_err(io::Error::from)
     }
