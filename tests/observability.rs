@@ -378,7 +378,14 @@ fn exposition(n: u64) -> String {
             ),
         ],
     );
-    for p in ["sli", "hotkey", "simplepage", "ratelimit", "breaker"] {
+    for p in [
+        "sli",
+        "sli_egress",
+        "hotkey",
+        "simplepage",
+        "ratelimit",
+        "breaker",
+    ] {
         for s in [
             "vm_reload",
             "vm_reload_backoff",
