@@ -8,8 +8,9 @@
 //!
 //! Per page type the duration, upstream-time, latency-SLO and byte series are defined at
 //! configure time (a bounded, configured set, present from the start so an absent-metric alert
-//! means a dead filter). `spikeguard_requests_total` has one series per (page, code, action)
-//! that occurred, defined on the first flush that needs it; at most pages x (codes + 10) x 7.
+//! means a dead filter). `spikeguard_requests_total` has each page's `code="200"`,
+//! `action="none"` series from the start and one more per (page, code, action) that occurred,
+//! defined on the first flush that needs it; at most pages x (codes + 10) x 7.
 
 use crate::classify::{label_value, Action, Code};
 use sg_core::host::Host;
@@ -206,6 +207,26 @@ impl Series {
                 ..PageTally::default()
             })
             .collect();
+        // Each page's ordinary series (200, no action) exists from the start, at 0, so an
+        // absent-series alert means a dead filter, not a quiet page.
+        let requests = pages
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let (code, action) = (Code::Exact(200), Action::None);
+                let tags = [
+                    ("page", p.as_str()),
+                    ("direction", direction),
+                    ("code", "200"),
+                    ("class", code.class()),
+                    ("action", action.as_str()),
+                ];
+                (
+                    (i, code, action),
+                    Counter::define(host, &name(&tags, REQUESTS)),
+                )
+            })
+            .collect();
         Series {
             direction,
             pages,
@@ -213,7 +234,7 @@ impl Series {
             slos: slos.to_vec(),
             defined,
             tallies,
-            requests: HashMap::new(),
+            requests,
         }
     }
 
@@ -362,6 +383,10 @@ mod tests {
         s.flush(&h);
         assert_eq!(b("100"), 2);
         assert_eq!(b("+Inf"), 4);
-        assert_eq!(s.request_series(), 2);
+        assert_eq!(
+            s.request_series(),
+            3,
+            "A/200 and other/200 from the start, A/503"
+        );
     }
 }

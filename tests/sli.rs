@@ -1,0 +1,477 @@
+//! `sli` against a real Envoy (and a real Prometheus scraping it): exact counts, codes and
+//! latency buckets for driven traffic, 499 for a client that leaves, every protection filter's
+//! answer labelled with it, bounded series whatever the URLs, and the status page.
+//!
+//! Nothing here depends on the machine's speed: latencies are chosen far from bucket edges
+//! (an upstream that answers after 600 ms is over `le="500"` and within `le="1000"` however
+//! fast the machine), and every wait is for a condition, with a generous timeout.
+
+use serde_json::{json, Value};
+use sg_e2e::http;
+use sg_e2e::loadgen::{self, KeyMix, LoadConfig};
+use sg_e2e::upstream::AdminConfig;
+use sg_e2e::wait::until;
+use sg_e2e::Stack;
+use sg_integration::prometheus::Prometheus;
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+const STATS: Duration = Duration::from_secs(15);
+
+fn sli(extra: Value) -> Value {
+    let mut c = json!({"tick_ms": 200,
+        "pages": [
+            {"name": "PostView", "match": {"path_prefix": "/PostView"}},
+            {"name": "PostList", "match": {"path_prefix": "/PostList"}}
+        ],
+        "top_urls": {"n": 5, "window_s": 2, "query_params": ["blogId"]},
+        "status": {"path": "/spikeguard/status"}});
+    if let (Some(c), Some(e)) = (c.as_object_mut(), extra.as_object()) {
+        for (k, v) in e {
+            c.insert(k.clone(), v.clone());
+        }
+    }
+    c
+}
+
+/// The `spikeguard_*` samples of a `/stats/prometheus` text: (name, labels) -> value.
+fn samples(text: &str) -> BTreeMap<(String, BTreeMap<String, String>), f64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        if line.starts_with('#') || !line.starts_with("spikeguard_") {
+            continue;
+        }
+        let (series, value) = match line.rsplit_once(' ') {
+            Some(x) => x,
+            None => continue,
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let labels: BTreeMap<String, String> = labels
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+            .collect();
+        if let Ok(v) = value.parse::<f64>() {
+            out.insert((name.to_string(), labels), v);
+        }
+    }
+    out
+}
+
+/// The sum of `name`'s samples whose labels include every `want` pair.
+fn value(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
+    samples(text)
+        .iter()
+        .filter(|((n, l), _)| {
+            n == name
+                && want
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, v)| *v)
+        .sum()
+}
+
+/// Waits until `name{want}` reads `expect` in Envoy's Prometheus output and returns the text.
+#[track_caller]
+fn wait_value(s: &Stack, name: &str, want: &[(&str, &str)], expect: f64) -> String {
+    let mut text = String::new();
+    until(
+        &format!("{name}{want:?} = {expect}"),
+        STATS,
+        || {
+            text = s.envoy.prometheus();
+            value(&text, name, want)
+        },
+        |v| *v == expect,
+    );
+    text
+}
+
+fn set(s: &Stack, cfg: AdminConfig) {
+    s.app.apply(&cfg);
+}
+
+#[test]
+fn driven_traffic_gives_exact_counts_codes_and_buckets_and_prometheus_sees_the_labels() {
+    let s = Stack::start(&[("sli", sli(json!({})))], 2);
+    for i in 0..30 {
+        assert_eq!(
+            s.get(&format!("/PostView?blogId=b{}&logNo=1", i % 3))
+                .status,
+            200
+        );
+    }
+    set(
+        &s,
+        AdminConfig {
+            latency_ms: Some(600),
+            ..AdminConfig::default()
+        },
+    );
+    for _ in 0..4 {
+        assert_eq!(s.get("/PostList?blogId=x").status, 200);
+    }
+    set(
+        &s,
+        AdminConfig {
+            latency_ms: Some(0),
+            ..AdminConfig::default()
+        },
+    );
+    for (status, n) in [(502u16, 3), (503, 2), (504, 1)] {
+        set(
+            &s,
+            AdminConfig {
+                error_rate: Some(1.0),
+                error_status: Some(status),
+                ..AdminConfig::default()
+            },
+        );
+        for _ in 0..n {
+            assert_eq!(s.get("/PostView?blogId=err&logNo=1").status, status);
+        }
+    }
+    set(
+        &s,
+        AdminConfig {
+            error_rate: Some(0.0),
+            ..AdminConfig::default()
+        },
+    );
+    assert_eq!(s.get("/elsewhere").status, 200);
+
+    let req = "spikeguard_requests_total";
+    let text = wait_value(&s, req, &[("page", "other")], 1.0);
+    let text = if value(&text, req, &[]) == 41.0 {
+        text
+    } else {
+        wait_value(&s, req, &[], 41.0)
+    };
+    let pv = |extra: &[(&str, &str)]| {
+        let mut w = vec![
+            ("page", "PostView"),
+            ("direction", "inbound"),
+            ("action", "none"),
+        ];
+        w.extend_from_slice(extra);
+        value(&text, req, &w)
+    };
+    assert_eq!(pv(&[("code", "200"), ("class", "2xx")]), 30.0);
+    assert_eq!(pv(&[("code", "502"), ("class", "5xx")]), 3.0);
+    assert_eq!(pv(&[("code", "503")]), 2.0);
+    assert_eq!(pv(&[("code", "504")]), 1.0);
+    assert_eq!(
+        value(&text, req, &[("page", "PostList"), ("code", "200")]),
+        4.0
+    );
+    // 600 ms: over the 500 ms edge however fast the machine, and within the route's 1 s
+    // timeout (a slower answer would be a 504, which the status check names).
+    let b = |page, le| {
+        value(
+            &text,
+            "spikeguard_request_duration_ms_bucket",
+            &[("page", page), ("le", le)],
+        )
+    };
+    assert_eq!(
+        (
+            b("PostList", "500"),
+            b("PostList", "1000"),
+            b("PostList", "+Inf")
+        ),
+        (0.0, 4.0, 4.0)
+    );
+    assert_eq!(b("PostView", "+Inf"), 36.0);
+    let good = |page, slo| {
+        value(
+            &text,
+            "spikeguard_latency_good_total",
+            &[("page", page), ("slo", slo)],
+        )
+    };
+    assert_eq!(
+        (good("PostList", "200"), good("PostList", "1000")),
+        (0.0, 4.0)
+    );
+    assert_eq!(
+        value(&text, "spikeguard_latency_total", &[("page", "PostView")]),
+        36.0
+    );
+    assert_eq!(
+        value(
+            &text,
+            "spikeguard_upstream_duration_ms_count",
+            &[("page", "PostList")]
+        ),
+        4.0
+    );
+    assert!(
+        value(
+            &text,
+            "spikeguard_request_duration_ms_sum",
+            &[("page", "PostList")]
+        ) >= 2400.0
+    );
+    assert!(
+        value(
+            &text,
+            "spikeguard_response_bytes_total",
+            &[("page", "PostView")]
+        ) > 0.0
+    );
+    // Envoy's own request-time histogram has the SLO edges as buckets (envoy.yaml).
+    assert!(
+        text.contains("envoy_http_downstream_rq_time_bucket{envoy_http_conn_manager_prefix=\"ingress\",le=\"200\"}")
+            || s.envoy.prometheus().contains("_downstream_rq_time_bucket{envoy_http_conn_manager_prefix=\"ingress\",le=\"200\"}"),
+        "no 200 ms bucket in Envoy's downstream_rq_time"
+    );
+
+    // A real Prometheus scrapes Envoy and returns the series with their labels.
+    let cfg = format!(
+        "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\nscrape_configs:\n  - job_name: envoy\n    metrics_path: /stats/prometheus\n    static_configs: [{{targets: ['127.0.0.1:{}']}}]\n",
+        s.envoy.admin
+    );
+    let rules = [std::path::PathBuf::from(
+        "../config/prometheus/rules/spikeguard-recording.yml",
+    )];
+    let prom = Prometheus::start(&cfg, &rules).unwrap_or_else(|e| panic!("prometheus: {e}"));
+    let mut got = Vec::new();
+    until(
+        "Prometheus has the 502 series",
+        Duration::from_secs(30),
+        || {
+            got = prom
+                .query_result(r#"spikeguard_requests_total{page="PostView",code="502"}"#)
+                .unwrap_or_default();
+            got.len()
+        },
+        |n| *n == 1,
+    );
+    let m = &got[0]["metric"];
+    assert_eq!(
+        (
+            m["direction"].as_str(),
+            m["class"].as_str(),
+            m["action"].as_str(),
+            m["job"].as_str()
+        ),
+        (Some("inbound"), Some("5xx"), Some("none"), Some("envoy")),
+        "{m}"
+    );
+    assert_eq!(got[0]["value"][1], "3");
+    let q = prom
+        .query_result(r#"histogram_quantile(0.5, sum by (le) (spikeguard_request_duration_ms_bucket{page="PostList"}))"#)
+        .unwrap_or_default();
+    let p50: f64 = q
+        .first()
+        .and_then(|r| r["value"][1].as_str())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(-1.0);
+    assert!(
+        (500.0..=1000.0).contains(&p50),
+        "p50 of the 600 ms page: {p50}"
+    );
+
+    // The status page: the whole Envoy's summary and the top URLs.
+    let mut st = Value::Null;
+    until(
+        "status page names the busy page first (canonical URL, query_params only)",
+        STATS,
+        || {
+            // The window is the last 2 s: keep a page busy while waiting.
+            for _ in 0..5 {
+                s.get("/PostView?logNo=7&blogId=hot&x=1");
+            }
+            st = serde_json::from_str(&s.get("/spikeguard/status").body).unwrap_or(Value::Null);
+            st["top_urls"]["urls"][0]["url"].as_str().map(str::to_string)
+        },
+        |u| u.as_deref() == Some("/PostView?blogId=hot"),
+    );
+    let pages = st["pages"].as_array().cloned().unwrap_or_default();
+    let pvs = pages
+        .iter()
+        .find(|p| p["page"] == "PostView")
+        .cloned()
+        .unwrap_or(Value::Null);
+    assert_eq!(pvs["errors_5xx"].as_u64(), Some(6), "{st}");
+    assert!(
+        pvs["requests"].as_u64() >= Some(36 + 5),
+        "the 36 pages and the busy ones: {st}"
+    );
+}
+
+#[test]
+fn a_client_that_leaves_before_the_answer_is_counted_499() {
+    let s = Stack::start(&[("sli", sli(json!({})))], 1);
+    set(
+        &s,
+        AdminConfig {
+            latency_ms: Some(3000),
+            ..AdminConfig::default()
+        },
+    );
+    let mut c = TcpStream::connect(("127.0.0.1", s.port())).unwrap_or_else(|e| panic!("{e}"));
+    c.write_all(b"GET /PostView?blogId=gone&logNo=1 HTTP/1.1\r\nhost: blog\r\n\r\n")
+        .unwrap_or_else(|e| panic!("{e}"));
+    until(
+        "the request reached the app",
+        STATS,
+        || s.app.stats().in_flight,
+        |n| *n == 1,
+    );
+    drop(c);
+    let text = wait_value(&s, "spikeguard_requests_total", &[("code", "499")], 1.0);
+    assert_eq!(
+        value(
+            &text,
+            "spikeguard_requests_total",
+            &[
+                ("page", "PostView"),
+                ("code", "499"),
+                ("class", "4xx"),
+                ("action", "none")
+            ]
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn every_protection_filters_answer_is_labelled_with_it_and_the_mark_is_stripped() {
+    let filters = [
+        ("sli", sli(json!({}))),
+        (
+            "hotkey",
+            json!({"tick_ms": 100, "rules": [{"name": "post_view", "match": {"path_prefix": "/PostView"},
+                "key": {"query": "blogId"}, "threshold_rps": 100000,
+                "action": {"reject": {"status": 503}}, "block": [{"key": "blocked"}]}]}),
+        ),
+        (
+            "simplepage",
+            json!({"tick_ms": 100, "cache": {"slots": 16, "max_body_bytes": 65536},
+                "rules": [{"name": "lists", "match": {"path_prefix": "/PostList"},
+                    "triggers": {"always": true}, "cache": {"ttl_ms": 60000}}]}),
+        ),
+        (
+            "ratelimit",
+            json!({"rules": [{"name": "limited", "match": {"path_prefix": "/limited"},
+                "key": {"fixed": "x"}, "rate": "1r/m", "mode": "nodelay"}]}),
+        ),
+        (
+            "sli_egress",
+            json!({"direction": "outbound", "tick_ms": 200,
+            "pages": [{"name": "outbound_api", "match": {"path_prefix": "/api/"}}]}),
+        ),
+        (
+            "breaker",
+            json!({"apis": [{"name": "outbound_api", "match": {"path_prefix": "/api/"},
+                "flag": "force_open", "fallback": {"status": 200, "body": "[]"}}]}),
+        ),
+    ];
+    let s = Stack::start(&filters, 2);
+    let r = s.get("/PostView?blogId=blocked&logNo=1");
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("x-spikeguard-action"), None, "sli strips the mark");
+    assert_eq!(s.get("/PostView?blogId=fine&logNo=1").status, 200);
+    assert_eq!(s.get("/limited").status, 200);
+    let r = s.get("/limited");
+    assert_eq!((r.status, r.header("x-spikeguard-action")), (429, None));
+    assert_eq!(s.get("/PostList?blogId=a").status, 200);
+    // The second is answered from the micro-cache once the first filled it.
+    s.envoy
+        .wait_stat("wasmcustom.sg.simplepage.cache_fill", STATS, |v| v >= 1);
+    let r = s.get("/PostList?blogId=a");
+    assert_eq!(
+        r.header("x-spikeguard-simple-page"),
+        Some("always; cache=hit")
+    );
+    let r = s.egress_get("/api/json?x=1");
+    assert_eq!(
+        (r.status, r.body.as_str(), r.header("x-spikeguard-action")),
+        (200, "[]", None)
+    );
+
+    let req = "spikeguard_requests_total";
+    let text = wait_value(&s, req, &[("direction", "outbound")], 1.0);
+    let text = wait_value(&s, req, &[("direction", "inbound")], 6.0).replace('\r', "") + &text;
+    let one = |page: &str, code: &str, action: &str| {
+        value(
+            &text,
+            req,
+            &[
+                ("page", page),
+                ("code", code),
+                ("action", action),
+                ("direction", "inbound"),
+            ],
+        )
+    };
+    assert_eq!(one("PostView", "503", "shed"), 1.0);
+    assert_eq!(one("PostView", "200", "none"), 1.0);
+    assert_eq!(one("other", "200", "none"), 1.0);
+    assert_eq!(one("other", "429", "ratelimit"), 1.0);
+    assert_eq!(one("PostList", "200", "diverted"), 1.0);
+    assert_eq!(one("PostList", "200", "cache"), 1.0);
+    assert_eq!(
+        value(
+            &text,
+            req,
+            &[
+                ("page", "outbound_api"),
+                ("direction", "outbound"),
+                ("code", "200"),
+                ("action", "breaker")
+            ]
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn a_hundred_thousand_distinct_urls_create_no_new_series() {
+    let s = Stack::start_direct(&[("sli", sli(json!({"tick_ms": 500})))], 2);
+    // One request first, so the one series this traffic uses exists.
+    assert_eq!(s.get("/u/first").status, 200);
+    let series = |t: &str| samples(t).len();
+    let before = series(&wait_value(
+        &s,
+        "spikeguard_requests_total",
+        &[("page", "other")],
+        1.0,
+    ));
+    let report = loadgen::run(&LoadConfig {
+        target: s.envoy.url(),
+        rate_rps: 10_000.0,
+        duration_ms: 10_000,
+        path_template: "/u/{n}/x?blogId={n}&v={n}".into(),
+        keys: KeyMix::default(),
+        max_in_flight: 256,
+        timeout_ms: 10_000,
+        ..LoadConfig::default()
+    })
+    .unwrap_or_else(|e| panic!("load: {e}"));
+    assert_eq!(report.sent, 100_000, "{report:?}");
+    let answered = report.by_status.get(&200).copied().unwrap_or(0);
+    let text = wait_value(
+        &s,
+        "spikeguard_requests_total",
+        &[("page", "other")],
+        1.0 + answered as f64,
+    );
+    assert_eq!(series(&text), before, "no new spikeguard_* series");
+    // And Envoy's own stat names did not grow with the URLs either.
+    let names = s.envoy.stats().len();
+    assert_eq!(
+        http::get(s.port(), "/u/one-more")
+            .map(|r| r.status)
+            .unwrap_or(0),
+        200
+    );
+    assert!(s.envoy.stats().len() <= names + 1);
+}
