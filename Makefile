@@ -78,7 +78,7 @@ test-steps: lint test-native test-wasm test-e2e bench-smoke
 bench-smoke: build
 	./target/release/bench --out .work/bench-smoke.md --rounds 1 --seconds 1 --warmup 0 \
 	  --concurrency 1 --xcheck-rps 0 \
-	  --variants bare,noop_wasm,ratelimit,hotkey,simplepage,noop_wasm_egress,breaker,breaker_bulkhead
+	  --variants bare,noop_wasm,ratelimit,hotkey,simplepage,sli,noop_wasm_egress,breaker,breaker_bulkhead
 
 demo: setup build
 	$(CARGO) run --release -q -p sg-integration --bin demo

@@ -26,7 +26,7 @@ fn sli(extra: Value) -> Value {
             {"name": "PostView", "match": {"path_prefix": "/PostView"}},
             {"name": "PostList", "match": {"path_prefix": "/PostList"}}
         ],
-        "top_urls": {"n": 5, "window_s": 2, "query_params": ["blogId"]},
+        "top_urls": {"n": 5, "window_s": 2, "query_params": ["blogId"], "sample_1_in": 1},
         "status": {"path": "/spikeguard/status"}});
     if let (Some(c), Some(e)) = (c.as_object_mut(), extra.as_object()) {
         for (k, v) in e {
@@ -289,7 +289,9 @@ fn driven_traffic_gives_exact_counts_codes_and_buckets_and_prometheus_sees_the_l
                 s.get("/PostView?logNo=7&blogId=hot&x=1");
             }
             st = serde_json::from_str(&s.get("/spikeguard/status").body).unwrap_or(Value::Null);
-            st["top_urls"]["urls"][0]["url"].as_str().map(str::to_string)
+            st["top_urls"]["urls"][0]["url"]
+                .as_str()
+                .map(str::to_string)
         },
         |u| u.as_deref() == Some("/PostView?blogId=hot"),
     );

@@ -157,17 +157,17 @@ pub fn encode_component(b: &[u8], out: &mut String) {
 /// `blogId=a&logNo=1`, so a cache-buster or a reordering is the same page. Without `keep`
 /// every parameter stays (duplicates too): distinct pages can never share an entry.
 pub fn canonical_query(query: &str, keep: Option<&[String]>) -> String {
-    let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    // Borrowed unless a name or value needs decoding: no allocation per parameter.
+    let mut pairs: Vec<(Cow<'_, [u8]>, Cow<'_, [u8]>)> = Vec::new();
     for (k, v) in query_pairs(query) {
-        let k = percent_decode(k, true).into_owned();
+        let k = percent_decode(k, true);
         if let Some(keep) = keep {
-            if !keep.iter().any(|n| n.as_bytes() == k.as_slice())
-                || pairs.iter().any(|(seen, _)| *seen == k)
+            if !keep.iter().any(|n| n.as_bytes() == &*k) || pairs.iter().any(|(seen, _)| *seen == k)
             {
                 continue;
             }
         }
-        pairs.push((k, percent_decode(v, true).into_owned()));
+        pairs.push((k, percent_decode(v, true)));
     }
     pairs.sort();
     let mut out = String::with_capacity(query.len());

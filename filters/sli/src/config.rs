@@ -106,6 +106,10 @@ pub struct TopConfig {
     /// The lease holder logs the top URLs this often (0: never).
     #[serde(default = "default_top_log_s")]
     pub log_every_s: u64,
+    /// One request in this many (at random) is counted, with this weight: the heavy hitters
+    /// and their rates stay right while most requests skip building their URL. 1: all.
+    #[serde(default = "default_top_sample")]
+    pub sample_1_in: u64,
 }
 
 impl Default for TopConfig {
@@ -116,6 +120,7 @@ impl Default for TopConfig {
             capacity: default_top_capacity(),
             query_params: None,
             log_every_s: default_top_log_s(),
+            sample_1_in: default_top_sample(),
         }
     }
 }
@@ -163,6 +168,9 @@ fn default_top_capacity() -> usize {
 fn default_top_log_s() -> u64 {
     60
 }
+fn default_top_sample() -> u64 {
+    4
+}
 fn default_status_path() -> String {
     "/spikeguard/status".to_string()
 }
@@ -190,6 +198,7 @@ pub struct Top {
     pub capacity: usize,
     pub query_params: Option<Vec<String>>,
     pub log_every_s: u64,
+    pub sample_1_in: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -340,6 +349,12 @@ impl sg_core::config::Compile for Config {
                 "must be from top_urls.n to 4096",
             ));
         }
+        if !(1..=1000).contains(&t.sample_1_in) {
+            return Err(ConfigError::new(
+                "top_urls.sample_1_in",
+                "must be from 1 (every request) to 1000",
+            ));
+        }
         if t.log_every_s > 86_400 {
             return Err(ConfigError::new(
                 "top_urls.log_every_s",
@@ -392,6 +407,7 @@ impl sg_core::config::Compile for Config {
                 capacity: t.capacity,
                 query_params: t.query_params.clone(),
                 log_every_s: t.log_every_s,
+                sample_1_in: t.sample_1_in,
             },
             status,
             strip: self.strip_headers.clone(),

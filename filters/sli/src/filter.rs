@@ -63,6 +63,19 @@ pub struct Stream {
 struct Worker {
     series: Series,
     top: SpaceSaving,
+    /// xorshift64 state for the top-URL sample (never 0).
+    rng: u64,
+}
+
+impl Worker {
+    fn next_random(&mut self) -> u64 {
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.rng = x;
+        x
+    }
 }
 
 /// The lease holder's side.
@@ -109,6 +122,7 @@ impl Plugin for Filter {
         let worker = Worker {
             series: Series::define(host, dir, names.clone(), &plan.buckets_ms, &plan.slo_ms),
             top: SpaceSaving::new(plan.top.capacity),
+            rng: hash64(b"sli-sample", &host.now_ms().to_le_bytes()) | 1,
         };
         let f = Filter {
             m: Metrics::define(host, FILTER, [dir]),
@@ -156,9 +170,15 @@ impl Plugin for Filter {
             .unwrap_or(plan.pages.len());
         s.start_ms = req.now();
         s.active = true;
-        let url = top_url(&req, plan.top.query_params.as_deref());
         if let Ok(mut w) = self.worker.try_borrow_mut() {
-            w.top.add(hash64(b"sli", url.as_bytes()), url.as_bytes(), 1);
+            // One request in `sample_1_in`, weighted by it: the top list's rates stay
+            // unbiased and a request that is not sampled builds no URL.
+            let every = plan.top.sample_1_in;
+            if every <= 1 || w.next_random() % every == 0 {
+                let url = top_url(&req, plan.top.query_params.as_deref());
+                w.top
+                    .add(hash64(b"sli", url.as_bytes()), url.as_bytes(), every.max(1));
+            }
         }
         Flow::Continue
     }

@@ -19,7 +19,7 @@ const CONFIG: &str = r#"{"tick_ms": 1000,
   ],
   "buckets_ms": [100, 1000, 3000],
   "slo_ms": [1000],
-  "top_urls": {"n": 3, "window_s": 2, "capacity": 16, "query_params": ["blogId"]},
+  "top_urls": {"n": 3, "window_s": 2, "capacity": 16, "query_params": ["blogId"], "sample_1_in": 1},
   "status": {"path": "/spikeguard/status", "token": "0123456789abcdef-token"}}"#;
 
 fn host() -> MemHost {
@@ -351,5 +351,35 @@ fn a_hundred_thousand_distinct_urls_create_no_new_metric_names() {
         requests(&h, "other", "200", "2xx", "none"),
         100_000,
         "every request counted"
+    );
+}
+
+#[test]
+fn sampled_top_urls_keep_the_heavy_hitters_and_their_rates() {
+    let h = host();
+    let cfg = CONFIG.replace(r#""sample_1_in": 1"#, r#""sample_1_in": 4"#);
+    let mut w = worker(&h, &cfg);
+    // 2,000 requests in a 1 s bucket: 1,000 for one page, 1,000 over 500 others.
+    for i in 0..2000u32 {
+        let path = if i % 2 == 0 {
+            "/PostView?blogId=hot".to_string()
+        } else {
+            format!("/PostView?blogId=c{}", i % 500)
+        };
+        h.get("x", &path);
+        let mut s = Filter::stream(i);
+        w.0.on_request(&h, &mut s);
+    }
+    tick(&mut w, &h);
+    h.advance(1000);
+    tick(&mut w, &h);
+    let (_, v) = status(&w.0, &h, &[]);
+    let urls = v["top_urls"]["urls"].as_array().unwrap();
+    assert_eq!(urls[0]["url"], "/PostView?blogId=hot", "{v}");
+    // 1,000 in 2 s = 500/s; a 1-in-4 sample of 1,000 is 250 +- 3 sigma (~41): 500 +- 82/s.
+    let rps = urls[0]["rps"].as_f64().unwrap();
+    assert!(
+        (418.0..=582.0).contains(&rps),
+        "estimated {rps}/s for 500/s"
     );
 }

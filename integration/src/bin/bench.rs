@@ -27,6 +27,8 @@ type Res<T> = Result<T, String>;
 const TARGET: f64 = 1.15;
 /// `breaker` may cost at most this much Envoy CPU per request relative to `noop_wasm_egress`.
 const BREAKER_TARGET: f64 = 1.2;
+/// `sli` may cost at most this much Envoy CPU per request relative to `noop_wasm`.
+const SLI_TARGET: f64 = 1.2;
 const BLOG_IDS: u32 = 1000;
 
 /// What a variant runs in front of the ingress route (which answers `200 ok` itself).
@@ -113,6 +115,16 @@ const VARIANTS: &[Variant] = &[
         min_cache_hit_percent: Some(80),
     },
     Variant {
+        name: "sli",
+        description: "`sg_sli.wasm` with the bundle's config (3 page types, top URLs with `blogId`/`logNo`, status page): every request is classified (the `:path` read, the page match), its URL counted in the worker's sketch and a clock read; at the response one read of every response header (status, spikeguard marks) and a clock read; at its end a clock read (`response.flags` only when the response did not end normally below 500: never here), the outcome counted in VM memory; the 200 ms tick flushes the counters and merges the summary and top URLs into shared data",
+        setup: Setup::Only("sli", sli_cfg),
+        counters: Some((
+            "wasmcustom.page=.=PostView;.;direction=.=inbound;.;spikeguard_latency_total",
+            "wasmcustom.sg.sli.inbound.status_refused",
+        )),
+        min_cache_hit_percent: None,
+    },
+    Variant {
         name: "noop_wasm_egress",
         description: "`sg_noop.wasm` on the egress listener (answering `200 ok` itself): the reference of `breaker`",
         setup: Setup::EgressPrepend(noop_filter),
@@ -175,6 +187,16 @@ const BREAKER_COUNTERS: (&str, &str) = (
     "wasmcustom.sg.breaker.bench.success",
     "wasmcustom.sg.breaker.bench.not_permitted",
 );
+
+/// The bundle's own `sli` config, with a 200 ms tick.
+fn sli_cfg() -> Value {
+    let mut c = Bundle::load()
+        .ok()
+        .and_then(|mut b| b.filter_config("sli"))
+        .unwrap_or_else(|| json!({}));
+    c["tick_ms"] = json!(200);
+    c
+}
 
 fn breaker_api() -> Value {
     json!({"name": "bench", "match": {"path_prefix": "/"}, "window": {"count": 100},
@@ -640,6 +662,27 @@ fn breaker_verdict(o: &Opts, res: &Results) -> Option<(String, bool)> {
     any.then_some((md, all))
 }
 
+/// `sli` vs `noop_wasm` per concurrency.
+fn sli_verdict(o: &Opts, res: &Results) -> Option<(String, bool)> {
+    let idx = |n: &str| o.variants.iter().position(|v| v == n);
+    let (noop, sli) = (idx("noop_wasm")?, idx("sli")?);
+    let mut md = String::from("| concurrency | CPU/req sli ÷ noop_wasm | req/s sli ÷ noop_wasm | extra CPU per request | ≤ 1.2? |\n|---|---:|---:|---:|---|\n");
+    let mut all = true;
+    for (ci, conc) in o.concurrency.iter().enumerate() {
+        let (n, b) = (&res[ci][noop], &res[ci][sli]);
+        let ((c, cs), rs) = (ratio(b, n, CPU), ratio(b, n, RPS).1);
+        all &= c <= SLI_TARGET;
+        let extra = med(b, CPU) - med(n, CPU);
+        let met = if c <= SLI_TARGET {
+            "met"
+        } else {
+            "**not met**"
+        };
+        let _ = writeln!(md, "| {conc} | {cs} | {rs} | {extra:+.2} µs | {met} |");
+    }
+    Some((md, all))
+}
+
 /// One load generator's run against the plain target.
 struct Cross {
     name: &'static str,
@@ -840,6 +883,15 @@ fn results(o: &Opts, res: &Results, cross: &Res<Vec<Cross>>) -> String {
             "\nTarget **met** at every concurrency measured.\n"
         } else {
             "\nTarget **not met**: see the variant descriptions for what `breaker` does per call.\n"
+        };
+    }
+    if let Some((table, met)) = sli_verdict(o, res) {
+        md += "\n## Sli vs no-op Wasm filter\n\nTarget: `sli` costs at most 20% more Envoy CPU per request than `noop_wasm`.\n\n";
+        md += &table;
+        md += if met {
+            "\nTarget **met** at every concurrency measured.\n"
+        } else {
+            "\nTarget **not met**: see the variant description for what `sli` does per request.\n"
         };
     }
     md += "\n## Load-generator cross-check\n\n";

@@ -4,11 +4,14 @@
 //! the app saw in each run. Then the blog's calls to an outbound API (the egress listener)
 //! while that API hangs, without and with `breaker`. `--seconds` (or `DEMO_SECONDS`) sets the length of each run
 //! (default 10); `--hold` (or `DEMO_HOLD=1`) leaves the protected stack running for manual
-//! requests until Ctrl-C.
+//! requests until Ctrl-C. Beside the protected Envoy runs a Prometheus (Debian's, from `make
+//! setup`) scraping it every second with the generated rules of `config/prometheus/rules/`
+//! loaded; the demo prints where to look and what it recorded.
 
 use clap::Parser;
-use sg_integration::envoy::Bundle;
+use sg_integration::envoy::{repo_root, Bundle, Envoy};
 use sg_integration::loadgen::{self, KeyMix, LoadConfig, Report};
+use sg_integration::prometheus::Prometheus;
 use sg_integration::upstream::{Upstream, UpstreamConfig};
 use std::time::Duration;
 
@@ -97,6 +100,11 @@ fn run(
         envoy.admin,
         app.url()
     );
+    let prom = if protected {
+        prometheus_beside(name, &envoy)
+    } else {
+        None
+    };
     // Normal traffic: 300 pages/s over 2,000 blogs (Zipf); the spike: one blog at 2,100/s
     // (28x a normal 75/s hot blog), 2,400 requests/s in all.
     let report = loadgen::run(&LoadConfig {
@@ -133,6 +141,9 @@ fn run(
         })
         .map(|(_, v)| *v)
         .sum();
+    if let Some(p) = &prom {
+        print_slis(name, p, &envoy);
+    }
     if protected && args.hold {
         println!(
             "[{name}] holding: try `curl -i '{}/PostView?blogId=hot&logNo=1'`; Ctrl-C to stop",
@@ -153,6 +164,117 @@ fn run(
         cache_hits,
         simple_served: simple.stats().total,
     })
+}
+
+/// Prometheus scraping `envoy` every second with the generated rules; None (and why) when
+/// it cannot start (e.g. `prometheus` is not installed: `make setup` installs it).
+fn prometheus_beside(name: &str, envoy: &Envoy) -> Option<Prometheus> {
+    let rules = repo_root().join("config/prometheus/rules");
+    let files = [
+        rules.join("spikeguard-recording.yml"),
+        rules.join("spikeguard-alerts.yml"),
+    ];
+    let cfg = format!(
+        "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+         scrape_configs:\n  - job_name: envoy\n    metrics_path: /stats/prometheus\n    \
+         static_configs: [{{targets: ['127.0.0.1:{}']}}]\n",
+        envoy.admin
+    );
+    match Prometheus::start(&cfg, &files) {
+        Ok(p) => {
+            println!(
+                "[{name}] prometheus on http://127.0.0.1:{} scraping Envoy's /stats/prometheus every 1 s, \
+                 rules loaded from config/prometheus/rules/ (try /graph?g0.expr=spikeguard:requests_by_code:rate5m, /alerts); \
+                 status page {}/spikeguard/status",
+                p.port(),
+                envoy.url()
+            );
+            Some(p)
+        }
+        Err(e) => {
+            println!("[{name}] no prometheus beside Envoy ({e}); `make setup` installs it");
+            None
+        }
+    }
+}
+
+/// What Prometheus recorded of the run (it scraped every second) and the status page.
+fn print_slis(name: &str, p: &Prometheus, envoy: &Envoy) {
+    // Two more scrapes after the load ended, so the last counts are in.
+    std::thread::sleep(Duration::from_millis(2500));
+    let q = "sum by (page, code, action) (max_over_time(spikeguard_requests_total{direction=\"inbound\"}[10m]))";
+    match p.query_result(q) {
+        Ok(rows) => {
+            println!("[{name}] Prometheus: requests by page, code and action (spikeguard_requests_total):");
+            let mut rows: Vec<(String, f64)> = rows
+                .iter()
+                .map(|r| {
+                    let m = &r["metric"];
+                    let l = |k: &str| m[k].as_str().unwrap_or("").to_string();
+                    let v = r["value"][1]
+                        .as_str()
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0.0);
+                    (
+                        format!(
+                            "page={:<9} code={:<5} action={}",
+                            l("page"),
+                            l("code"),
+                            l("action")
+                        ),
+                        v,
+                    )
+                })
+                .filter(|(_, v)| *v > 0.0)
+                .collect();
+            rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+            for (k, v) in rows {
+                println!("    {k:<48} {v:>8}");
+            }
+        }
+        Err(e) => println!("[{name}] Prometheus query failed: {e}"),
+    }
+    let q = "histogram_quantile(0.99, sum by (le) (rate(spikeguard_request_duration_ms_bucket{direction=\"inbound\"}[1m])))";
+    if let Ok(r) = p.query_result(q) {
+        if let Some(v) = r.first().and_then(|r| r["value"][1].as_str()) {
+            println!("    p99 duration over the last minute (histogram buckets): {v} ms");
+        }
+    }
+    if let Ok(alerts) = p.query_result("ALERTS") {
+        let mut names: Vec<String> = alerts
+            .iter()
+            .map(|a| {
+                format!(
+                    "{} ({})",
+                    a["metric"]["alertname"].as_str().unwrap_or("?"),
+                    a["metric"]["alertstate"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        names.sort();
+        names.dedup();
+        println!(
+            "    alerts pending or firing: {}",
+            if names.is_empty() {
+                "none".to_string()
+            } else {
+                names.join(", ")
+            }
+        );
+    }
+    if let Ok(r) = sg_integration::http::get(envoy.ingress(), "/spikeguard/status") {
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap_or_default();
+        let top: Vec<String> = v["top_urls"]["urls"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .take(5)
+                    .map(|u| format!("{} {}/s", u["url"].as_str().unwrap_or("?"), u["rps"]))
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!("    status page top URLs (last 60 s): {}", top.join(", "));
+    }
 }
 
 /// The outbound-API part: what the blog's calls saw.
