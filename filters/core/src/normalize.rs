@@ -158,7 +158,8 @@ pub fn encode_component(b: &[u8], out: &mut String) {
 /// every parameter stays (duplicates too): distinct pages can never share an entry.
 pub fn canonical_query(query: &str, keep: Option<&[String]>) -> String {
     // Borrowed unless a name or value needs decoding: no allocation per parameter.
-    let mut pairs: Vec<(Cow<'_, [u8]>, Cow<'_, [u8]>)> = Vec::new();
+    type Pair<'q> = (Cow<'q, [u8]>, Cow<'q, [u8]>);
+    let mut pairs: Vec<Pair<'_>> = Vec::new();
     for (k, v) in query_pairs(query) {
         let k = percent_decode(k, true);
         if let Some(keep) = keep {
