@@ -234,10 +234,10 @@ fn print_slis(name: &str, p: &Prometheus, envoy: &Envoy) {
         }
         Err(e) => println!("[{name}] Prometheus query failed: {e}"),
     }
-    let q = "histogram_quantile(0.99, sum by (le) (rate(spikeguard_request_duration_ms_bucket{direction=\"inbound\"}[1m])))";
+    let q = "histogram_quantile(0.99, sum by (le) (max_over_time(spikeguard_request_duration_ms_bucket{direction=\"inbound\"}[10m])))";
     if let Ok(r) = p.query_result(q) {
         if let Some(v) = r.first().and_then(|r| r["value"][1].as_str()) {
-            println!("    p99 duration over the last minute (histogram buckets): {v} ms");
+            println!("    p99 duration of the run (spikeguard_request_duration_ms_bucket): at most {v} ms");
         }
     }
     if let Ok(alerts) = p.query_result("ALERTS") {
