@@ -3,7 +3,7 @@
 //! loopback HTTP server thread that records every request (a stand-in for a Slack-compatible
 //! incoming webhook).
 
-use crate::prometheus::{free_port, TinyServer, READY_TIMEOUT};
+use crate::prometheus::{free_port, wait_http_ready, TinyServer};
 use crate::{http, wait};
 use serde_json::Value;
 use std::io;
@@ -81,20 +81,8 @@ impl Alertmanager {
             dir,
             _tmp: tmp,
         };
-        let child = &mut am.child;
-        let r = wait::try_eventually("alertmanager /-/ready", READY_TIMEOUT, || {
-            if let Ok(Some(st)) = child.try_wait() {
-                return Ok(Err(format!("alertmanager exited {st}")));
-            }
-            match http::get(port, "/-/ready") {
-                Ok(r) if r.status == 200 => Ok(Ok(())),
-                Ok(r) => Err(format!("status {}", r.status)),
-                Err(e) => Err(e.to_string()),
-            }
-        });
-        match r {
-            Ok(Ok(())) => Ok(am),
-            Ok(Err(e)) => Err(io::Error::other(format!("{e}: {}", am.log()))),
+        match wait_http_ready("alertmanager", &mut am.child, port) {
+            Ok(()) => Ok(am),
             Err(e) => Err(io::Error::other(format!("{e}: {}", am.log()))),
         }
     }

@@ -100,23 +100,8 @@ impl Prometheus {
     }
 
     fn wait_ready(&mut self) -> io::Result<()> {
-        let port = self.port;
-        let child = &mut self.child;
-        let r = wait::try_eventually("prometheus /-/ready", READY_TIMEOUT, || {
-            if let Ok(Some(st)) = child.try_wait() {
-                return Ok(Err(format!("prometheus exited {st}")));
-            }
-            match http::get(port, "/-/ready") {
-                Ok(r) if r.status == 200 => Ok(Ok(())),
-                Ok(r) => Err(format!("status {}", r.status)),
-                Err(e) => Err(e.to_string()),
-            }
-        });
-        match r {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(io::Error::other(format!("{e}: {}", self.log()))),
-            Err(e) => Err(io::Error::other(format!("{e}: {}", self.log()))),
-        }
+        wait_http_ready("prometheus", &mut self.child, self.port)
+            .map_err(|e| io::Error::other(format!("{e}: {}", self.log())))
     }
 
     pub fn port(&self) -> u16 {
@@ -355,6 +340,25 @@ impl Exporter {
     /// How many times `/stats/prometheus` was served.
     pub fn scrapes(&self) -> u64 {
         self.scrapes.load(Ordering::SeqCst)
+    }
+}
+
+/// Waits until `127.0.0.1:port/-/ready` answers 200 (Prometheus and Alertmanager both serve
+/// it), failing early if `child` exits.
+pub(crate) fn wait_http_ready(name: &str, child: &mut Child, port: u16) -> Result<(), String> {
+    let r = wait::try_eventually(&format!("{name} /-/ready"), READY_TIMEOUT, || {
+        if let Ok(Some(st)) = child.try_wait() {
+            return Ok(Err(format!("{name} exited {st}")));
+        }
+        match http::get(port, "/-/ready") {
+            Ok(r) if r.status == 200 => Ok(Ok(())),
+            Ok(r) => Err(format!("status {}", r.status)),
+            Err(e) => Err(e.to_string()),
+        }
+    });
+    match r {
+        Ok(inner) => inner,
+        Err(e) => Err(e.to_string()),
     }
 }
 
