@@ -8,7 +8,7 @@
 //! same instant) and returns one [`Outcome`] per planned request, in plan order.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,6 +89,15 @@ pub struct LoadConfig {
     pub timeout_ms: u64,
     /// Keep per-request [`Record`]s in the report.
     pub record: bool,
+    /// Client retries: a request that failed (error, timeout), or was answered 5xx or 429, is
+    /// sent again to the same URL after `retry_delay_ms`, at most this many times (0 = never,
+    /// the default). Retries are extra requests the server sees (an overloaded server gets its
+    /// own failures back); each attempt is its own [`Record`].
+    #[serde(default)]
+    pub retries: u32,
+    /// Pause before a retry, milliseconds.
+    #[serde(default)]
+    pub retry_delay_ms: u64,
 }
 
 impl Default for LoadConfig {
@@ -104,6 +113,8 @@ impl Default for LoadConfig {
             max_in_flight: 1024,
             timeout_ms: 5000,
             record: false,
+            retries: 0,
+            retry_delay_ms: 0,
         }
     }
 }
@@ -135,6 +146,16 @@ pub struct Record {
     pub latency_us: u64,
     /// Response headers named `x-*`, `ratelimit*` or `retry-after`.
     pub headers: Vec<(String, String)>,
+    /// 0 for the first attempt of a request, n for its n-th retry ([`LoadConfig::retries`]).
+    #[serde(default)]
+    pub attempt: u32,
+    /// This attempt failed and was retried (another record, `attempt + 1`, follows).
+    #[serde(default)]
+    pub retried: bool,
+    /// Intended send time of the request's first attempt (= `intended_us` when `attempt` is
+    /// 0): a user's wait, retries included, is `done_us - origin_us`.
+    #[serde(default)]
+    pub origin_us: u64,
 }
 
 /// Result of a [`run`].
@@ -148,6 +169,9 @@ pub struct Report {
     pub errors: u64,
     /// Requests not sent because `max_in_flight` were outstanding.
     pub dropped_client_side: u64,
+    /// Retries sent ([`LoadConfig::retries`]); counted in `sent` too.
+    #[serde(default)]
+    pub retries: u64,
     pub by_status: BTreeMap<u16, u64>,
     /// Latency from the intended send time, over completed requests.
     pub latency_us: LatencySummary,
@@ -384,6 +408,9 @@ fn micros_since(start: Instant, t: Instant) -> u64 {
 // ---------------------------------------------------------------------------------------------
 
 struct Done {
+    attempt: u32,
+    retried: bool,
+    origin_us: u64,
     intended_us: u64,
     sent_us: u64,
     done_us: u64,
@@ -437,6 +464,9 @@ async fn run_async(cfg: LoadConfig) -> std::io::Result<Report> {
         (agg, hist)
     });
 
+    let retries = cfg.retries;
+    let retry_delay = Duration::from_millis(cfg.retry_delay_ms);
+    let retries_sent = Arc::new(AtomicU64::new(0));
     let mut sent = 0u64;
     let mut dropped = 0u64;
     for i in 0..total {
@@ -470,29 +500,53 @@ async fn run_async(cfg: LoadConfig) -> std::io::Result<Report> {
         let tx = tx.clone();
         let in_flight = in_flight.clone();
         let target = target.clone();
+        let retries_sent = retries_sent.clone();
         tokio::spawn(async move {
-            let sent_at = Instant::now();
-            let res = match build_request(&target, "GET", &path, &hdrs) {
-                Ok(req) => send(&client, req, timeout, record).await,
-                Err(_) => None,
-            };
-            let done_at = Instant::now();
+            let origin_us = micros_since(start, intended);
+            let mut due = intended;
+            // Bounded: at most `retries + 1` attempts, each bounded by `timeout`.
+            for attempt in 0..=retries {
+                let sent_at = Instant::now();
+                let res = match build_request(&target, "GET", &path, &hdrs) {
+                    Ok(req) => send(&client, req, timeout, record).await,
+                    Err(_) => None,
+                };
+                let done_at = Instant::now();
+                let (status, headers) = res.unwrap_or((0, Vec::new()));
+                let retry = attempt < retries && should_retry(status);
+                let _ = tx.send(Done {
+                    attempt,
+                    retried: retry,
+                    origin_us,
+                    intended_us: micros_since(start, due),
+                    sent_us: micros_since(start, sent_at),
+                    done_us: micros_since(start, done_at),
+                    key: key.clone(),
+                    status,
+                    headers,
+                });
+                if !retry {
+                    break;
+                }
+                due = done_at + retry_delay;
+                tokio::time::sleep_until(due).await;
+                retries_sent.fetch_add(1, Ordering::SeqCst);
+            }
             in_flight.fetch_sub(1, Ordering::SeqCst);
-            let (status, headers) = res.unwrap_or((0, Vec::new()));
-            let _ = tx.send(Done {
-                intended_us: micros_since(start, intended),
-                sent_us: micros_since(start, sent_at),
-                done_us: micros_since(start, done_at),
-                key,
-                status,
-                headers,
-            });
         });
     }
     drop(tx);
     let (agg, hist) = collector.await.map_err(io_err)?;
     let wall = start.elapsed();
-    Ok(agg.into_report(sent, dropped, &hist, wall))
+    let retries = retries_sent.load(Ordering::SeqCst);
+    let mut report = agg.into_report(sent + retries, dropped, &hist, wall);
+    report.retries = retries;
+    Ok(report)
+}
+
+/// Whether a client retries an attempt that ended with `status` (0 = error or timeout).
+pub fn should_retry(status: u16) -> bool {
+    status == 0 || status == 429 || status >= 500
 }
 
 /// (total, by status) of one key.
@@ -534,6 +588,9 @@ impl Agg {
                 status: d.status,
                 latency_us,
                 headers: d.headers,
+                attempt: d.attempt,
+                retried: d.retried,
+                origin_us: d.origin_us,
             });
         }
     }
@@ -568,6 +625,7 @@ impl Agg {
             completed: self.completed,
             errors: self.errors,
             dropped_client_side: dropped,
+            retries: 0,
             by_status: self.by_status,
             latency_us,
             achieved_rps: if secs > 0.0 {
@@ -685,6 +743,53 @@ mod tests {
         assert!((800..1200).contains(&hot), "{hot}");
         let uniq: std::collections::HashSet<_> = keys.iter().filter(|k| *k != "hot").collect();
         assert_eq!(uniq.len(), 2000 - hot);
+    }
+
+    #[test]
+    fn retry_policy() {
+        assert!(should_retry(0));
+        assert!(should_retry(429));
+        assert!(should_retry(503));
+        assert!(!should_retry(200));
+        assert!(!should_retry(302));
+        assert!(!should_retry(404));
+    }
+
+    /// Against a closed port every attempt fails: each request is sent `1 + retries` times,
+    /// the records are marked, and a user's wait runs from the first attempt.
+    #[test]
+    fn retries_failed_requests() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap();
+        let r = run(&LoadConfig {
+            target: format!("http://127.0.0.1:{port}"),
+            rate_rps: 20.0,
+            duration_ms: 200,
+            retries: 2,
+            retry_delay_ms: 10,
+            timeout_ms: 1000,
+            record: true,
+            ..LoadConfig::default()
+        })
+        .unwrap();
+        assert_eq!(r.retries, 8);
+        assert_eq!(r.sent, 12);
+        assert_eq!(r.records.len(), 12);
+        assert_eq!(r.records.iter().filter(|x| x.retried).count(), 8);
+        for x in &r.records {
+            assert_eq!(x.retried, x.attempt < 2);
+            assert!(x.origin_us <= x.intended_us);
+        }
+        let default = run(&LoadConfig {
+            target: format!("http://127.0.0.1:{port}"),
+            rate_rps: 20.0,
+            duration_ms: 200,
+            ..LoadConfig::default()
+        })
+        .unwrap();
+        assert_eq!((default.retries, default.sent, default.errors), (0, 4, 4));
     }
 
     #[test]
