@@ -2,6 +2,7 @@
 
 pub mod alertmanager;
 pub mod control;
+pub mod drill;
 pub mod envoy;
 pub mod http;
 pub mod loadgen;

@@ -36,6 +36,30 @@ impl Nginx {
         limit_req_args: &str,
         status: u16,
     ) -> io::Result<Nginx> {
+        Self::limit_req_front(
+            upstream_port,
+            &format!("$arg_{key_arg}"),
+            rate,
+            limit_req_args,
+            status,
+            None,
+        )
+    }
+
+    /// Like [`Nginx::limit_req`] with any zone key expression (e.g. `$server_name`: one
+    /// bucket for the whole site, as in front of an app) and, when `read_timeout_ms` is set,
+    /// `proxy_read_timeout` (nginx's default is 60 s).
+    pub fn limit_req_front(
+        upstream_port: u16,
+        key: &str,
+        rate: &str,
+        limit_req_args: &str,
+        status: u16,
+        read_timeout_ms: Option<u64>,
+    ) -> io::Result<Nginx> {
+        let read_timeout = read_timeout_ms
+            .map(|ms| format!("proxy_read_timeout {ms}ms;"))
+            .unwrap_or_default();
         let tmp = tempfile::Builder::new().prefix("sg-nginx-").tempdir()?;
         let dir = tmp.path().to_path_buf();
         let port = free_port()?;
@@ -53,7 +77,7 @@ http {{
   fastcgi_temp_path {d}/fcgi;
   uwsgi_temp_path {d}/uwsgi;
   scgi_temp_path {d}/scgi;
-  limit_req_zone $arg_{key_arg} zone=sg:10m rate={rate};
+  limit_req_zone {key} zone=sg:10m rate={rate};
   upstream app {{ server 127.0.0.1:{upstream_port}; keepalive 64; }}
   server {{
     listen 127.0.0.1:{port};
@@ -61,6 +85,7 @@ http {{
       limit_req zone=sg {limit_req_args};
       limit_req_status {status};
       proxy_http_version 1.1;
+      {read_timeout}
       proxy_set_header Connection "";
       proxy_pass http://app;
     }}

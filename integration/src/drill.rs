@@ -1,0 +1,1112 @@
+//! The spike drill (`make drill`, docs/DRILL.md): the demo blog with a finite worker pool, hit
+//! by open-loop traffic in three phases (before, spike, after) under each protection
+//! configuration in turn, with clients that retry what failed. Measures what normal users and
+//! the hot keys' users got, what the app saw, how fast the spike was detected and how fast
+//! normal users recovered; renders a table, a JSON report and an SVG plot.
+//!
+//! Traffic: a Zipf baseline over `blog_ids` blog IDs in four URL forms (PostView in both
+//! query orders, the path form, PostList), one open-loop stream per form; during the spike
+//! phase one more stream sends `spike` x the baseline rate at `hot_keys` blog IDs (drawn from
+//! the same ID space with the seed), in the six forms shared links take. Every stream's
+//! clients retry a failed, timed-out, 5xx or 429 answer after a pause, a bounded number of
+//! times ([`LoadConfig::retries`]).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::io;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+
+use crate::envoy::{Bundle, Envoy};
+use crate::loadgen::{self, KeyMix, LoadConfig, Record, Report};
+use crate::nginx::Nginx;
+use crate::upstream::{Upstream, UpstreamConfig, UpstreamStats};
+
+/// The hot keys' links, written the ways shared links are (same as `make demo`).
+pub const HOT_FORMS: &[&str] = &[
+    "/PostView?blogId={key}&logNo=1",
+    "/PostView?logNo=1&blogId={key}",
+    "/PostView?blogId={key}&logNo=1&x={n}",
+    "/{key}/1",
+    "/{key}/1/",
+    "/PostList?blogId={key}",
+];
+
+/// The baseline's URL forms and their share of the baseline.
+pub const BASELINE_FORMS: &[(&str, f64)] = &[
+    ("/PostView?blogId={key}&logNo=1", 0.4),
+    ("/PostView?logNo=1&blogId={key}", 0.1),
+    ("/{key}/1", 0.3),
+    ("/PostList?blogId={key}", 0.2),
+];
+
+/// Phase names, in order.
+pub const PHASES: [&str; 3] = ["before", "spike", "after"];
+
+/// Width of the timeline's buckets (plot, recovery), milliseconds.
+pub const BUCKET_MS: u64 = 250;
+/// Width of the buckets recovery is judged on, milliseconds.
+pub const RECOVERY_BUCKET_MS: u64 = 500;
+
+/// Header simplepage puts on what it answered (simple page or its micro-cache).
+const SIMPLE_HDR: &str = "x-spikeguard-simple-page";
+
+/// A protection configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Protection {
+    /// Envoy with no spikeguard filter and no cluster limits (raised far above the load).
+    A,
+    /// Envoy's native `local_ratelimit`, a token bucket at the app's capacity.
+    B,
+    /// Real nginx in front of the app with the talk's `limit_req` (scaled to the app).
+    N,
+    /// The full spikeguard bundle (envoy.yaml), its app-sized numbers scaled to this app.
+    C,
+}
+
+impl Protection {
+    pub fn parse(s: &str) -> Option<Protection> {
+        match s.trim().to_ascii_uppercase().as_str() {
+            "A" => Some(Protection::A),
+            "B" => Some(Protection::B),
+            "N" => Some(Protection::N),
+            "C" => Some(Protection::C),
+            _ => None,
+        }
+    }
+
+    pub fn letter(self) -> &'static str {
+        match self {
+            Protection::A => "A",
+            Protection::B => "B",
+            Protection::N => "N",
+            Protection::C => "C",
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Protection::A => "no protection",
+            Protection::B => "envoy local_ratelimit",
+            Protection::N => "nginx limit_req",
+            Protection::C => "spikeguard bundle",
+        }
+    }
+}
+
+/// Settings of a drill.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrillConfig {
+    pub seconds_per_phase: f64,
+    /// Spike stream rate as a multiple of the baseline rate (28 or 40 in the issue).
+    pub spike: f64,
+    pub hot_keys: usize,
+    pub configs: Vec<Protection>,
+    pub seed: u64,
+    /// Baseline requests per second (all forms together).
+    pub baseline_rps: f64,
+    /// Number of blog IDs of the baseline's Zipf draw.
+    pub blog_ids: usize,
+    /// App worker pool and service time: capacity = workers * 1000 / latency_ms pages/s.
+    pub workers: usize,
+    pub latency_ms: u64,
+    /// A request waiting longer than this for a worker gets `503 thread full`.
+    pub queue_timeout_ms: u64,
+    /// Client behaviour.
+    pub retries: u32,
+    pub retry_delay_ms: u64,
+    pub client_timeout_ms: u64,
+    /// Envoy `--concurrency`.
+    pub envoy_workers: u32,
+}
+
+impl Default for DrillConfig {
+    fn default() -> Self {
+        Self {
+            seconds_per_phase: 10.0,
+            spike: 28.0,
+            hot_keys: 5,
+            configs: vec![Protection::A, Protection::B, Protection::N, Protection::C],
+            seed: 1,
+            baseline_rps: 80.0,
+            blog_ids: 10_000,
+            workers: 6,
+            latency_ms: 25,
+            queue_timeout_ms: 500,
+            retries: 2,
+            retry_delay_ms: 200,
+            client_timeout_ms: 2000,
+            envoy_workers: 2,
+        }
+    }
+}
+
+impl DrillConfig {
+    /// Pages per second the app can serve.
+    pub fn capacity_rps(&self) -> f64 {
+        self.workers as f64 * 1000.0 / self.latency_ms.max(1) as f64
+    }
+
+    fn phase_ms(&self) -> u64 {
+        (self.seconds_per_phase.max(0.1) * 1000.0) as u64
+    }
+
+    /// The hot blog IDs, drawn with the seed from the upper half of the ID space (cold in
+    /// the baseline's Zipf draw), distinct.
+    pub fn hot_ids(&self) -> Vec<String> {
+        let mut rng = StdRng::seed_from_u64(self.seed ^ 0x5b1c_e000);
+        let lo = (self.blog_ids / 2).max(1);
+        let hi = self.blog_ids.max(lo + self.hot_keys.max(1));
+        let mut ids: Vec<usize> = Vec::new();
+        // Bounded: the range holds at least hot_keys distinct values.
+        for _ in 0..10_000 {
+            if ids.len() >= self.hot_keys.max(1) {
+                break;
+            }
+            let r = rng.gen_range(lo..=hi);
+            if !ids.contains(&r) {
+                ids.push(r);
+            }
+        }
+        ids.into_iter().map(|r| format!("blog{r}")).collect()
+    }
+}
+
+/// What users of one class (normal or hot) got in one phase. A user request is a first
+/// attempt and its retries; it succeeded when its last attempt was answered 2xx or 3xx;
+/// its latency runs from the first attempt's intended send time to the last attempt's end.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UserStats {
+    pub requests: u64,
+    pub ok: u64,
+    pub success_pct: f64,
+    /// Share of requests whose last answer was a 200.
+    pub ok200_pct: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// Attempts sent (first attempts + retries).
+    pub attempts: u64,
+    pub retries: u64,
+    /// Attempts by outcome (see [`outcome`]).
+    pub outcomes: BTreeMap<String, u64>,
+}
+
+/// The app and the simple-page backend in one phase.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UpstreamPhase {
+    pub capacity_workers: u64,
+    pub capacity_rps: f64,
+    /// Most requests holding a worker at once (at most `capacity_workers` by construction:
+    /// the excess waits in the app's queue and gets `thread full`).
+    pub max_in_flight: u64,
+    pub received: u64,
+    pub thread_full: u64,
+    /// Requests the simple-page backend got (the rest of the simple-page answers came from
+    /// the proxy's micro-cache).
+    pub simple_backend: u64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhaseReport {
+    pub phase: String,
+    pub normal: UserStats,
+    pub hot: UserStats,
+    /// Hot-key attempts answered from the micro-cache (simple-page answers minus what the
+    /// backend served).
+    pub hot_from_cache: u64,
+    pub upstream: UpstreamPhase,
+}
+
+/// One bucket of the timeline.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Bucket {
+    pub t_ms: u64,
+    /// Attempts per second by outcome (by when they finished).
+    pub rps: BTreeMap<String, f64>,
+    /// Normal users' latency of the requests first due in this bucket.
+    pub normal_p50_ms: f64,
+    pub normal_p99_ms: f64,
+    pub normal_requests: u64,
+}
+
+/// A target of the issue, met or not, with the figure.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Target {
+    pub name: String,
+    pub met: bool,
+    pub figure: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ConfigReport {
+    pub id: String,
+    pub name: String,
+    /// What stood in front of the app.
+    pub front: String,
+    pub phases: Vec<PhaseReport>,
+    pub retries: u64,
+    /// Requests the load generator could not send (its in-flight bound).
+    pub dropped_client_side: u64,
+    /// Spike start to the first hot-key attempt answered by a protection (simple page or
+    /// cache for C; a limiter's rejection for B and N); none for A.
+    pub detect_ms: Option<u64>,
+    /// Spike end to the start of the first 500 ms bucket from which normal users' p99 stays
+    /// within 1.25x (or +5 ms) of their pre-spike p99 with no failure; none if never.
+    pub recover_ms: Option<u64>,
+    pub targets: Vec<Target>,
+    pub timeline: Vec<Bucket>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrillReport {
+    pub settings: DrillConfig,
+    pub hot_ids: Vec<String>,
+    pub capacity_rps: f64,
+    pub phase_ms: u64,
+    pub configs: Vec<ConfigReport>,
+}
+
+fn other(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+/// Envoy's native local rate limit: a token bucket of `rps` per second shared by the
+/// listener (refilled every 100 ms), 429 when empty.
+pub fn native_local_ratelimit(rps: f64) -> Value {
+    let per_fill = ((rps / 10.0).round() as u64).max(1);
+    let pct = |key: &str| json!({"runtime_key": key, "default_value": {"numerator": 100}});
+    json!({"name": "envoy.filters.http.local_ratelimit", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        "stat_prefix": "drill_local",
+        "token_bucket": {"max_tokens": per_fill, "tokens_per_fill": per_fill, "fill_interval": "0.1s"},
+        "filter_enabled": pct("drill_local.enabled"),
+        "filter_enforced": pct("drill_local.enforced")}})
+}
+
+/// The talk's `limit_req rate=1000r/s burst=1000 nodelay` was set for an app of ~1,600
+/// pages/s (the demo app): the same share of this app's capacity.
+pub fn scaled_limit_req(capacity_rps: f64) -> (u64, u64) {
+    let r = ((capacity_rps * 1000.0 / 1600.0).round() as u64).max(1);
+    (r, r)
+}
+
+/// The bundle's numbers are sized to the demo app (32 workers x 20 ms): scale to this one.
+/// `hotkey`: hot at 10% of the app's capacity and 10% of the traffic (both required);
+/// `ratelimit`: per blog 20 r/s burst 5 (the spiking keys together, before hotkey names them,
+/// stay well under the capacity), global the talk's limit scaled (see [`scaled_limit_req`]).
+fn scale_bundle(b: &mut Bundle, capacity_rps: f64) -> io::Result<()> {
+    let mut hk = b
+        .filter_config("hotkey")
+        .ok_or_else(|| other("no hotkey in the bundle"))?;
+    if let Some(rule) = hk.pointer_mut("/rules/0") {
+        rule["threshold_rps"] = json!(((capacity_rps / 10.0).round() as u64).max(1));
+        rule["threshold_share_percent"] = json!(10);
+    }
+    b.set_filter_config("hotkey", &hk)?;
+    let mut rl = b
+        .filter_config("ratelimit")
+        .ok_or_else(|| other("no ratelimit in the bundle"))?;
+    let (r, burst) = scaled_limit_req(capacity_rps);
+    if let Some(rules) = rl["rules"].as_array_mut() {
+        for rule in rules {
+            match rule["name"].as_str() {
+                Some("per_blog") => {
+                    rule["rate"] = json!("20r/s");
+                    rule["burst"] = json!(5);
+                }
+                Some("global") => {
+                    rule["rate"] = json!(format!("{r}r/s"));
+                    rule["burst"] = json!(burst);
+                }
+                _ => {}
+            }
+        }
+    }
+    b.set_filter_config("ratelimit", &rl)
+}
+
+/// What stands in front of the app for one configuration (dropped after the run).
+enum Front {
+    Envoy(Envoy),
+    Nginx(Nginx),
+}
+
+impl Front {
+    fn url(&self) -> String {
+        match self {
+            Front::Envoy(e) => e.url(),
+            Front::Nginx(n) => n.url(),
+        }
+    }
+}
+
+fn start_front(
+    p: Protection,
+    cfg: &DrillConfig,
+    app: &Upstream,
+    simple: &Upstream,
+) -> io::Result<(Front, String)> {
+    let cap = cfg.capacity_rps();
+    if p == Protection::N {
+        let (r, burst) = scaled_limit_req(cap);
+        let n = Nginx::limit_req_front(
+            app.port,
+            "$binary_remote_addr",
+            &format!("{r}r/s"),
+            &format!("burst={burst} nodelay"),
+            503,
+            Some(1000),
+        )?;
+        let desc = format!(
+            "nginx (Debian) -> app: limit_req_zone $binary_remote_addr rate={r}r/s; limit_req burst={burst} nodelay (the talk's 1000r/s burst=1000 for a 1,600/s app, scaled); 503; proxy_read_timeout 1s"
+        );
+        return Ok((Front::Nginx(n), desc));
+    }
+    let mut b = Bundle::load()?;
+    let desc = match p {
+        Protection::A => {
+            b.keep_filters(&[]);
+            b.raise_circuit_breakers(100_000);
+            "envoy, no spikeguard filter, cluster limits raised to 100,000 (route timeout 1 s)"
+                .to_string()
+        }
+        Protection::B => {
+            b.keep_filters(&[]);
+            b.raise_circuit_breakers(100_000);
+            b.prepend_http_filter("ingress", native_local_ratelimit(cap))?;
+            format!("envoy local_ratelimit: token bucket {cap:.0}/s (refill every 100 ms), 429; cluster limits raised")
+        }
+        _ => {
+            scale_bundle(&mut b, cap)?;
+            let (r, burst) = scaled_limit_req(cap);
+            format!(
+                "envoy.yaml bundle (sli, hotkey, simplepage, ratelimit; egress sli, breaker); hotkey threshold {:.0}/s and 10%; ratelimit per_blog 20r/s burst 5, global {r}r/s burst {burst}; envoy.yaml's cluster limits",
+                (cap / 10.0).round()
+            )
+        }
+    };
+    b.set_cluster_port("main_app", app.port)?;
+    b.set_cluster_port("simple_page", simple.port)?;
+    b.set_cluster_port("outbound_api", app.port)?;
+    let e = b.launch(cfg.envoy_workers)?;
+    Ok((Front::Envoy(e), desc))
+}
+
+/// Outcome of one attempt: `app` (2xx from the app), `simple` (answered by simplepage:
+/// simple page or micro-cache), `redirected` (3xx), `rejected` (429, or a 503 the app did not
+/// send: a limiter, a shed, an Envoy overflow), `thread_full` (the app's 503), `error`
+/// (timeout, connection error, any other status).
+pub fn outcome(r: &Record) -> &'static str {
+    let has = |n: &str| r.headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(n));
+    let upstream = r
+        .headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("x-upstream"))
+        .map(|(_, v)| v.as_str());
+    match r.status {
+        0 => "error",
+        200..=299 if has(SIMPLE_HDR) || upstream == Some("simple") => "simple",
+        200..=299 => "app",
+        300..=399 => "redirected",
+        429 => "rejected",
+        503 if has("x-thread-full") => "thread_full",
+        503 if upstream.is_none() => "rejected",
+        _ => "error",
+    }
+}
+
+/// Outcome names, in plot order.
+pub const OUTCOMES: &[&str] = &[
+    "app",
+    "simple",
+    "redirected",
+    "rejected",
+    "thread_full",
+    "error",
+];
+
+/// One stream's records with times shifted to the drill's clock.
+struct Shifted {
+    hot: bool,
+    offset_us: u64,
+    report: Report,
+}
+
+fn percentile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let idx = ((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted.get(idx).copied().unwrap_or(0)
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+fn pct(a: u64, b: u64) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        a as f64 * 100.0 / b as f64
+    }
+}
+
+fn user_stats(records: &[(u64, &Record)], phase: (u64, u64)) -> UserStats {
+    let mut s = UserStats::default();
+    let mut lat = Vec::new();
+    let mut ok200 = 0;
+    for (off, r) in records {
+        let origin = r.origin_us + off;
+        if origin < phase.0 || origin >= phase.1 {
+            continue;
+        }
+        s.attempts += 1;
+        if r.attempt > 0 {
+            s.retries += 1;
+        }
+        *s.outcomes.entry(outcome(r).to_string()).or_default() += 1;
+        if !r.retried {
+            s.requests += 1;
+            if (200..400).contains(&r.status) {
+                s.ok += 1;
+            }
+            if r.status == 200 {
+                ok200 += 1;
+            }
+            lat.push(r.done_us.saturating_sub(r.origin_us));
+        }
+    }
+    lat.sort_unstable();
+    s.success_pct = pct(s.ok, s.requests);
+    s.ok200_pct = pct(ok200, s.requests);
+    s.p50_ms = ms(percentile(&lat, 0.50));
+    s.p99_ms = ms(percentile(&lat, 0.99));
+    s
+}
+
+fn upstream_phase(cfg: &DrillConfig, app: &UpstreamStats, simple: &UpstreamStats) -> UpstreamPhase {
+    UpstreamPhase {
+        capacity_workers: cfg.workers as u64,
+        capacity_rps: cfg.capacity_rps(),
+        max_in_flight: app.max_in_flight,
+        received: app.total,
+        thread_full: app.thread_full,
+        simple_backend: simple.total,
+    }
+}
+
+/// Runs one configuration: fresh app and simple-page backend, the front, the three phases.
+pub fn run_config(p: Protection, cfg: &DrillConfig) -> io::Result<ConfigReport> {
+    let app = Upstream::start(UpstreamConfig {
+        name: "main".into(),
+        capacity: cfg.workers,
+        latency_ms: cfg.latency_ms,
+        queue_timeout_ms: cfg.queue_timeout_ms,
+        ..UpstreamConfig::default()
+    })?;
+    let simple = Upstream::start(UpstreamConfig {
+        name: "simple".into(),
+        capacity: 1024,
+        cache_control: Some(
+            "public, max-age=600, stale-while-revalidate=30, stale-if-error=86400".into(),
+        ),
+        ..UpstreamConfig::default()
+    })?;
+    let (front, desc) = start_front(p, cfg, &app, &simple)?;
+    let target = front.url();
+    let phase_ms = cfg.phase_ms();
+    let hot_ids = cfg.hot_ids();
+    let share = 1.0 / hot_ids.len().max(1) as f64;
+    let base = LoadConfig {
+        target: target.clone(),
+        max_in_flight: 8192,
+        timeout_ms: cfg.client_timeout_ms,
+        record: true,
+        retries: cfg.retries,
+        retry_delay_ms: cfg.retry_delay_ms,
+        ..LoadConfig::default()
+    };
+    // (start offset ms, hot, config)
+    let mut streams: Vec<(u64, bool, LoadConfig)> = Vec::new();
+    for (i, (form, w)) in BASELINE_FORMS.iter().enumerate() {
+        streams.push((
+            0,
+            false,
+            LoadConfig {
+                rate_rps: cfg.baseline_rps * w,
+                duration_ms: 3 * phase_ms,
+                path_template: (*form).to_string(),
+                keys: KeyMix {
+                    zipf_n: cfg.blog_ids,
+                    zipf_s: 1.0,
+                    key_prefix: "blog".into(),
+                    seed: cfg.seed.wrapping_add(i as u64),
+                    ..KeyMix::default()
+                },
+                ..base.clone()
+            },
+        ));
+    }
+    streams.push((
+        phase_ms,
+        true,
+        LoadConfig {
+            rate_rps: cfg.baseline_rps * cfg.spike,
+            duration_ms: phase_ms,
+            hot_templates: HOT_FORMS.iter().map(|f| f.to_string()).collect(),
+            keys: KeyMix {
+                hot: hot_ids.iter().map(|k| (k.clone(), share)).collect(),
+                seed: cfg.seed.wrapping_add(100),
+                ..KeyMix::default()
+            },
+            ..base.clone()
+        },
+    ));
+    let t0 = Instant::now() + Duration::from_millis(50);
+    let (results, snaps) = std::thread::scope(|s| {
+        let handles: Vec<_> = streams
+            .iter()
+            .map(|(off, hot, lc)| {
+                s.spawn(move || {
+                    sleep_until(t0 + Duration::from_millis(*off));
+                    let offset_us = micros(t0.elapsed());
+                    loadgen::run(lc).map(|report| Shifted {
+                        hot: *hot,
+                        offset_us,
+                        report,
+                    })
+                })
+            })
+            .collect();
+        // Phase boundaries: snapshot and zero the upstreams' counters.
+        let mut snaps = Vec::new();
+        for k in 1..3u64 {
+            sleep_until(t0 + Duration::from_millis(k * phase_ms));
+            snaps.push((app.stats(), simple.stats()));
+            app.reset();
+            simple.reset();
+        }
+        let results: Vec<io::Result<Shifted>> = handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err(other("load thread panicked"))))
+            .collect();
+        snaps.push((app.stats(), simple.stats()));
+        (results, snaps)
+    });
+    drop(front);
+    let mut shifted = Vec::new();
+    for r in results {
+        shifted.push(r?);
+    }
+    let mut normal: Vec<(u64, &Record)> = Vec::new();
+    let mut hot: Vec<(u64, &Record)> = Vec::new();
+    let mut retries = 0;
+    let mut dropped = 0;
+    for s in &shifted {
+        retries += s.report.retries;
+        dropped += s.report.dropped_client_side;
+        let v = if s.hot { &mut hot } else { &mut normal };
+        v.extend(s.report.records.iter().map(|r| (s.offset_us, r)));
+    }
+    let pus = phase_ms * 1000;
+    let mut phases = Vec::new();
+    for (i, name) in PHASES.iter().enumerate() {
+        let i64_ = i as u64;
+        let range = (i64_ * pus, if i == 2 { u64::MAX } else { (i64_ + 1) * pus });
+        let (a, sm) = snaps.get(i).cloned().unwrap_or_default();
+        let n = user_stats(&normal, range);
+        let h = user_stats(&hot, range);
+        let simple_answers = h.outcomes.get("simple").copied().unwrap_or(0);
+        phases.push(PhaseReport {
+            phase: (*name).to_string(),
+            hot_from_cache: simple_answers.saturating_sub(sm.total),
+            normal: n,
+            hot: h,
+            upstream: upstream_phase(cfg, &a, &sm),
+        });
+    }
+    let detect_ms = if p == Protection::A {
+        None
+    } else {
+        let want = if p == Protection::C {
+            "simple"
+        } else {
+            "rejected"
+        };
+        hot.iter()
+            .filter(|(off, r)| r.sent_us + off >= pus && outcome(r) == want)
+            .map(|(off, r)| (r.sent_us + off).saturating_sub(pus) / 1000)
+            .min()
+    };
+    let before_p99 = phases.first().map(|p| p.normal.p99_ms).unwrap_or(0.0);
+    let recover_ms = recovery(&normal, pus, before_p99);
+    let timeline = timeline(&normal, &hot, 3 * pus);
+    let mut rep = ConfigReport {
+        id: p.letter().to_string(),
+        name: p.name().to_string(),
+        front: desc,
+        phases,
+        retries,
+        dropped_client_side: dropped,
+        detect_ms,
+        recover_ms,
+        targets: Vec::new(),
+        timeline,
+    };
+    rep.targets = targets(&rep, p);
+    Ok(rep)
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+fn sleep_until(t: Instant) {
+    let now = Instant::now();
+    if t > now {
+        std::thread::sleep(t - now);
+    }
+}
+
+/// Normal users' latency bound for "recovered": their pre-spike p99 x 1.25, at least +5 ms.
+fn recovered_bound(before_p99_ms: f64) -> f64 {
+    (before_p99_ms * 1.25).max(before_p99_ms + 5.0)
+}
+
+fn recovery(normal: &[(u64, &Record)], pus: u64, before_p99_ms: f64) -> Option<u64> {
+    let spike_end = 2 * pus;
+    let end = 3 * pus;
+    let b = RECOVERY_BUCKET_MS * 1000;
+    let n = (end - spike_end) / b;
+    let bound = recovered_bound(before_p99_ms);
+    let good: Vec<bool> = (0..n)
+        .map(|k| {
+            let lo = spike_end + k * b;
+            let hi = lo + b;
+            let mut lat = Vec::new();
+            let mut fail = false;
+            for (off, r) in normal {
+                let o = r.origin_us + off;
+                if o >= lo && o < hi && !r.retried {
+                    lat.push(r.done_us.saturating_sub(r.origin_us));
+                    fail |= !(200..400).contains(&r.status);
+                }
+            }
+            lat.sort_unstable();
+            !fail && ms(percentile(&lat, 0.99)) <= bound
+        })
+        .collect();
+    // The first bucket from which every later bucket is good.
+    let mut first = None;
+    for k in (0..good.len()).rev() {
+        if good.get(k).copied().unwrap_or(false) {
+            first = Some(k as u64);
+        } else {
+            break;
+        }
+    }
+    first.map(|k| k * RECOVERY_BUCKET_MS)
+}
+
+fn timeline(normal: &[(u64, &Record)], hot: &[(u64, &Record)], end_us: u64) -> Vec<Bucket> {
+    let b = BUCKET_MS * 1000;
+    let n = (end_us / b + 8) as usize; // a little past the end: the tail drains
+    let mut counts: Vec<BTreeMap<&'static str, u64>> = vec![BTreeMap::new(); n];
+    let mut lats: Vec<Vec<u64>> = vec![Vec::new(); n];
+    for (off, r) in normal.iter().chain(hot.iter()) {
+        let k = ((r.done_us + off) / b) as usize;
+        if let Some(c) = counts.get_mut(k) {
+            *c.entry(outcome(r)).or_default() += 1;
+        }
+    }
+    for (off, r) in normal {
+        if r.retried {
+            continue;
+        }
+        let k = ((r.origin_us + off) / b) as usize;
+        if let Some(l) = lats.get_mut(k) {
+            l.push(r.done_us.saturating_sub(r.origin_us));
+        }
+    }
+    let per_s = 1000.0 / BUCKET_MS as f64;
+    let mut out: Vec<Bucket> = counts
+        .into_iter()
+        .zip(lats)
+        .enumerate()
+        .map(|(k, (c, mut l))| {
+            l.sort_unstable();
+            Bucket {
+                t_ms: k as u64 * BUCKET_MS,
+                rps: OUTCOMES
+                    .iter()
+                    .map(|o| (o.to_string(), c.get(o).copied().unwrap_or(0) as f64 * per_s))
+                    .collect(),
+                normal_p50_ms: ms(percentile(&l, 0.5)),
+                normal_p99_ms: ms(percentile(&l, 0.99)),
+                normal_requests: l.len() as u64,
+            }
+        })
+        .collect();
+    while out
+        .last()
+        .is_some_and(|b| b.normal_requests == 0 && b.rps.values().all(|v| *v == 0.0))
+    {
+        out.pop();
+    }
+    out
+}
+
+/// The issue's targets for the spike phase (stated for C; every configuration is judged).
+fn targets(r: &ConfigReport, _p: Protection) -> Vec<Target> {
+    let mut t = Vec::new();
+    let (Some(before), Some(spike)) = (r.phases.first(), r.phases.get(1)) else {
+        return t;
+    };
+    t.push(Target {
+        name: "normal users >= 99.9% success during the spike".into(),
+        met: spike.normal.requests > 0 && spike.normal.success_pct >= 99.9,
+        figure: format!(
+            "{:.2}% of {}",
+            spike.normal.success_pct, spike.normal.requests
+        ),
+    });
+    t.push(Target {
+        name: "normal users' p99 within 2x of the baseline".into(),
+        met: spike.normal.requests > 0 && spike.normal.p99_ms <= 2.0 * before.normal.p99_ms,
+        figure: format!(
+            "{:.1} ms vs {:.1} ms before ({:.2}x)",
+            spike.normal.p99_ms,
+            before.normal.p99_ms,
+            if before.normal.p99_ms > 0.0 {
+                spike.normal.p99_ms / before.normal.p99_ms
+            } else {
+                0.0
+            }
+        ),
+    });
+    let simple = spike.hot.outcomes.get("simple").copied().unwrap_or(0);
+    t.push(Target {
+        name: ">= 99% of hot-key requests answered 200".into(),
+        met: spike.hot.requests > 0 && spike.hot.ok200_pct >= 99.0,
+        figure: format!(
+            "{:.2}% of {} users (last attempt); {:.1}% of {} attempts by the simple page or cache",
+            spike.hot.ok200_pct,
+            spike.hot.requests,
+            pct(simple, spike.hot.attempts),
+            spike.hot.attempts
+        ),
+    });
+    let u = &spike.upstream;
+    t.push(Target {
+        name: "upstream never above capacity (no thread full)".into(),
+        met: u.thread_full == 0 && u.max_in_flight <= u.capacity_workers,
+        figure: format!(
+            "peak {}/{} workers, {} thread full",
+            u.max_in_flight, u.capacity_workers, u.thread_full
+        ),
+    });
+    t.push(Target {
+        name: "detection within 1 s".into(),
+        met: r.detect_ms.is_some_and(|d| d <= 1000),
+        figure: r
+            .detect_ms
+            .map(|d| format!("{d} ms"))
+            .unwrap_or_else(|| "never".into()),
+    });
+    t.push(Target {
+        name: "recovery within 2 s of the spike's end".into(),
+        met: r.recover_ms.is_some_and(|d| d <= 2000),
+        figure: r
+            .recover_ms
+            .map(|d| format!("{d} ms"))
+            .unwrap_or_else(|| "not recovered".into()),
+    });
+    t
+}
+
+/// Runs every configuration in turn.
+pub fn run(cfg: &DrillConfig, mut progress: impl FnMut(&str)) -> io::Result<DrillReport> {
+    let mut configs = Vec::new();
+    for p in &cfg.configs {
+        progress(&format!("[{}] {} ...", p.letter(), p.name()));
+        let r = run_config(*p, cfg)?;
+        progress(&format!(
+            "[{}] done: {} retries, detect {:?} ms, recover {:?} ms",
+            p.letter(),
+            r.retries,
+            r.detect_ms,
+            r.recover_ms
+        ));
+        configs.push(r);
+        // Let sockets of the previous run close.
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    Ok(DrillReport {
+        settings: cfg.clone(),
+        hot_ids: cfg.hot_ids(),
+        capacity_rps: cfg.capacity_rps(),
+        phase_ms: cfg.phase_ms(),
+        configs,
+    })
+}
+
+fn fmt_opt(v: Option<u64>) -> String {
+    v.map(|d| format!("{d}")).unwrap_or_else(|| "-".into())
+}
+
+/// The table (per configuration and phase) and the targets.
+pub fn table(r: &DrillReport) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "app: {} workers x {} ms = {:.0} pages/s; baseline {:.0} req/s (Zipf over {} blog IDs, 4 URL forms); spike {}x = {:.0} req/s at {} blog IDs ({}) for {} ms; clients retry {} times after {} ms (timeout {} ms)",
+        r.settings.workers,
+        r.settings.latency_ms,
+        r.capacity_rps,
+        r.settings.baseline_rps,
+        r.settings.blog_ids,
+        r.settings.spike,
+        r.settings.baseline_rps * r.settings.spike,
+        r.hot_ids.len(),
+        r.hot_ids.join(", "),
+        r.phase_ms,
+        r.settings.retries,
+        r.settings.retry_delay_ms,
+        r.settings.client_timeout_ms
+    );
+    let _ = writeln!(
+        s,
+        "\n{:<3} {:<7} {:>9} {:>8} {:>8} {:>9} {:>8} {:>7} {:>7} {:>6} {:>6} {:>7} {:>7} {:>9} {:>7} {:>8} {:>8}",
+        "cfg", "phase", "normal", "ok%", "p50ms", "p99ms", "hot", "hot200%", "app", "simple", "cache", "redir", "reject", "thrdfull", "errors", "peak/cap", "retries"
+    );
+    for c in &r.configs {
+        for p in &c.phases {
+            let o = |k: &str| p.hot.outcomes.get(k).copied().unwrap_or(0);
+            let _ = writeln!(
+                s,
+                "{:<3} {:<7} {:>9} {:>8.2} {:>8.1} {:>9.1} {:>8} {:>7.1} {:>7} {:>6} {:>6} {:>7} {:>7} {:>9} {:>7} {:>8} {:>8}",
+                c.id,
+                p.phase,
+                p.normal.requests,
+                p.normal.success_pct,
+                p.normal.p50_ms,
+                p.normal.p99_ms,
+                p.hot.requests,
+                p.hot.ok200_pct,
+                o("app"),
+                o("simple").saturating_sub(p.hot_from_cache),
+                p.hot_from_cache,
+                o("redirected"),
+                o("rejected"),
+                o("thread_full"),
+                o("error"),
+                format!("{}/{}", p.upstream.max_in_flight, p.upstream.capacity_workers),
+                p.normal.retries + p.hot.retries
+            );
+        }
+        let _ = writeln!(
+            s,
+            "{:<3} detect {} ms, recover {} ms after the spike, {} retries, {} not sent (client bound), app thread full {} / {} / {}",
+            c.id,
+            fmt_opt(c.detect_ms),
+            fmt_opt(c.recover_ms),
+            c.retries,
+            c.dropped_client_side,
+            c.phases.first().map(|p| p.upstream.thread_full).unwrap_or(0),
+            c.phases.get(1).map(|p| p.upstream.thread_full).unwrap_or(0),
+            c.phases.get(2).map(|p| p.upstream.thread_full).unwrap_or(0),
+        );
+    }
+    let _ = writeln!(s, "\ntargets (spike phase; stated for C):");
+    for c in &r.configs {
+        let _ = writeln!(s, "  ({}) {}: {}", c.id, c.name, c.front);
+        for t in &c.targets {
+            let _ = writeln!(
+                s,
+                "      {:<8} {:<52} {}",
+                if t.met { "met" } else { "NOT MET" },
+                t.name,
+                t.figure
+            );
+        }
+    }
+    s
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+fn color(o: &str) -> &'static str {
+    match o {
+        "app" => "#2b8a3e",
+        "simple" => "#1971c2",
+        "redirected" => "#7048e8",
+        "rejected" => "#f08c00",
+        "thread_full" => "#c92a2a",
+        _ => "#495057",
+    }
+}
+
+/// The plot, written by hand (no plotting crate): per configuration, requests/s by outcome
+/// over time (lines, log scale) and normal users' p50/p99 over time (log scale), with the
+/// spike phase shaded.
+pub fn svg(r: &DrillReport) -> String {
+    let w = 1000.0;
+    let panel_h = 190.0;
+    let gap = 40.0;
+    let left = 70.0;
+    let right = 150.0;
+    let plot_w = w - left - right;
+    let per_cfg = 2.0 * panel_h + gap + 30.0;
+    let h = 60.0 + per_cfg * r.configs.len() as f64;
+    let t_end = r
+        .configs
+        .iter()
+        .flat_map(|c| c.timeline.last().map(|b| b.t_ms + BUCKET_MS))
+        .max()
+        .unwrap_or(3 * r.phase_ms)
+        .max(3 * r.phase_ms) as f64;
+    let x = |t: f64| left + plot_w * t / t_end.max(1.0);
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        r#"<?xml version="1.0" encoding="UTF-8"?>
+<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" font-family="sans-serif" font-size="11">
+<rect width="100%" height="100%" fill="white"/>
+<text x="{left}" y="24" font-size="15">spike drill: {} x baseline at {} blog IDs ({} ms phases), app {:.0} pages/s</text>"#,
+        r.settings.spike,
+        r.hot_ids.len(),
+        r.phase_ms,
+        r.capacity_rps
+    );
+    for (ci, c) in r.configs.iter().enumerate() {
+        let top = 50.0 + per_cfg * ci as f64;
+        let _ = writeln!(
+            s,
+            r#"<text x="{left}" y="{}" font-size="13" font-weight="bold">({}) {}</text>"#,
+            top + 12.0,
+            esc(&c.id),
+            esc(&c.name)
+        );
+        // Two panels: rates, latency. Log scales.
+        let max_rps = c
+            .timeline
+            .iter()
+            .flat_map(|b| b.rps.values().copied())
+            .fold(1.0f64, f64::max);
+        let max_lat = c
+            .timeline
+            .iter()
+            .map(|b| b.normal_p99_ms)
+            .fold(1.0f64, f64::max);
+        for (pi, (label, maxv)) in [("requests/s by outcome", max_rps), ("normal users' latency, ms", max_lat)]
+            .iter()
+            .enumerate()
+        {
+            let py = top + 20.0 + pi as f64 * (panel_h + gap);
+            let ph = panel_h;
+            let lmax = maxv.max(10.0).log10().ceil();
+            let y = |v: f64| py + ph - ph * (v.max(1.0).log10() / lmax).clamp(0.0, 1.0);
+            let _ = writeln!(
+                s,
+                r##"<rect x="{}" y="{py}" width="{}" height="{ph}" fill="#ffe3e3" opacity="0.6"/>"##,
+                x(r.phase_ms as f64),
+                x(2.0 * r.phase_ms as f64) - x(r.phase_ms as f64)
+            );
+            let _ = writeln!(
+                s,
+                r##"<rect x="{left}" y="{py}" width="{plot_w}" height="{ph}" fill="none" stroke="#868e96"/>"##
+            );
+            let _ = writeln!(
+                s,
+                r#"<text x="{left}" y="{}">{}</text>"#,
+                py - 4.0,
+                esc(label)
+            );
+            for d in 0..=(lmax as u32) {
+                let v = 10f64.powi(d as i32);
+                let yy = y(v);
+                let _ = writeln!(
+                    s,
+                    r##"<line x1="{left}" x2="{}" y1="{yy:.1}" y2="{yy:.1}" stroke="#dee2e6"/><text x="{}" y="{:.1}" text-anchor="end">{v}</text>"##,
+                    left + plot_w,
+                    left - 4.0,
+                    yy + 3.0
+                );
+            }
+            let series: Vec<(String, &'static str, Vec<(f64, f64)>)> = if pi == 0 {
+                OUTCOMES
+                    .iter()
+                    .map(|o| {
+                        let pts = c
+                            .timeline
+                            .iter()
+                            .map(|b| (b.t_ms as f64, b.rps.get(*o).copied().unwrap_or(0.0)))
+                            .collect();
+                        ((*o).to_string(), color(o), pts)
+                    })
+                    .filter(|(_, _, p): &(String, &str, Vec<(f64, f64)>)| {
+                        p.iter().any(|(_, v)| *v > 0.0)
+                    })
+                    .collect()
+            } else {
+                let pts = |f: fn(&Bucket) -> f64| {
+                    c.timeline
+                        .iter()
+                        .filter(|b| b.normal_requests > 0)
+                        .map(|b| (b.t_ms as f64, f(b)))
+                        .collect::<Vec<_>>()
+                };
+                vec![
+                    ("p50".to_string(), "#1971c2", pts(|b| b.normal_p50_ms)),
+                    ("p99".to_string(), "#c92a2a", pts(|b| b.normal_p99_ms)),
+                ]
+            };
+            for (li, (name, col, pts)) in series.iter().enumerate() {
+                let mut d = String::new();
+                for (t, v) in pts {
+                    let _ = write!(d, "{:.1},{:.1} ", x(*t + BUCKET_MS as f64 / 2.0), y(*v));
+                }
+                let _ = writeln!(
+                    s,
+                    r#"<polyline fill="none" stroke="{col}" stroke-width="1.6" points="{}"/>"#,
+                    d.trim_end()
+                );
+                let ly = py + 12.0 + 14.0 * li as f64;
+                let _ = writeln!(
+                    s,
+                    r#"<line x1="{}" x2="{}" y1="{ly}" y2="{ly}" stroke="{col}" stroke-width="3"/><text x="{}" y="{}">{}</text>"#,
+                    left + plot_w + 10.0,
+                    left + plot_w + 30.0,
+                    left + plot_w + 35.0,
+                    ly + 4.0,
+                    esc(name)
+                );
+            }
+        }
+        // Time axis.
+        let ay = top + 20.0 + 2.0 * panel_h + gap + 14.0;
+        let step = if t_end > 20_000.0 { 5000.0 } else { 1000.0 };
+        let mut t = 0.0;
+        while t <= t_end {
+            let _ = writeln!(
+                s,
+                r#"<text x="{:.1}" y="{ay}" text-anchor="middle">{}s</text>"#,
+                x(t),
+                t / 1000.0
+            );
+            t += step;
+        }
+    }
+    s.push_str("</svg>\n");
+    s
+}
