@@ -11,7 +11,7 @@ APT_PACKAGES := nginx wrk nghttp2-client
 export ENVOY_BIN := $(abspath $(ENVOY))
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: slo setup apt rust-target wasm build lint test test-steps test-native test-wasm test-e2e bench-smoke demo bench clean
+.PHONY: slo setup apt rust-target wasm build lint test test-steps test-native test-wasm test-e2e bench-smoke demo bench drill clean
 
 setup: apt rust-target $(ENVOY)
 
@@ -93,3 +93,10 @@ slo:
 
 clean:
 	$(CARGO) clean
+
+# The spike drill (docs/DRILL.md): configurations A (no protection), B (Envoy local_ratelimit),
+# N (nginx limit_req), C (the bundle) under the same seeded baseline + 28x spike + recovery,
+# with retrying clients. DRILL_ARGS adds flags, e.g. `make drill DRILL_ARGS="--spike 40"`.
+# Not part of `make test` (tests/drill.rs, a short run, is).
+drill: setup build
+	$(CARGO) run --release -q -p sg-integration --bin drill -- --out-json docs/drill.json --out-svg docs/drill.svg $(DRILL_ARGS)
