@@ -24,15 +24,17 @@ fn drill_smoke() {
     std::fs::write(&json_path, serde_json::to_vec_pretty(&report).unwrap()).unwrap();
     std::fs::write(&svg_path, drill::svg(&report)).unwrap();
 
-    let v: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(&json_path).unwrap()).unwrap();
     let configs = v["configs"].as_array().unwrap();
     let ids: Vec<&str> = configs.iter().map(|c| c["id"].as_str().unwrap()).collect();
     assert_eq!(ids, ["A", "B", "N", "C"]);
     for c in configs {
         let id = c["id"].as_str().unwrap();
         let phases = c["phases"].as_array().unwrap();
-        let names: Vec<&str> = phases.iter().map(|p| p["phase"].as_str().unwrap()).collect();
+        let names: Vec<&str> = phases
+            .iter()
+            .map(|p| p["phase"].as_str().unwrap())
+            .collect();
         assert_eq!(names, PHASES, "{id}");
         for p in phases {
             let name = p["phase"].as_str().unwrap();
@@ -45,7 +47,10 @@ fn drill_smoke() {
     }
     // (A): the spike (28x the baseline at an app that serves 3x) fails requests, and the
     // clients retry them.
-    assert!(configs[0]["retries"].as_u64().unwrap() > 0, "no retries in (A)");
+    assert!(
+        configs[0]["retries"].as_u64().unwrap() > 0,
+        "no retries in (A)"
+    );
     // (C): the app's workers are its capacity; what the bundle lets through never needs more.
     for p in configs[3]["phases"].as_array().unwrap() {
         let u = &p["upstream"];

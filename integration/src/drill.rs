@@ -295,9 +295,11 @@ pub fn scaled_limit_req(capacity_rps: f64) -> (u64, u64) {
 }
 
 /// The bundle's numbers are sized to the demo app (32 workers x 20 ms): scale to this one.
-/// `hotkey`: hot at 10% of the app's capacity and 10% of the traffic (both required);
-/// `ratelimit`: per blog 20 r/s burst 5 (the spiking keys together, before hotkey names them,
-/// stay well under the capacity), global the talk's limit scaled (see [`scaled_limit_req`]).
+/// `hotkey`: hot at 10% of the app's capacity and 10% of the traffic (both required), a
+/// 100 ms tick; `ratelimit`: per blog 20 r/s burst 2 (the spiking keys together, before
+/// hotkey names them, stay well under the capacity, and their bursts, landing at once, queue
+/// normal users for less than two service times; burst 1 already rejects the busiest normal
+/// blog's users now and then), global the talk's limit scaled (see [`scaled_limit_req`]).
 fn scale_bundle(b: &mut Bundle, capacity_rps: f64) -> io::Result<()> {
     let mut hk = b
         .filter_config("hotkey")
@@ -306,6 +308,7 @@ fn scale_bundle(b: &mut Bundle, capacity_rps: f64) -> io::Result<()> {
         rule["threshold_rps"] = json!(((capacity_rps / 10.0).round() as u64).max(1));
         rule["threshold_share_percent"] = json!(10);
     }
+    hk["tick_ms"] = json!(100);
     b.set_filter_config("hotkey", &hk)?;
     let mut rl = b
         .filter_config("ratelimit")
@@ -316,7 +319,7 @@ fn scale_bundle(b: &mut Bundle, capacity_rps: f64) -> io::Result<()> {
             match rule["name"].as_str() {
                 Some("per_blog") => {
                     rule["rate"] = json!("20r/s");
-                    rule["burst"] = json!(5);
+                    rule["burst"] = json!(2);
                 }
                 Some("global") => {
                     rule["rate"] = json!(format!("{r}r/s"));
@@ -384,7 +387,7 @@ fn start_front(
             scale_bundle(&mut b, cap)?;
             let (r, burst) = scaled_limit_req(cap);
             format!(
-                "envoy.yaml bundle (sli, hotkey, simplepage, ratelimit; egress sli, breaker); hotkey threshold {:.0}/s and 10%; ratelimit per_blog 20r/s burst 5, global {r}r/s burst {burst}; envoy.yaml's cluster limits",
+                "envoy.yaml bundle (sli, hotkey, simplepage, ratelimit; egress sli, breaker); hotkey threshold {:.0}/s and 10%, tick 100 ms; ratelimit per_blog 20r/s burst 2, global {r}r/s burst {burst}; envoy.yaml's cluster limits",
                 (cap / 10.0).round()
             )
         }
@@ -593,7 +596,10 @@ pub fn run_config(p: Protection, cfg: &DrillConfig) -> io::Result<ConfigReport> 
         }
         let results: Vec<io::Result<Shifted>> = handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err(other("load thread panicked"))))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(other("load thread panicked")))
+            })
             .collect();
         snaps.push((app.stats(), simple.stats()));
         (results, snaps)
@@ -1008,9 +1014,12 @@ pub fn svg(r: &DrillReport) -> String {
             .iter()
             .map(|b| b.normal_p99_ms)
             .fold(1.0f64, f64::max);
-        for (pi, (label, maxv)) in [("requests/s by outcome", max_rps), ("normal users' latency, ms", max_lat)]
-            .iter()
-            .enumerate()
+        for (pi, (label, maxv)) in [
+            ("requests/s by outcome", max_rps),
+            ("normal users' latency, ms", max_lat),
+        ]
+        .iter()
+        .enumerate()
         {
             let py = top + 20.0 + pi as f64 * (panel_h + gap);
             let ph = panel_h;

@@ -49,7 +49,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a = Args::parse();
     let mut configs = Vec::new();
     for c in a.configs.split(',').filter(|c| !c.trim().is_empty()) {
-        configs.push(Protection::parse(c).ok_or_else(|| format!("unknown configuration {c:?} (A, B, N, C)"))?);
+        configs.push(
+            Protection::parse(c)
+                .ok_or_else(|| format!("unknown configuration {c:?} (A, B, N, C)"))?,
+        );
     }
     if !(a.seconds_per_phase > 0.0 && a.seconds_per_phase <= 600.0) {
         return Err("--seconds-per-phase must be in (0, 600]".into());
