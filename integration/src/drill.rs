@@ -988,6 +988,9 @@ fn color(o: &str) -> &'static str {
     }
 }
 
+/// One line of a plot: name, colour, (time ms, value) points.
+type Series = (String, &'static str, Vec<(f64, f64)>);
+
 /// The plot, written by hand (no plotting crate): per configuration, requests/s by outcome
 /// over time (lines, log scale) and normal users' p50/p99 over time (log scale), with the
 /// spike phase shaded.
@@ -1078,7 +1081,7 @@ pub fn svg(r: &DrillReport) -> String {
                     yy + 3.0
                 );
             }
-            let series: Vec<(String, &'static str, Vec<(f64, f64)>)> = if pi == 0 {
+            let series: Vec<Series> = if pi == 0 {
                 OUTCOMES
                     .iter()
                     .map(|o| {
@@ -1089,9 +1092,7 @@ pub fn svg(r: &DrillReport) -> String {
                             .collect();
                         ((*o).to_string(), color(o), pts)
                     })
-                    .filter(|(_, _, p): &(String, &str, Vec<(f64, f64)>)| {
-                        p.iter().any(|(_, v)| *v > 0.0)
-                    })
+                    .filter(|(_, _, p): &Series| p.iter().any(|(_, v)| *v > 0.0))
                     .collect()
             } else {
                 let pts = |f: fn(&Bucket) -> f64| {
