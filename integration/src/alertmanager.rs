@@ -3,7 +3,7 @@
 //! loopback HTTP server thread that records every request (a stand-in for a Slack-compatible
 //! incoming webhook).
 
-use crate::prometheus::{free_port, wait_http_ready, TinyServer};
+use crate::prometheus::{free_port, tool_bin, wait_http_ready, TinyServer};
 use crate::{http, wait};
 use serde_json::Value;
 use std::io;
@@ -14,15 +14,11 @@ use std::time::Duration;
 use tempfile::TempDir;
 
 pub fn alertmanager_bin() -> PathBuf {
-    std::env::var_os("ALERTMANAGER_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("prometheus-alertmanager"))
+    tool_bin("ALERTMANAGER_BIN", "prometheus-alertmanager")
 }
 
 pub fn amtool_bin() -> PathBuf {
-    std::env::var_os("AMTOOL_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("amtool"))
+    tool_bin("AMTOOL_BIN", "amtool")
 }
 
 /// `amtool check-config <path>`: `Ok(output)` if valid, `Err(output)` if not.

@@ -528,14 +528,7 @@ pub fn run_config(p: Protection, cfg: &DrillConfig) -> io::Result<ConfigReport> 
         queue_timeout_ms: cfg.queue_timeout_ms,
         ..UpstreamConfig::default()
     })?;
-    let simple = Upstream::start(UpstreamConfig {
-        name: "simple".into(),
-        capacity: 1024,
-        cache_control: Some(
-            "public, max-age=600, stale-while-revalidate=30, stale-if-error=86400".into(),
-        ),
-        ..UpstreamConfig::default()
-    })?;
+    let simple = Upstream::start(UpstreamConfig::simple_page())?;
     let (front, desc) = start_front(p, cfg, &app, &simple)?;
     let target = front.url();
     let phase_ms = cfg.phase_ms();

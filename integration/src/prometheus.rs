@@ -18,16 +18,19 @@ use tempfile::TempDir;
 /// How long a launcher waits for `/-/ready`.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
 
-pub fn prometheus_bin() -> PathBuf {
-    std::env::var_os("PROMETHEUS_BIN")
+/// The program `default` (looked up on `PATH`), or the path in environment variable `env`.
+pub fn tool_bin(env: &str, default: &str) -> PathBuf {
+    std::env::var_os(env)
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("prometheus"))
+        .unwrap_or_else(|| PathBuf::from(default))
+}
+
+pub fn prometheus_bin() -> PathBuf {
+    tool_bin("PROMETHEUS_BIN", "prometheus")
 }
 
 pub fn promtool_bin() -> PathBuf {
-    std::env::var_os("PROMTOOL_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("promtool"))
+    tool_bin("PROMTOOL_BIN", "promtool")
 }
 
 pub(crate) fn free_port() -> io::Result<u16> {

@@ -53,6 +53,21 @@ pub struct UpstreamConfig {
     pub cache_control: Option<String>,
 }
 
+impl UpstreamConfig {
+    /// The read-only simple-page system of the demo and the drill: same URLs, long
+    /// `Cache-Control` (with stale-while-revalidate and stale-if-error), high capacity.
+    pub fn simple_page() -> Self {
+        Self {
+            name: "simple".into(),
+            capacity: 1024,
+            cache_control: Some(
+                "public, max-age=600, stale-while-revalidate=30, stale-if-error=86400".into(),
+            ),
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for UpstreamConfig {
     fn default() -> Self {
         Self {

@@ -78,14 +78,7 @@ fn run(
         ..UpstreamConfig::default()
     })?;
     // The read-only simple-page system: same URLs, long Cache-Control, high capacity.
-    let simple = Upstream::start(UpstreamConfig {
-        name: "simple".into(),
-        capacity: 1024,
-        cache_control: Some(
-            "public, max-age=600, stale-while-revalidate=30, stale-if-error=86400".into(),
-        ),
-        ..UpstreamConfig::default()
-    })?;
+    let simple = Upstream::start(UpstreamConfig::simple_page())?;
     let mut b = Bundle::load()?;
     if !protected {
         b.keep_filters(&[]);
