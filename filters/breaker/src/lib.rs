@@ -15,5 +15,6 @@ pub mod filter;
 pub mod machine;
 pub mod window;
 
-#[cfg(target_arch = "wasm32")]
+// Off when the crate is a part of the combined module (`sg-combined`), which has its own.
+#[cfg(all(target_arch = "wasm32", feature = "adapter"))]
 mod adapter;

@@ -60,6 +60,9 @@ pub trait Host: SharedStore {
     fn reply_for(&self, id: u32, status: u16, headers: &[(&str, &str)], body: &[u8]) -> bool;
     /// Resumes the paused request of context `id`; false when it is gone.
     fn resume(&self, id: u32) -> bool;
+    /// Makes context `id` the one later header, property and reply calls act on (a paused
+    /// stream, from a root context's tick); false when it is gone.
+    fn enter(&self, id: u32) -> bool;
 
     /// Dispatches an HTTP call; its token, or None when refused.
     fn dispatch(&self, call: &Call) -> Option<u32>;

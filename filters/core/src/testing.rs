@@ -62,6 +62,7 @@ pub struct MemHost {
     body: RefCell<Vec<u8>>,
     replies: RefCell<Vec<SentReply>>,
     resumed: RefCell<Vec<u32>>,
+    entered: RefCell<Vec<u32>>,
     calls: RefCell<Vec<SentCall>>,
     next_token: Cell<u32>,
     call_answer: RefCell<CallAnswer>,
@@ -169,6 +170,10 @@ impl MemHost {
     /// Contexts resumed so far, drained.
     pub fn take_resumed(&self) -> Vec<u32> {
         std::mem::take(&mut *self.resumed.borrow_mut())
+    }
+    /// The contexts `enter` switched to, in order.
+    pub fn take_entered(&self) -> Vec<u32> {
+        std::mem::take(&mut *self.entered.borrow_mut())
     }
     /// HTTP calls dispatched so far, drained.
     pub fn take_calls(&self) -> Vec<SentCall> {
@@ -298,6 +303,13 @@ impl Host for MemHost {
             return false;
         }
         self.resumed.borrow_mut().push(id);
+        true
+    }
+    fn enter(&self, id: u32) -> bool {
+        if self.gone.borrow().contains(&id) {
+            return false;
+        }
+        self.entered.borrow_mut().push(id);
         true
     }
     fn dispatch(&self, call: &Call) -> Option<u32> {

@@ -327,6 +327,11 @@ impl Host for WasmHost {
         }
     }
 
+    fn enter(&self, id: u32) -> bool {
+        // SAFETY: plain integer argument.
+        unsafe { raw::proxy_set_effective_context(id) == raw::OK }
+    }
+
     fn dispatch(&self, call: &Call) -> Option<u32> {
         hostcalls::dispatch_http_call(
             call.cluster,

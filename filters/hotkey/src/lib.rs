@@ -17,5 +17,6 @@ pub mod top;
 pub use sg_core::sketch;
 pub use sg_core::topview as window;
 
-#[cfg(target_arch = "wasm32")]
+// Off when the crate is a part of the combined module (`sg-combined`), which has its own.
+#[cfg(all(target_arch = "wasm32", feature = "adapter"))]
 mod adapter;

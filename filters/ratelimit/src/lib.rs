@@ -10,5 +10,6 @@ pub mod engine;
 pub mod filter;
 pub mod limiter;
 
-#[cfg(target_arch = "wasm32")]
+// Off when the crate is a part of the combined module (`sg-combined`), which has its own.
+#[cfg(all(target_arch = "wasm32", feature = "adapter"))]
 mod adapter;

@@ -18,5 +18,6 @@ pub mod inbound;
 pub mod overload;
 pub mod stream;
 
-#[cfg(target_arch = "wasm32")]
+// Off when the crate is a part of the combined module (`sg-combined`), which has its own.
+#[cfg(all(target_arch = "wasm32", feature = "adapter"))]
 mod adapter;

@@ -19,5 +19,6 @@ pub mod series;
 pub mod status;
 pub mod summary;
 
-#[cfg(target_arch = "wasm32")]
+// Off when the crate is a part of the combined module (`sg-combined`), which has its own.
+#[cfg(all(target_arch = "wasm32", feature = "adapter"))]
 mod adapter;
