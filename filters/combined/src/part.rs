@@ -23,14 +23,36 @@ pub struct Reads {
     now: Cell<Option<u64>>,
     headers: RefCell<Vec<HeaderRead>>,
     properties: RefCell<Vec<PropertyRead>>,
+    /// Every header of a map, as `headers` returned it (names lower-case, values lossy).
+    all: RefCell<Vec<(Map, Vec<(String, String)>)>>,
 }
 
 impl Reads {
     /// A change to `map` may change what any header or property of it reads (a request header
     /// change re-selects the route, so `route_name` goes too).
     fn changed(&self, map: Map) {
-        self.headers.borrow_mut().retain(|(m, _, _)| *m != map);
-        self.properties.borrow_mut().clear();
+        if let Ok(mut h) = self.headers.try_borrow_mut() {
+            h.retain(|(m, _, _)| *m != map);
+        }
+        if let Ok(mut a) = self.all.try_borrow_mut() {
+            a.retain(|(m, _)| *m != map);
+        }
+        if let Ok(mut p) = self.properties.try_borrow_mut() {
+            p.clear();
+        }
+    }
+
+    /// A header's value from an every-header read of its map: Some(None) when that read has
+    /// no such header, None when there was no such read or its value was not valid UTF-8
+    /// (the lossy copy would differ from the raw bytes).
+    fn from_all(&self, map: Map, name: &str) -> Option<Option<Vec<u8>>> {
+        let all = self.all.try_borrow().ok()?;
+        let (_, pairs) = all.iter().find(|(m, _)| *m == map)?;
+        match pairs.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
+            None => Some(None),
+            Some((_, v)) if v.contains('\u{FFFD}') => None,
+            Some((_, v)) => Some(Some(v.as_bytes().to_vec())),
+        }
     }
 }
 
@@ -113,6 +135,9 @@ impl<H: Host + ?Sized> Host for Part<'_, H> {
                 return v.clone();
             }
         }
+        if let Some(v) = self.reads.from_all(map, name) {
+            return v;
+        }
         let v = self.host.header(map, name);
         if let Ok(mut seen) = self.reads.headers.try_borrow_mut() {
             // Bounded: a callback reads a handful of names; past 64 the reads are not kept.
@@ -124,7 +149,16 @@ impl<H: Host + ?Sized> Host for Part<'_, H> {
     }
 
     fn headers(&self, map: Map) -> Vec<(String, String)> {
-        self.host.headers(map)
+        if let Ok(all) = self.reads.all.try_borrow() {
+            if let Some((_, pairs)) = all.iter().find(|(m, _)| *m == map) {
+                return pairs.clone();
+            }
+        }
+        let pairs = self.host.headers(map);
+        if let Ok(mut all) = self.reads.all.try_borrow_mut() {
+            all.push((map, pairs.clone()));
+        }
+        pairs
     }
 
     fn set_header(&self, map: Map, name: &str, value: &str) -> bool {
@@ -262,6 +296,34 @@ mod tests {
         assert_eq!(p.now_ms(), 5);
         h.set_now(9);
         assert_eq!(p.now_ms(), 5, "one clock read per callback");
+    }
+
+    #[test]
+    fn an_every_header_read_answers_later_single_reads_until_a_change() {
+        let h = MemHost::new();
+        h.respond(200, &[("x-sg", "shed"), ("x-bin", "\u{FFFD}")], b"");
+        let reads = Reads::default();
+        let fx = Effects::default();
+        let p = Part::new(&h, &reads, &fx);
+        assert_eq!(p.headers(Map::Response).len(), 3);
+        h.respond(503, &[], b"");
+        assert_eq!(
+            p.header(Map::Response, ":status").as_deref(),
+            Some(&b"200"[..])
+        );
+        assert_eq!(
+            p.header(Map::Response, "x-sg").as_deref(),
+            Some(&b"shed"[..])
+        );
+        assert_eq!(p.header(Map::Response, "x-none"), None);
+        // A value the lossy copy may have changed is read from the host.
+        assert_eq!(p.header(Map::Response, "x-bin"), None);
+        assert!(p.remove_header(Map::Response, "x-sg"));
+        assert_eq!(
+            p.header(Map::Response, ":status").as_deref(),
+            Some(&b"503"[..])
+        );
+        assert_eq!(p.headers(Map::Response).len(), 1);
     }
 
     #[test]

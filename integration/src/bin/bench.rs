@@ -29,6 +29,11 @@ const TARGET: f64 = 1.15;
 const BREAKER_TARGET: f64 = 1.2;
 /// `sli` may cost at most this much Envoy CPU per request relative to `noop_wasm`.
 const SLI_TARGET: f64 = 1.2;
+/// The chain of five filters may cost at most this much relative to five no-op filters.
+const CHAIN_TARGET: f64 = 1.25;
+/// The combined module with all five parts may cost at most this much relative to ONE no-op
+/// filter.
+const COMBINED_TARGET: f64 = 1.2;
 const BLOG_IDS: u32 = 1000;
 
 /// What a variant runs in front of the ingress route (which answers `200 ok` itself).
@@ -42,6 +47,9 @@ enum Setup {
     /// No spikeguard filter; this HTTP filter first in the egress chain, which answers
     /// `200 ok` itself; the load goes to the egress listener.
     EgressPrepend(fn() -> Value),
+    /// No spikeguard filter of the bundle; these HTTP filters first in the ingress chain, in
+    /// this order.
+    PrependAll(fn() -> Vec<Value>),
     /// Only this spikeguard filter of the egress listener (which then answers `200 ok`
     /// itself), with this config; the load goes to the egress listener.
     Egress(&'static str, fn() -> Value),
@@ -153,6 +161,27 @@ const VARIANTS: &[Variant] = &[
         min_cache_hit_percent: None,
     },
     Variant {
+        name: "noop_wasm_x5",
+        description: "five `sg_noop.wasm` filters in the ingress chain: the floor of any five-filter Wasm chain (five VM entries per callback)",
+        setup: Setup::PrependAll(noop_x5),
+        counters: None,
+        min_cache_hit_percent: None,
+    },
+    Variant {
+        name: "chain5",
+        description: "the five filters as five Wasm filters in the ingress chain, in the bundle's order `sli` → `hotkey` → `simplepage` → `ratelimit` → `breaker`, each with its bench config above (sli: the bundle's; breaker: API `bench` matching every request, CLOSED); nothing is limited, shed, diverted or refused",
+        setup: Setup::PrependAll(chain5),
+        counters: Some(RATELIMIT_COUNTERS),
+        min_cache_hit_percent: None,
+    },
+    Variant {
+        name: "combined",
+        description: "`sg_combined.wasm`, ONE Wasm filter whose config holds the same five sections as `chain5`: the same work, one VM entry per callback, one read of each request header, property and the clock shared by the five parts",
+        setup: Setup::PrependAll(combined),
+        counters: Some(RATELIMIT_COUNTERS),
+        min_cache_hit_percent: None,
+    },
+    Variant {
         name: "native_local_ratelimit",
         description: "`envoy.filters.http.local_ratelimit`, token bucket of 10^8 tokens refilled every 1 s, enabled and enforced 100%; never limits",
         setup: Setup::Prepend(native_local_ratelimit_filter),
@@ -217,6 +246,38 @@ fn breaker_nomatch_cfg() -> Value {
     let mut api = breaker_api();
     api["match"] = json!({"path_prefix": "/never-matches"});
     json!({"apis": [api]})
+}
+
+fn noop_x5() -> Vec<Value> {
+    (1..=5)
+        .map(|i| Bundle::wasm_filter(&format!("noop{i}"), "noop", &json!({})))
+        .collect()
+}
+
+/// The five filters' bench configs, in the chain's order.
+fn five() -> [(&'static str, Value); 5] {
+    [
+        ("sli", sli_cfg()),
+        ("hotkey", hotkey_cfg()),
+        ("simplepage", simplepage_cfg()),
+        ("ratelimit", ratelimit_cfg()),
+        ("breaker", breaker_cfg()),
+    ]
+}
+
+fn chain5() -> Vec<Value> {
+    five()
+        .iter()
+        .map(|(name, cfg)| Bundle::wasm_filter(name, name, cfg))
+        .collect()
+}
+
+fn combined() -> Vec<Value> {
+    let sections: serde_json::Map<String, Value> = five()
+        .into_iter()
+        .map(|(name, cfg)| (name.to_string(), cfg))
+        .collect();
+    vec![Bundle::wasm_filter("combined", "combined", &Value::Object(sections))]
 }
 
 fn noop_filter() -> Value {
@@ -344,6 +405,12 @@ fn bundle(v: &Variant) -> Res<Bundle> {
         Setup::Only(filter, config) => {
             b.keep_filters(&[filter]);
             b.set_filter_config(filter, &config()).map_err(e)?;
+        }
+        Setup::PrependAll(filters) => {
+            b.keep_filters(&[]);
+            for f in filters().into_iter().rev() {
+                b.prepend_http_filter("ingress", f).map_err(e)?;
+            }
         }
         Setup::EgressPrepend(filter) => {
             b.answer_directly("egress", "ok\n").map_err(e)?;
@@ -683,6 +750,29 @@ fn sli_verdict(o: &Opts, res: &Results) -> Option<(String, bool)> {
     Some((md, all))
 }
 
+/// `name` vs `reference` per concurrency against `target`: (markdown table, met everywhere).
+fn ratio_verdict(
+    o: &Opts,
+    res: &Results,
+    name: &str,
+    reference: &str,
+    target: f64,
+) -> Option<(String, bool)> {
+    let idx = |n: &str| o.variants.iter().position(|v| v == n);
+    let (r, v) = (idx(reference)?, idx(name)?);
+    let mut md = format!("| concurrency | CPU/req {name} ÷ {reference} | req/s {name} ÷ {reference} | extra CPU per request | ≤ {target}? |\n|---|---:|---:|---:|---|\n");
+    let mut all = true;
+    for (ci, conc) in o.concurrency.iter().enumerate() {
+        let (n, b) = (&res[ci][r], &res[ci][v]);
+        let ((c, cs), rs) = (ratio(b, n, CPU), ratio(b, n, RPS).1);
+        all &= c <= target;
+        let extra = med(b, CPU) - med(n, CPU);
+        let met = if c <= target { "met" } else { "**not met**" };
+        let _ = writeln!(md, "| {conc} | {cs} | {rs} | {extra:+.2} µs | {met} |");
+    }
+    Some((md, all))
+}
+
 /// One load generator's run against the plain target.
 struct Cross {
     name: &'static str,
@@ -860,6 +950,8 @@ fn report(o: &Opts, args: &[String], machine: &str, results: &str) -> String {
     md + results + "\n" + NOISE
 }
 
+const MET: &str = "\nTarget **met** at every concurrency measured.\n";
+
 /// Results, verdict and cross-check sections (written to the file and printed).
 fn results(o: &Opts, res: &Results, cross: &Res<Vec<Cross>>) -> String {
     let mut md = String::from("\n## Results\n") + &tables(o, res);
@@ -893,6 +985,20 @@ fn results(o: &Opts, res: &Results, cross: &Res<Vec<Cross>>) -> String {
         } else {
             "\nTarget **not met**: see the variant description for what `sli` does per request.\n"
         };
+    }
+    if let Some((table, met)) = ratio_verdict(o, res, "chain5", "noop_wasm_x5", CHAIN_TARGET) {
+        md += "\n## Five-filter chain vs five no-op Wasm filters\n\nTarget: the five filters as five Wasm filters (`chain5`) cost at most 1.25x the Envoy CPU per request of five no-op Wasm filters (`noop_wasm_x5`).\n\n";
+        md += &table;
+        md += if met { MET } else { "\nTarget **not met**.\n" };
+    }
+    if let Some((table, met)) = ratio_verdict(o, res, "combined", "noop_wasm", COMBINED_TARGET) {
+        md += "\n## Combined module vs ONE no-op Wasm filter\n\nTarget: `sg_combined.wasm` with all five parts active (`combined`) costs at most 1.2x the Envoy CPU per request of one no-op Wasm filter (`noop_wasm`).\n\n";
+        md += &table;
+        md += if met { MET } else { "\nTarget **not met**.\n" };
+        if let Some((t, _)) = ratio_verdict(o, res, "combined", "chain5", 1.0) {
+            md += "\nThe same work as one filter instead of five (`combined` ÷ `chain5`; the last column only says whether it is cheaper):\n\n";
+            md += &t;
+        }
     }
     md += "\n## Load-generator cross-check\n\n";
     match cross {
