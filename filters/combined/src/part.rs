@@ -16,6 +16,8 @@ use std::cell::{Cell, RefCell};
 type HeaderRead = (Map, String, Option<Vec<u8>>);
 /// A property read: path, value (None: absent).
 type PropertyRead = (Vec<String>, Option<Vec<u8>>);
+/// An every-header read of a map.
+type AllRead = (Map, Vec<(String, String)>);
 
 /// What the parts of one callback have read from the host.
 #[derive(Default)]
@@ -24,7 +26,7 @@ pub struct Reads {
     headers: RefCell<Vec<HeaderRead>>,
     properties: RefCell<Vec<PropertyRead>>,
     /// Every header of a map, as `headers` returned it (names lower-case, values lossy).
-    all: RefCell<Vec<(Map, Vec<(String, String)>)>>,
+    all: RefCell<Vec<AllRead>>,
 }
 
 impl Reads {
@@ -45,7 +47,7 @@ impl Reads {
     /// A header's value from an every-header read of its map: Some(None) when that read has
     /// no such header, None when there was no such read or its value was not valid UTF-8
     /// (the lossy copy would differ from the raw bytes).
-    fn from_all(&self, map: Map, name: &str) -> Option<Option<Vec<u8>>> {
+    fn in_all(&self, map: Map, name: &str) -> Option<Option<Vec<u8>>> {
         let all = self.all.try_borrow().ok()?;
         let (_, pairs) = all.iter().find(|(m, _)| *m == map)?;
         match pairs.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)) {
@@ -135,7 +137,7 @@ impl<H: Host + ?Sized> Host for Part<'_, H> {
                 return v.clone();
             }
         }
-        if let Some(v) = self.reads.from_all(map, name) {
+        if let Some(v) = self.reads.in_all(map, name) {
             return v;
         }
         let v = self.host.header(map, name);

@@ -4,9 +4,10 @@
 //! way Envoy drives one (request forwards until a reply or a pause; a resumed request goes on
 //! to the next filter; the response backwards through the filters the request reached;
 //! `on_log` to every filter); the combined module is one filter in the same driver.
+#![allow(clippy::expect_used, clippy::indexing_slicing)] // test code: fail loudly
 
 use sg_combined::filter::Combined;
-use sg_core::host::{Flow, Host, Plugin};
+use sg_core::host::{Flow, Plugin};
 use sg_core::testing::MemHost;
 use std::collections::{BTreeMap, HashMap};
 
@@ -147,7 +148,7 @@ impl Driver {
     fn tick(&mut self, now: u64, headers: &[(&str, &str)]) {
         for i in 0..self.stages.len() {
             let p = self.stages[i].period();
-            if p > 0 && now % p == 0 {
+            if p > 0 && now.is_multiple_of(p) {
                 self.stages[i].tick(&self.h);
                 for id in self.h.take_resumed() {
                     let at = self.paused.remove(&id).expect("a paused stream resumed");
@@ -335,7 +336,7 @@ fn a_held_request_goes_through_the_parts_after_the_one_that_paused_it() {
     // The lease holder applies the flag on its first ticks.
     for t in 1..=500 {
         h.set_now(t);
-        if t % h.tick_period_ms().max(1) == 0 {
+        if t.is_multiple_of(h.tick_period_ms().max(1)) {
             c.on_tick(&h, &mut p);
         }
     }
@@ -358,7 +359,7 @@ fn a_held_request_goes_through_the_parts_after_the_one_that_paused_it() {
     assert!(h.take_replies().is_empty(), "held, not answered");
     for t in 1..=2000 {
         h.set_now(1_000 + t);
-        if t % h.tick_period_ms().max(1) == 0 {
+        if t.is_multiple_of(h.tick_period_ms().max(1)) {
             c.on_tick(&h, &mut p);
         }
     }

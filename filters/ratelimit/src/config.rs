@@ -107,7 +107,28 @@ sg_core::rule_config! {
         /// Also count (and limit) requests diverted to the simple page (`divert_header`).
         #[serde(default)]
         pub include_diverted: bool,
+        /// Opt-in leased mode (`nodelay` rules only): a worker takes up to `tokens` requests
+        /// of a key's budget from shared data at once and admits them locally for `ms`,
+        /// returning what it did not use. Fewer shared-data calls; docs/RATELIMIT.md states
+        /// the error bound.
+        #[serde(default)]
+        pub lease: Option<LeaseConfig>,
     }
+}
+
+/// `lease`: how many requests a worker takes at once, and for how long it may spend them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LeaseConfig {
+    pub tokens: u32,
+    pub ms: u64,
+}
+
+/// A compiled lease: at most `tokens` requests per take (at least 2), spent within `ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub tokens: u32,
+    pub ms: u64,
 }
 
 fn default_max_keys() -> u32 {
@@ -127,6 +148,8 @@ pub struct Rule {
     pub include_diverted: bool,
     /// Number of shared-data slot keys (sets of 4 keys).
     pub sets: u32,
+    /// Leased mode (None: every request is charged in shared data).
+    pub lease: Option<Lease>,
 }
 
 #[derive(Debug, Clone)]
@@ -272,7 +295,39 @@ impl Compile for Config {
                     format!("must be from 1 to {MAX_KEYS}"),
                 ));
             }
+            let lease = match r.lease {
+                None => None,
+                Some(l) => {
+                    let at = format!("{path}.lease");
+                    if r.mode != ModeConfig::NoDelay {
+                        return Err(ConfigError::new(at, "only for mode \"nodelay\""));
+                    }
+                    if r.dry_run {
+                        return Err(ConfigError::new(
+                            at,
+                            "not with dry_run (a dry run is exact)",
+                        ));
+                    }
+                    if !(2..=1000).contains(&l.tokens) {
+                        return Err(ConfigError::new(
+                            format!("{at}.tokens"),
+                            "must be from 2 to 1000",
+                        ));
+                    }
+                    if !(1..=10_000).contains(&l.ms) {
+                        return Err(ConfigError::new(
+                            format!("{at}.ms"),
+                            "must be from 1 to 10000",
+                        ));
+                    }
+                    Some(Lease {
+                        tokens: l.tokens,
+                        ms: l.ms,
+                    })
+                }
+            };
             rules.push(Rule {
+                lease,
                 name: r.name.clone(),
                 matcher: head.matcher,
                 key: head.key,

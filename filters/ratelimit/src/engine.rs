@@ -7,10 +7,11 @@
 //! read and one write.
 
 use crate::config::{FailMode, Plan, Rule};
-use crate::limiter::{delay_ms, reset_s, retry_after_s, Probe, Slot};
+use crate::limiter::{delay_ms, give_back, reset_s, retry_after_s, take, Probe, Slot};
 use sg_core::hash::{hash64, slot_of};
 use sg_core::key::RequestView;
 use sg_core::shared::{update_from, SharedStore, Step, Update, Versioned};
+use std::collections::HashMap;
 
 /// Shared-data key of a rule's slot: `sg:rl:<rule>:<slot>`.
 pub use sg_core::keys::rl_slot as slot_key;
@@ -58,6 +59,113 @@ pub struct Verdict {
     pub evicted_in_debt: u32,
 }
 
+/// Leases a worker holds at most (a key beyond them is charged per request).
+pub const MAX_LEASES: usize = 4096;
+
+/// What a worker may still admit locally for one key of a leased rule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub left: u32,
+    /// Spendable before this time (ms).
+    pub until: u64,
+}
+
+/// A worker's leases (leased mode), by (rule index, key fingerprint). Bounded by
+/// [`MAX_LEASES`]; expired leases are given back on the tick (`give_back_expired`).
+#[derive(Debug, Default)]
+pub struct Leases {
+    held: HashMap<(usize, u64), Held>,
+}
+
+impl Leases {
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+    /// Whether the lease of this key can admit a request now.
+    fn can_spend(&self, idx: usize, fp: u64, now: u64) -> bool {
+        self.held
+            .get(&(idx, fp))
+            .is_some_and(|h| h.left > 0 && now < h.until)
+    }
+    fn spend(&mut self, idx: usize, fp: u64) {
+        if let Some(h) = self.held.get_mut(&(idx, fp)) {
+            h.left = h.left.saturating_sub(1);
+        }
+    }
+    /// Records a new lease. Returns the tokens to give back at once: the new lease's when
+    /// the book is full, else those an expired lease of the same key left unused (a lease
+    /// is replaced only when spent or expired).
+    fn grant(&mut self, idx: usize, fp: u64, held: Held) -> u32 {
+        if self.held.len() >= MAX_LEASES && !self.held.contains_key(&(idx, fp)) {
+            return held.left;
+        }
+        self.held.insert((idx, fp), held).map_or(0, |old| old.left)
+    }
+    fn take_all(&mut self) -> Vec<(usize, u64, u32)> {
+        self.held
+            .drain()
+            .filter(|(_, h)| h.left > 0)
+            .map(|((idx, fp), h)| (idx, fp, h.left))
+            .collect()
+    }
+    /// Removes the leases expired at `now` (or spent): (rule, fingerprint, unused).
+    fn take_expired(&mut self, now: u64) -> Vec<(usize, u64, u32)> {
+        let mut out = Vec::new();
+        self.held.retain(|&(idx, fp), h| {
+            let keep = h.left > 0 && now < h.until;
+            if !keep && h.left > 0 {
+                out.push((idx, fp, h.left));
+            }
+            keep
+        });
+        out
+    }
+}
+
+/// Gives the unused tokens of every lease expired at `now` back to shared data (one CAS
+/// per lease). Returns how many requests' worth were given back.
+pub fn give_back_expired<S: SharedStore + ?Sized>(
+    plan: &Plan,
+    store: &S,
+    leases: &mut Leases,
+    now: u64,
+) -> u64 {
+    let mut given = 0u64;
+    for (idx, fp, unused) in leases.take_expired(now) {
+        let Some(rule) = plan.rules.get(idx) else {
+            continue;
+        };
+        given += u64::from(unused);
+        give_back_one(plan, store, rule, fp, unused);
+    }
+    given
+}
+
+fn give_back_one<S: SharedStore + ?Sized>(
+    plan: &Plan,
+    store: &S,
+    rule: &Rule,
+    fp: u64,
+    unused: u32,
+) {
+    let key = slot_key(&rule.name, slot_of(fp, rule.sets));
+    let _ = sg_core::shared::update(store, &key, plan.cas_attempts, |cur| {
+        let mut bad = 0;
+        let mut slot = decode(cur, &mut bad);
+        match slot.entries.iter_mut().find(|(f, _)| *f == fp) {
+            Some((_, e)) => {
+                *e = give_back(*e, unused);
+                Step::Write(slot.encode(), ())
+            }
+            // Evicted meanwhile: its debt is in the floor, shared by the slot; keep it.
+            None => Step::Keep(()),
+        }
+    });
+}
+
 struct Pending<'a> {
     idx: usize,
     rule: &'a Rule,
@@ -66,6 +174,8 @@ struct Pending<'a> {
     read: Option<Versioned>,
     slot: Option<Slot>,
     probe: Probe,
+    /// Admitted from this worker's lease: no shared-data call.
+    local: bool,
 }
 
 fn decode(v: Option<&[u8]>, bad: &mut u32) -> Slot {
@@ -91,6 +201,27 @@ pub fn check<S: SharedStore + ?Sized, R: RequestView + ?Sized>(
     req: &R,
     route: Option<&str>,
     clock: impl FnOnce() -> u64,
+) -> Verdict {
+    let mut leases = Leases::default();
+    let v = check_leased(plan, store, req, route, clock, &mut leases);
+    // Without a worker to keep them, leases are given back at once.
+    for (idx, fp, unused) in leases.take_all() {
+        if let Some(rule) = plan.rules.get(idx) {
+            give_back_one(plan, store, rule, fp, unused);
+        }
+    }
+    v
+}
+
+/// As [`check`], with this worker's leases: a leased rule admits from a lease when it can,
+/// and otherwise takes a new one when it charges shared data.
+pub fn check_leased<S: SharedStore + ?Sized, R: RequestView + ?Sized>(
+    plan: &Plan,
+    store: &S,
+    req: &R,
+    route: Option<&str>,
+    clock: impl FnOnce() -> u64,
+    leases: &mut Leases,
 ) -> Verdict {
     let mut clock = Some(clock);
     let mut now_cell: Option<u64> = None;
@@ -133,6 +264,23 @@ pub fn check<S: SharedStore + ?Sized, R: RequestView + ?Sized>(
         };
         let fp = hash64(rule.name.as_bytes(), &key_bytes);
         let key = slot_key(&rule.name, slot_of(fp, rule.sets));
+        if rule.lease.is_some() && leases.can_spend(idx, fp, now()) {
+            pending.push(Pending {
+                idx,
+                rule,
+                key,
+                fp,
+                read: None,
+                slot: None,
+                probe: Probe {
+                    excess: 0,
+                    busy: false,
+                    charged: Default::default(),
+                },
+                local: true,
+            });
+            continue;
+        }
         let read = match store.get(&key) {
             Ok(r) => r,
             Err(_) => {
@@ -177,6 +325,7 @@ pub fn check<S: SharedStore + ?Sized, R: RequestView + ?Sized>(
             read: Some(read),
             slot: Some(slot),
             probe,
+            local: false,
         });
     }
 
@@ -187,6 +336,13 @@ pub fn check<S: SharedStore + ?Sized, R: RequestView + ?Sized>(
     let mut charged_any = false;
     for p in pending.iter_mut() {
         let rule = p.rule;
+        if p.local {
+            leases.spend(p.idx, p.fp);
+            charged_any = true;
+            v.rules.push((p.idx, RuleOutcome::Allowed));
+            continue;
+        }
+        let want = rule.lease.map_or(1, |l| l.tokens);
         let first_probe = p.probe;
         let mut first = p.slot.take();
         let mut bad = 0u32;
@@ -206,15 +362,27 @@ pub fn check<S: SharedStore + ?Sized, R: RequestView + ?Sized>(
             if probe.busy && (rule.dry_run || !charged_any) {
                 return Step::Keep(Err(probe.excess));
             }
-            evicted = slot.store(p.fp, probe.charged, &rule.params, now);
-            Step::Write(slot.encode(), Ok(probe.excess))
+            let (state, n) = take(&probe, want, &rule.params);
+            evicted = slot.store(p.fp, state, &rule.params, now);
+            Step::Write(slot.encode(), Ok((probe.excess, n)))
         });
         v.bad_state += bad;
         match res {
             Update::Done {
-                result: Ok(excess), ..
+                result: Ok((excess, n)),
+                ..
             } => {
                 charged_any = true;
+                if let Some(l) = rule.lease.filter(|_| n > 1) {
+                    let held = Held {
+                        left: n - 1,
+                        until: now.saturating_add(l.ms),
+                    };
+                    let back = leases.grant(p.idx, p.fp, held);
+                    if back > 0 {
+                        give_back_one(plan, store, rule, p.fp, back);
+                    }
+                }
                 if evicted {
                     v.evicted_in_debt += 1;
                 }

@@ -4,7 +4,7 @@
 //! proxy-wasm callbacks here.
 
 use crate::config::{Config, Plan};
-use crate::engine::{check, Action, RuleOutcome, Verdict};
+use crate::engine::{check, check_leased, give_back_expired, Action, Leases, RuleOutcome, Verdict};
 use sg_core::host::{configure, set_tick, Flow, Host, HostRequest, Map, Plugin};
 use sg_core::keys::rl_slot;
 use sg_core::metrics::Counter;
@@ -36,6 +36,7 @@ sg_core::metrics! {
     pub struct FilterMetrics {
         evicted_in_debt: Counter = "evicted_in_debt", "keys evicted from a full slot while still in debt";
         resumed: Counter = "resumed", "delayed requests resumed";
+        lease_given_back: Counter = "lease_given_back", "leased requests a worker did not use, given back to shared data";
     }
 }
 
@@ -89,6 +90,8 @@ pub struct Filter {
     pub m: Metrics,
     /// Requests held for a delay: (due time ms, context id). Bounded by requests in flight.
     held: RefCell<Vec<(u64, u32)>>,
+    /// This worker's leases (leased rules only; bounded by `engine::MAX_LEASES`).
+    leases: RefCell<Leases>,
 }
 
 fn quota_headers(plan: &Plan, v: &Verdict) -> Option<(String, String)> {
@@ -117,7 +120,18 @@ impl Plugin for Filter {
                 .iter()
                 .flat_map(|r| (0..r.sets).map(move |slot| rl_slot(&r.name, slot))),
         );
-        let tick = if plan.delays { TICK_MS } else { FLUSH_TICK_MS };
+        // Leases are given back within a tick of their end.
+        let lease_ms = plan
+            .rules
+            .iter()
+            .filter_map(|r| r.lease)
+            .map(|l| l.ms)
+            .min();
+        let tick = if plan.delays {
+            TICK_MS
+        } else {
+            lease_ms.map_or(FLUSH_TICK_MS, |ms| ms.clamp(TICK_MS, FLUSH_TICK_MS))
+        };
         set_tick(
             host,
             FILTER,
@@ -133,6 +147,7 @@ impl Plugin for Filter {
             m: Metrics::define(host, FILTER, plan.rules.iter().map(|r| r.name.as_str())),
             plan,
             held: RefCell::default(),
+            leases: RefCell::default(),
         };
         Some((f, ()))
     }
@@ -149,7 +164,17 @@ impl Plugin for Filter {
         let plan = &self.plan;
         let req = HostRequest::new(host);
         let route = req.route_if(plan.needs_route);
-        let verdict = check(plan, host, &req, route.as_deref(), || req.now());
+        let verdict = match self.leases.try_borrow_mut() {
+            Ok(mut leases) => check_leased(
+                plan,
+                host,
+                &req,
+                route.as_deref(),
+                || req.now(),
+                &mut leases,
+            ),
+            Err(_) => check(plan, host, &req, route.as_deref(), || req.now()),
+        };
         record(&self.m, &verdict);
         let rejected = matches!(verdict.action, Action::Reject { .. });
         if plan.rate_limit_headers || rejected {
@@ -206,6 +231,12 @@ impl Plugin for Filter {
 
     fn on_tick<H: Host + ?Sized>(&self, host: &H, _p: &mut ()) {
         let now = host.now_ms();
+        if let Ok(mut leases) = self.leases.try_borrow_mut() {
+            if !leases.is_empty() {
+                let n = give_back_expired(&self.plan, host, &mut leases, now);
+                self.m.filter.lease_given_back.add(n);
+            }
+        }
         let due: Vec<u32> = match self.held.try_borrow_mut() {
             Ok(mut held) => {
                 let (due, keep): (Vec<_>, Vec<_>) = held.drain(..).partition(|(t, _)| *t <= now);
@@ -238,6 +269,123 @@ mod tests {
         h.get("blog", path);
         let mut s = Stream::new(id);
         (f.on_request(h, &mut s), s)
+    }
+
+    const LEASED: &str = r#"{"rules":[{"name":"all","key":{"fixed":"x"},"rate":"10r/s","burst":20,"mode":"nodelay","lease":{"tokens":8,"ms":100}}]}"#;
+    const EXACT: &str = r#"{"rules":[{"name":"all","key":{"fixed":"x"},"rate":"10r/s","burst":20,"mode":"nodelay"}]}"#;
+
+    fn admitted(f: &Filter, h: &MemHost, n: u32) -> u32 {
+        (0..n)
+            .filter(|i| request(f, h, *i, "/").0 == Flow::Continue)
+            .count() as u32
+    }
+
+    #[test]
+    fn leased_workers_never_admit_more_at_once_than_the_exact_limit() {
+        // Two workers on one shared store, requests at one instant, in turn.
+        let h = MemHost::new();
+        h.set_now(1_000);
+        let (a, b) = (filter(&h, LEASED), filter(&h, LEASED));
+        let mut ok = 0;
+        for i in 0..40 {
+            let w = if i % 2 == 0 { &a } else { &b };
+            ok += admitted(w, &h, 1);
+        }
+        h.take_replies();
+        // nginx admits burst + 1 = 21 at one instant; leases only move tokens between
+        // workers (the second worker's last lease may hold some unused).
+        assert!(ok <= 21, "{ok}");
+        assert!(ok >= 21 - 7, "at most one lease of 8 left unused: {ok}");
+        assert_eq!(
+            h.tick_period_ms(),
+            100,
+            "give-back within a tick of a lease's end"
+        );
+    }
+
+    #[test]
+    fn a_leases_unused_tokens_are_given_back_after_it_ends() {
+        let h = MemHost::new();
+        h.set_now(1_000);
+        let leased = filter(&h, LEASED);
+        assert_eq!(admitted(&leased, &h, 1), 1, "takes 8, uses 1");
+        // Another worker, exact, sees 8 taken: 21 - 8 = 13 left at this instant.
+        let probe = filter(&h, EXACT);
+        h.set_now(1_001);
+        assert_eq!(admitted(&probe, &h, 30), 13);
+        // Same again, but the lease ends and its tick gives the 7 unused back first.
+        let h = MemHost::new();
+        h.set_now(1_000);
+        let leased = filter(&h, LEASED);
+        assert_eq!(admitted(&leased, &h, 1), 1);
+        h.set_now(1_100);
+        leased.on_tick(&h, &mut ());
+        assert_eq!(h.metric("sg.ratelimit.lease_given_back"), Some(7));
+        let probe = filter(&h, EXACT);
+        h.set_now(1_100);
+        let after_give_back = admitted(&probe, &h, 30);
+        // Exactly what the same history (one request at 1,000, then 30 at 1,100) gets with no
+        // lease at all: the unused 7 are not lost.
+        let e = MemHost::new();
+        e.set_now(1_000);
+        let exact = filter(&e, EXACT);
+        assert_eq!(admitted(&exact, &e, 1), 1);
+        e.set_now(1_100);
+        assert_eq!(after_give_back, admitted(&exact, &e, 30));
+        assert_eq!(after_give_back, 21);
+    }
+
+    #[test]
+    fn a_steady_overload_through_a_leased_rule_admits_the_rate_within_the_bound() {
+        // 100 r/s offered for 10 s to a 10 r/s, burst 20 rule by two workers in turn:
+        // exact nginx admits 21 + 10 x 10 = 121 (within one); leased may be early by at most
+        // rate x lease ms (1 request) and late by what the last leases hold unused.
+        for config in [EXACT, LEASED] {
+            let h = MemHost::new();
+            let (a, b) = (filter(&h, config), filter(&h, config));
+            let mut ok = 0;
+            for t in 0..1000u64 {
+                h.set_now(10_000 + t * 10);
+                let w = if t % 2 == 0 { &a } else { &b };
+                ok += admitted(w, &h, 1);
+                if t % 10 == 0 {
+                    a.on_tick(&h, &mut ());
+                    b.on_tick(&h, &mut ());
+                }
+            }
+            h.take_replies();
+            assert!((106..=122).contains(&ok), "{config}: {ok}");
+        }
+    }
+
+    #[test]
+    fn lease_config_is_refused_where_it_cannot_hold() {
+        let h = MemHost::new();
+        for (bad, field) in [
+            (
+                r#""mode":"delay","lease":{"tokens":8,"ms":100}"#,
+                "rules[0].lease",
+            ),
+            (
+                r#""mode":"nodelay","dry_run":true,"lease":{"tokens":8,"ms":100}"#,
+                "rules[0].lease",
+            ),
+            (
+                r#""mode":"nodelay","lease":{"tokens":1,"ms":100}"#,
+                "rules[0].lease.tokens",
+            ),
+            (
+                r#""mode":"nodelay","lease":{"tokens":8,"ms":0}"#,
+                "rules[0].lease.ms",
+            ),
+        ] {
+            h.set_config(&format!(
+                r#"{{"rules":[{{"name":"r","key":{{"fixed":"x"}},"rate":"1r/s",{bad}}}]}}"#
+            ));
+            let e = <crate::config::Config as sg_core::config::Compile>::parse(&h.plugin_config())
+                .expect_err(bad);
+            assert_eq!(e.path, field, "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -124,6 +124,30 @@ pub struct Probe {
     pub charged: Entry,
 }
 
+/// Leased mode: the state after charging up to `n` requests at once, starting with the
+/// accepted `probe` (nginx's arithmetic for `n` requests arriving together: each adds 1000,
+/// and one that would pass `burst` is not taken). Returns that state and how many were
+/// taken (at least 1).
+pub fn take(probe: &Probe, n: u32, p: &Params) -> (Entry, u32) {
+    let mut e = probe.charged;
+    let mut taken = 1u32;
+    while taken < n && e.excess.saturating_add(1000) <= p.burst {
+        e.excess += 1000;
+        taken += 1;
+    }
+    (e, taken)
+}
+
+/// Leased mode: `unused` requests taken earlier are given back to the key, as if they had
+/// never been charged (its excess less `unused` x 1000, never below 0; `last` unchanged, so
+/// the refill since then still counts).
+pub fn give_back(e: Entry, unused: u32) -> Entry {
+    Entry {
+        excess: e.excess.saturating_sub(u64::from(unused) * 1000),
+        last: e.last,
+    }
+}
+
 /// One shared-data slot: up to WAYS (fingerprint, entry) pairs and the eviction floor.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Slot {

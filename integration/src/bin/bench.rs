@@ -161,6 +161,13 @@ const VARIANTS: &[Variant] = &[
         min_cache_hit_percent: None,
     },
     Variant {
+        name: "ratelimit_leased",
+        description: "`ratelimit` with leased mode (`lease: {tokens: 64, ms: 1000}`): a worker charges shared data once per 64 requests of a key (or once a second), and gives back what it did not use on its tick",
+        setup: Setup::Only("ratelimit", ratelimit_leased_cfg),
+        counters: Some(RATELIMIT_COUNTERS),
+        min_cache_hit_percent: None,
+    },
+    Variant {
         name: "noop_wasm_x5",
         description: "five `sg_noop.wasm` filters in the ingress chain: the floor of any five-filter Wasm chain (five VM entries per callback)",
         setup: Setup::PrependAll(noop_x5),
@@ -178,6 +185,13 @@ const VARIANTS: &[Variant] = &[
         name: "combined",
         description: "`sg_combined.wasm`, ONE Wasm filter whose config holds the same five sections as `chain5`: the same work, one VM entry per callback, one read of each request header, property and the clock shared by the five parts",
         setup: Setup::PrependAll(combined),
+        counters: Some(RATELIMIT_COUNTERS),
+        min_cache_hit_percent: None,
+    },
+    Variant {
+        name: "combined_leased",
+        description: "`combined` with the `ratelimit` section in leased mode (as `ratelimit_leased`)",
+        setup: Setup::PrependAll(combined_leased),
         counters: Some(RATELIMIT_COUNTERS),
         min_cache_hit_percent: None,
     },
@@ -265,6 +279,24 @@ fn five() -> [(&'static str, Value); 5] {
     ]
 }
 
+fn sections(parts: [(&'static str, Value); 5]) -> Vec<Value> {
+    let sections: serde_json::Map<String, Value> = parts
+        .into_iter()
+        .map(|(name, cfg)| (name.to_string(), cfg))
+        .collect();
+    vec![Bundle::wasm_filter(
+        "combined",
+        "combined",
+        &Value::Object(sections),
+    )]
+}
+
+fn combined_leased() -> Vec<Value> {
+    let mut parts = five();
+    parts[3].1 = ratelimit_leased_cfg();
+    sections(parts)
+}
+
 fn chain5() -> Vec<Value> {
     five()
         .iter()
@@ -273,11 +305,7 @@ fn chain5() -> Vec<Value> {
 }
 
 fn combined() -> Vec<Value> {
-    let sections: serde_json::Map<String, Value> = five()
-        .into_iter()
-        .map(|(name, cfg)| (name.to_string(), cfg))
-        .collect();
-    vec![Bundle::wasm_filter("combined", "combined", &Value::Object(sections))]
+    sections(five())
 }
 
 fn noop_filter() -> Value {
@@ -302,6 +330,12 @@ fn ratelimit_rule() -> Value {
 
 fn ratelimit_cfg() -> Value {
     json!({"rules": [ratelimit_rule()]})
+}
+
+fn ratelimit_leased_cfg() -> Value {
+    let mut rule = ratelimit_rule();
+    rule["lease"] = json!({"tokens": 64, "ms": 1000});
+    json!({"rules": [rule]})
 }
 
 fn ratelimit_headers_cfg() -> Value {
@@ -988,6 +1022,13 @@ fn results(o: &Opts, res: &Results, cross: &Res<Vec<Cross>>) -> String {
     }
     if let Some((table, met)) = ratio_verdict(o, res, "chain5", "noop_wasm_x5", CHAIN_TARGET) {
         md += "\n## Five-filter chain vs five no-op Wasm filters\n\nTarget: the five filters as five Wasm filters (`chain5`) cost at most 1.25x the Envoy CPU per request of five no-op Wasm filters (`noop_wasm_x5`).\n\n";
+        md += &table;
+        md += if met { MET } else { "\nTarget **not met**.\n" };
+    }
+    if let Some((table, met)) =
+        ratio_verdict(o, res, "combined_leased", "noop_wasm", COMBINED_TARGET)
+    {
+        md += "\n## Combined module, ratelimit leased, vs ONE no-op Wasm filter\n\nThe same target with the `ratelimit` section in leased mode (`combined_leased`).\n\n";
         md += &table;
         md += if met { MET } else { "\nTarget **not met**.\n" };
     }
