@@ -10,6 +10,11 @@
 //! the same ID space with the seed), in the six forms shared links take. Every stream's
 //! clients retry a failed, timed-out, 5xx or 429 answer after a pause, a bounded number of
 //! times ([`LoadConfig::retries`]).
+//!
+//! The app's PostView renders call an outbound API (a third server) through Envoy's egress
+//! listener, where configuration C has the breaker; with [`DrillConfig::api_fails`] that API
+//! fails for the spike phase, and the report says what the calls got (the API, the breaker's
+//! fallback, an error) and whether pages still rendered.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -54,6 +59,60 @@ pub const RECOVERY_BUCKET_MS: u64 = 500;
 
 /// Header simplepage puts on what it answered (simple page or its micro-cache).
 const SIMPLE_HDR: &str = "x-spikeguard-simple-page";
+
+/// Header the app puts on a PostView page: what its API call got (`ok`, `fallback`, `error`).
+pub const API_HDR: &str = "x-api";
+
+/// The breaker's API name (and Envoy cluster) of the bundle's egress listener.
+pub const API_NAME: &str = "outbound_api";
+
+/// A hanging API answers after this long: past the egress route's 1 s timeout.
+pub const API_HANG_MS: u64 = 1500;
+
+/// How often the breaker's state is looked at (C), milliseconds.
+pub const BREAKER_POLL_MS: u64 = 100;
+
+/// The breaker's counters reported per phase (`sg.breaker.outbound_api.<name>`).
+pub const BREAKER_COUNTERS: &[&str] = &[
+    "opened",
+    "transitions",
+    "success",
+    "failure",
+    "slow",
+    "not_permitted",
+    "bulkhead_rejected",
+];
+
+/// How the outbound API fails during the spike phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiFailure {
+    /// Every call is answered `503` at once.
+    Errors,
+    /// Every call is answered after [`API_HANG_MS`]: the egress route times out first (1 s).
+    Hang,
+}
+
+impl ApiFailure {
+    pub fn parse(s: &str) -> Option<ApiFailure> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "errors" | "503" => Some(ApiFailure::Errors),
+            "hang" => Some(ApiFailure::Hang),
+            _ => None,
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            ApiFailure::Errors => "every call answered 503",
+            ApiFailure::Hang => "every call hangs 1.5 s (past the egress route's 1 s timeout)",
+        }
+    }
+}
+
+fn default_api_latency_ms() -> u64 {
+    2
+}
 
 /// A protection configuration.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -122,6 +181,12 @@ pub struct DrillConfig {
     pub client_timeout_ms: u64,
     /// Envoy `--concurrency`.
     pub envoy_workers: u32,
+    /// Service time of the outbound API the app's PostView renders call.
+    #[serde(default = "default_api_latency_ms")]
+    pub api_latency_ms: u64,
+    /// The outbound API fails this way for the spike phase (none: it never fails).
+    #[serde(default)]
+    pub api_fails: Option<ApiFailure>,
 }
 
 impl Default for DrillConfig {
@@ -141,6 +206,8 @@ impl Default for DrillConfig {
             retry_delay_ms: 200,
             client_timeout_ms: 2000,
             envoy_workers: 2,
+            api_latency_ms: default_api_latency_ms(),
+            api_fails: None,
         }
     }
 }
@@ -197,6 +264,10 @@ pub struct UserStats {
     pub retries: u64,
     /// Attempts by outcome (see [`outcome`]).
     pub outcomes: BTreeMap<String, u64>,
+    /// Attempts answered by the app's PostView page, by what its API call got (the page's
+    /// `x-api`: `ok`, `fallback` a 200 page without the API's part, `error` a 502).
+    #[serde(default)]
+    pub pages_by_api: BTreeMap<String, u64>,
 }
 
 /// The app and the simple-page backend in one phase.
@@ -214,6 +285,44 @@ pub struct UpstreamPhase {
     pub simple_backend: u64,
 }
 
+/// The outbound API in one phase: the calls the app's page renders made (through the egress
+/// listener) and what answered them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ApiPhase {
+    /// The API was failing in this phase ([`DrillConfig::api_fails`]).
+    pub failing: bool,
+    pub calls: u64,
+    /// Calls by outcome as the app saw them: `ok` (the API's 2xx), `fallback_<reason>` (the
+    /// breaker's fallback: open, half_open, bulkhead), `error` (any other status, a timeout).
+    pub outcomes: BTreeMap<String, u64>,
+    /// Requests that reached the API server.
+    pub api_received: u64,
+    /// The breaker's counters over the phase (`sg.breaker.outbound_api.*`; C only).
+    pub breaker: BTreeMap<String, i64>,
+}
+
+impl ApiPhase {
+    fn count(&self, prefix: &str) -> u64 {
+        self.outcomes
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(_, v)| *v)
+            .sum()
+    }
+
+    pub fn ok(&self) -> u64 {
+        self.count("ok")
+    }
+
+    pub fn fallback(&self) -> u64 {
+        self.count("fallback")
+    }
+
+    pub fn errors(&self) -> u64 {
+        self.count("error")
+    }
+}
+
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct PhaseReport {
     pub phase: String,
@@ -223,6 +332,8 @@ pub struct PhaseReport {
     /// backend served).
     pub hot_from_cache: u64,
     pub upstream: UpstreamPhase,
+    #[serde(default)]
+    pub api: ApiPhase,
 }
 
 /// One bucket of the timeline.
@@ -262,6 +373,14 @@ pub struct ConfigReport {
     /// (of the rest of the after phase, together) have no failure and a p99 within 1.25x (at
     /// least +5 ms) of their pre-spike p99; none if never.
     pub recover_ms: Option<u64>,
+    /// Spike start (the API starting to fail) to the first look, every 100 ms, that found
+    /// the breaker open (C only).
+    #[serde(default)]
+    pub breaker_open_ms: Option<u64>,
+    /// Spike end (the API answering again) to the first look that found the breaker closed
+    /// again after it had opened; none if it did not close before the drill ended (C only).
+    #[serde(default)]
+    pub breaker_close_ms: Option<u64>,
     pub targets: Vec<Target>,
     pub timeline: Vec<Bucket>,
 }
@@ -337,19 +456,39 @@ fn scale_bundle(b: &mut Bundle, capacity_rps: f64) -> io::Result<()> {
     b.set_filter_config("ratelimit", &rl)
 }
 
-/// What stands in front of the app for one configuration (dropped after the run).
+/// What stands in front of the app for one configuration (dropped after the run), and the
+/// Envoy whose egress listener the app's API calls go through.
 enum Front {
     Envoy(Envoy),
-    Nginx(Nginx),
+    /// nginx, and an Envoy with no filter for the egress listener only (as A's).
+    Nginx(Nginx, Envoy),
 }
 
 impl Front {
     fn url(&self) -> String {
         match self {
             Front::Envoy(e) => e.url(),
-            Front::Nginx(n) => n.url(),
+            Front::Nginx(n, _) => n.url(),
         }
     }
+
+    fn egress(&self) -> &Envoy {
+        match self {
+            Front::Envoy(e) | Front::Nginx(_, e) => e,
+        }
+    }
+}
+
+/// An Envoy with no spikeguard filter and its cluster limits raised (A's): its egress
+/// listener is a plain proxy to the API (route timeout 1 s).
+fn plain_bundle(app: &Upstream, simple: &Upstream, api: &Upstream) -> io::Result<Bundle> {
+    let mut b = Bundle::load()?;
+    b.keep_filters(&[]);
+    b.raise_circuit_breakers(100_000);
+    b.set_cluster_port("main_app", app.port)?;
+    b.set_cluster_port("simple_page", simple.port)?;
+    b.set_cluster_port(API_NAME, api.port)?;
+    Ok(b)
 }
 
 fn start_front(
@@ -357,6 +496,7 @@ fn start_front(
     cfg: &DrillConfig,
     app: &Upstream,
     simple: &Upstream,
+    api: &Upstream,
 ) -> io::Result<(Front, String)> {
     let cap = cfg.capacity_rps();
     if p == Protection::N {
@@ -369,37 +509,38 @@ fn start_front(
             503,
             Some(1000),
         )?;
+        let egress = plain_bundle(app, simple, api)?.launch(cfg.envoy_workers)?;
         let desc = format!(
-            "nginx (Debian) -> app: limit_req_zone $binary_remote_addr rate={r}r/s; limit_req burst={burst} nodelay (the talk's 1000r/s burst=1000 for a 1,600/s app, scaled); 503; proxy_read_timeout 1s"
+            "nginx (Debian) -> app: limit_req_zone $binary_remote_addr rate={r}r/s; limit_req burst={burst} nodelay (the talk's 1000r/s burst=1000 for a 1,600/s app, scaled); 503; proxy_read_timeout 1s; the app's API calls through an Envoy egress listener with no filter (as A)"
         );
-        return Ok((Front::Nginx(n), desc));
+        return Ok((Front::Nginx(n, egress), desc));
     }
     let mut b = Bundle::load()?;
     let desc = match p {
         Protection::A => {
             b.keep_filters(&[]);
             b.raise_circuit_breakers(100_000);
-            "envoy, no spikeguard filter, cluster limits raised to 100,000 (route timeout 1 s)"
+            "envoy, no spikeguard filter (ingress or egress), cluster limits raised to 100,000 (route timeouts 1 s)"
                 .to_string()
         }
         Protection::B => {
             b.keep_filters(&[]);
             b.raise_circuit_breakers(100_000);
             b.prepend_http_filter("ingress", native_local_ratelimit(cap))?;
-            format!("envoy local_ratelimit: token bucket {cap:.0}/s (refill every 100 ms), 429; cluster limits raised")
+            format!("envoy local_ratelimit: token bucket {cap:.0}/s (refill every 100 ms), 429; cluster limits raised; egress with no filter")
         }
         _ => {
             scale_bundle(&mut b, cap)?;
             let (r, burst) = scaled_limit_req(cap);
             format!(
-                "envoy.yaml bundle (sli, hotkey, simplepage, ratelimit; egress sli, breaker); hotkey threshold {:.0}/s and 10%, tick 100 ms; ratelimit per_blog 20r/s burst 2, global {r}r/s burst {burst}; envoy.yaml's cluster limits",
+                "envoy.yaml bundle (sli, hotkey, simplepage, ratelimit; egress sli, breaker as in envoy.yaml); hotkey threshold {:.0}/s and 10%, tick 100 ms; ratelimit per_blog 20r/s burst 2, global {r}r/s burst {burst}; envoy.yaml's cluster limits",
                 (cap / 10.0).round()
             )
         }
     };
     b.set_cluster_port("main_app", app.port)?;
     b.set_cluster_port("simple_page", simple.port)?;
-    b.set_cluster_port("outbound_api", app.port)?;
+    b.set_cluster_port(API_NAME, api.port)?;
     let e = b.launch(cfg.envoy_workers)?;
     Ok((Front::Envoy(e), desc))
 }
@@ -478,6 +619,13 @@ fn user_stats(records: &[(u64, &Record)], phase: (u64, u64)) -> UserStats {
             s.retries += 1;
         }
         *s.outcomes.entry(outcome(r).to_string()).or_default() += 1;
+        if let Some((_, v)) = r
+            .headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(API_HDR))
+        {
+            *s.pages_by_api.entry(v.clone()).or_default() += 1;
+        }
         if !r.retried {
             s.requests += 1;
             if (200..400).contains(&r.status) {
@@ -519,17 +667,99 @@ fn upstream_phase(cfg: &DrillConfig, app: &UpstreamStats, simple: &UpstreamStats
     }
 }
 
-/// Runs one configuration: fresh app and simple-page backend, the front, the three phases.
+/// The breaker's counters (cumulative, short names) on an Envoy.
+fn breaker_counters(e: &Envoy) -> BTreeMap<String, i64> {
+    let prefix = format!("wasmcustom.sg.breaker.{API_NAME}.");
+    e.stats_matching(&format!("sg.breaker.{API_NAME}."))
+        .into_iter()
+        .filter_map(|(k, v)| {
+            let short = k.strip_prefix(&prefix)?;
+            BREAKER_COUNTERS
+                .contains(&short)
+                .then(|| (short.to_string(), v))
+        })
+        .collect()
+}
+
+/// The breaker's state gauge (0 closed, 1 open, 2 half-open, ...), if Envoy answered.
+fn breaker_state(e: &Envoy) -> Option<i64> {
+    e.stats_matching(&format!("sg.breaker.{API_NAME}.state"))
+        .get(&format!("wasmcustom.sg.breaker.{API_NAME}.state"))
+        .copied()
+}
+
+/// When the breaker was first seen open after the spike started and closed again after it
+/// ended (times from the drill's start, microseconds).
+#[derive(Default)]
+struct BreakerWatch {
+    opened_us: Option<u64>,
+    closed_us: Option<u64>,
+}
+
+impl BreakerWatch {
+    fn look(&mut self, e: &Envoy, now_us: u64, spike_end_us: u64) {
+        let Some(state) = breaker_state(e) else {
+            return;
+        };
+        if state == 1 && self.opened_us.is_none() {
+            self.opened_us = Some(now_us);
+        }
+        if state != 0 {
+            self.closed_us = None;
+        } else if self.opened_us.is_some() && now_us >= spike_end_us && self.closed_us.is_none() {
+            self.closed_us = Some(now_us);
+        }
+    }
+}
+
+/// What the main thread snapshots at each phase's end.
+#[derive(Clone, Default)]
+struct Snap {
+    app: UpstreamStats,
+    simple: UpstreamStats,
+    api: UpstreamStats,
+    /// Cumulative.
+    breaker: BTreeMap<String, i64>,
+}
+
+/// Starts the API failing (`on`) or answering again.
+fn api_failing(api: &Upstream, how: Option<ApiFailure>, on: bool, latency_ms: u64) {
+    match how {
+        Some(ApiFailure::Errors) => api.set_error_rate(if on { 1.0 } else { 0.0 }, 503),
+        Some(ApiFailure::Hang) => api.set_latency_ms(if on { API_HANG_MS } else { latency_ms }),
+        None => {}
+    }
+}
+
+/// Runs one configuration: fresh app, simple-page backend and API, the front, the three
+/// phases.
 pub fn run_config(p: Protection, cfg: &DrillConfig) -> io::Result<ConfigReport> {
     let app = Upstream::start(UpstreamConfig {
         name: "main".into(),
         capacity: cfg.workers,
         latency_ms: cfg.latency_ms,
         queue_timeout_ms: cfg.queue_timeout_ms,
+        page_calls_egress: true,
         ..UpstreamConfig::default()
     })?;
     let simple = Upstream::start(UpstreamConfig::simple_page())?;
-    let (front, desc) = start_front(p, cfg, &app, &simple)?;
+    let api = Upstream::start(UpstreamConfig {
+        name: "api".into(),
+        capacity: 256,
+        latency_ms: cfg.api_latency_ms,
+        ..UpstreamConfig::default()
+    })?;
+    let (front, desc) = start_front(p, cfg, &app, &simple, &api)?;
+    app.set_egress_url(&format!(
+        "http://127.0.0.1:{}",
+        front.egress().port("egress")
+    ));
+    let watch_breaker = p == Protection::C;
+    let breaker0 = if watch_breaker {
+        breaker_counters(front.egress())
+    } else {
+        BTreeMap::new()
+    };
     let target = front.url();
     let phase_ms = cfg.phase_ms();
     let hot_ids = cfg.hot_ids();
@@ -580,7 +810,7 @@ pub fn run_config(p: Protection, cfg: &DrillConfig) -> io::Result<ConfigReport> 
         },
     ));
     let t0 = Instant::now() + Duration::from_millis(50);
-    let (results, snaps) = std::thread::scope(|s| {
+    let (results, snaps, watch) = std::thread::scope(|s| {
         let handles: Vec<_> = streams
             .iter()
             .map(|(off, hot, lc)| {
@@ -595,14 +825,40 @@ pub fn run_config(p: Protection, cfg: &DrillConfig) -> io::Result<ConfigReport> 
                 })
             })
             .collect();
-        // Phase boundaries: snapshot and zero the upstreams' counters.
+        // Phase boundaries: the API fails for the spike phase; snapshot and zero the
+        // upstreams' counters. In C, a look at the breaker's state every 100 ms.
+        let spike_end_us = 2 * phase_ms * 1000;
+        let mut watch = BreakerWatch::default();
+        let wait = |until: Instant, watch: &mut BreakerWatch| {
+            if !watch_breaker {
+                sleep_until(until);
+                return;
+            }
+            while Instant::now() < until {
+                watch.look(front.egress(), micros(t0.elapsed()), spike_end_us);
+                sleep_until((Instant::now() + Duration::from_millis(BREAKER_POLL_MS)).min(until));
+            }
+        };
+        let snap = || Snap {
+            app: app.stats(),
+            simple: simple.stats(),
+            api: api.stats(),
+            breaker: if watch_breaker {
+                breaker_counters(front.egress())
+            } else {
+                BTreeMap::new()
+            },
+        };
         let mut snaps = Vec::new();
         for k in 1..3u64 {
-            sleep_until(t0 + Duration::from_millis(k * phase_ms));
-            snaps.push((app.stats(), simple.stats()));
+            wait(t0 + Duration::from_millis(k * phase_ms), &mut watch);
+            api_failing(&api, cfg.api_fails, k == 1, cfg.api_latency_ms);
+            snaps.push(snap());
             app.reset();
             simple.reset();
+            api.reset();
         }
+        wait(t0 + Duration::from_millis(3 * phase_ms), &mut watch);
         let results: Vec<io::Result<Shifted>> = handles
             .into_iter()
             .map(|h| {
@@ -610,8 +866,8 @@ pub fn run_config(p: Protection, cfg: &DrillConfig) -> io::Result<ConfigReport> 
                     .unwrap_or_else(|_| Err(other("load thread panicked")))
             })
             .collect();
-        snaps.push((app.stats(), simple.stats()));
-        (results, snaps)
+        snaps.push(snap());
+        (results, snaps, watch)
     });
     drop(front);
     let mut shifted = Vec::new();
@@ -639,7 +895,12 @@ pub fn run_config(p: Protection, cfg: &DrillConfig) -> io::Result<ConfigReport> 
     for (i, name) in PHASES.iter().enumerate() {
         let i64_ = i as u64;
         let range = (i64_ * pus, if i == 2 { u64::MAX } else { (i64_ + 1) * pus });
-        let (a, sm) = snaps.get(i).cloned().unwrap_or_default();
+        let snap = snaps.get(i).cloned().unwrap_or_default();
+        let prev_breaker = match i.checked_sub(1) {
+            Some(j) => snaps.get(j).map(|s| s.breaker.clone()).unwrap_or_default(),
+            None => breaker0.clone(),
+        };
+        let (a, sm) = (&snap.app, &snap.simple);
         let mut n = user_stats(&normal, range);
         let mut h = user_stats(&hot, range);
         if i == 1 {
@@ -652,7 +913,18 @@ pub fn run_config(p: Protection, cfg: &DrillConfig) -> io::Result<ConfigReport> 
             hot_from_cache: simple_answers.saturating_sub(sm.total),
             normal: n,
             hot: h,
-            upstream: upstream_phase(cfg, &a, &sm),
+            upstream: upstream_phase(cfg, a, sm),
+            api: ApiPhase {
+                failing: cfg.api_fails.is_some() && i == 1,
+                calls: a.api.values().sum(),
+                outcomes: a.api.clone(),
+                api_received: snap.api.total,
+                breaker: snap
+                    .breaker
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v - prev_breaker.get(k).copied().unwrap_or(0)))
+                    .collect(),
+            },
         });
     }
     let detect_ms = if p == Protection::A {
@@ -680,10 +952,15 @@ pub fn run_config(p: Protection, cfg: &DrillConfig) -> io::Result<ConfigReport> 
         dropped_client_side: dropped,
         detect_ms,
         recover_ms,
+        breaker_open_ms: watch.opened_us.map(|t| t.saturating_sub(pus) / 1000),
+        breaker_close_ms: watch.closed_us.map(|t| t.saturating_sub(2 * pus) / 1000),
         targets: Vec::new(),
         timeline,
     };
     rep.targets = targets(&rep, p);
+    if cfg.api_fails.is_some() {
+        rep.targets.extend(api_targets(&rep, p));
+    }
     Ok(rep)
 }
 
@@ -854,6 +1131,51 @@ fn targets(r: &ConfigReport, _p: Protection) -> Vec<Target> {
     t
 }
 
+/// The `--api-fails` scenario's targets (stated for C).
+fn api_targets(r: &ConfigReport, p: Protection) -> Vec<Target> {
+    let mut t = Vec::new();
+    let Some(spike) = r.phases.get(1) else {
+        return t;
+    };
+    let a = &spike.api;
+    let failed_pages = spike.normal.pages_by_api.get("error").copied().unwrap_or(0);
+    let degraded = spike
+        .normal
+        .pages_by_api
+        .get("fallback")
+        .copied()
+        .unwrap_or(0);
+    let opened = a.breaker.get("opened").copied().unwrap_or(0);
+    t.push(Target {
+        name: "breaker opens and serves its fallback while the API fails".into(),
+        met: p == Protection::C && opened > 0 && a.fallback() > 0,
+        figure: if p == Protection::C {
+            format!(
+                "opened {opened}x ({} ms after the API began failing); {} of {} calls answered by the fallback; normal users got {degraded} pages with the fallback, {failed_pages} pages failed for the API",
+                fmt_opt(r.breaker_open_ms),
+                a.fallback(),
+                a.calls
+            )
+        } else {
+            format!(
+                "no breaker: {} of {} calls failed; normal users got {failed_pages} pages failed for the API",
+                a.errors(),
+                a.calls
+            )
+        },
+    });
+    t.push(Target {
+        name: "breaker closes again after the API recovers".into(),
+        met: r.breaker_close_ms.is_some(),
+        figure: match (p, r.breaker_close_ms) {
+            (Protection::C, Some(ms)) => format!("closed {ms} ms after the spike's end"),
+            (Protection::C, None) => "not closed before the drill ended".into(),
+            _ => "no breaker".into(),
+        },
+    });
+    t
+}
+
 /// Runs every configuration in turn.
 pub fn run(cfg: &DrillConfig, mut progress: impl FnMut(&str)) -> io::Result<DrillReport> {
     let mut configs = Vec::new();
@@ -946,6 +1268,62 @@ pub fn table(r: &DrillReport) -> String {
             c.phases.get(1).map(|p| p.upstream.thread_full).unwrap_or(0),
             c.phases.get(2).map(|p| p.upstream.thread_full).unwrap_or(0),
         );
+    }
+    let _ = writeln!(
+        s,
+        "\noutbound API: PostView renders call it through Envoy's egress listener (breaker in C only); {}",
+        match r.settings.api_fails {
+            Some(f) => format!("during the spike it fails: {}", f.describe()),
+            None => "it does not fail (--api-fails makes it fail during the spike)".into(),
+        }
+    );
+    let _ = writeln!(
+        s,
+        "{:<3} {:<7} {:>7} {:>7} {:>7} {:>8} {:>6} {:>6} {:>6} {:>7} {:>8} {:>8} {:>7} {:>7} {:>8} {:>8}",
+        "cfg", "phase", "failing", "calls", "api-ok", "fallback", "f-open", "f-half", "f-bulk", "errors", "received", "pg-fallb", "pg-err", "opened", "notperm", "bulk-rej"
+    );
+    for c in &r.configs {
+        for p in &c.phases {
+            let a = &p.api;
+            let o = |k: &str| a.outcomes.get(k).copied().unwrap_or(0);
+            let b = |k: &str| {
+                if c.id == "C" {
+                    a.breaker.get(k).copied().unwrap_or(0).to_string()
+                } else {
+                    "-".into()
+                }
+            };
+            let pg = |k: &str| p.normal.pages_by_api.get(k).copied().unwrap_or(0);
+            let _ = writeln!(
+                s,
+                "{:<3} {:<7} {:>7} {:>7} {:>7} {:>8} {:>6} {:>6} {:>6} {:>7} {:>8} {:>8} {:>7} {:>7} {:>8} {:>8}",
+                c.id,
+                p.phase,
+                if a.failing { "yes" } else { "no" },
+                a.calls,
+                a.ok(),
+                a.fallback(),
+                o("fallback_open"),
+                o("fallback_half_open"),
+                o("fallback_bulkhead"),
+                a.errors(),
+                a.api_received,
+                pg("fallback"),
+                pg("error"),
+                b("opened"),
+                b("not_permitted"),
+                b("bulkhead_rejected"),
+            );
+        }
+        if c.id == "C" {
+            let _ = writeln!(
+                s,
+                "{:<3} breaker first seen open {} ms after the spike's start, closed again {} ms after its end",
+                c.id,
+                fmt_opt(c.breaker_open_ms),
+                fmt_opt(c.breaker_close_ms)
+            );
+        }
     }
     let _ = writeln!(s, "\ntargets (spike phase; stated for C):");
     for c in &r.configs {

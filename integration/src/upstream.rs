@@ -2,7 +2,8 @@
 //!
 //! It answers blog-like routes (`/PostView?blogId=..&logNo=..`, `/{blogId}/{logNo}`,
 //! `/PostList?blogId=..`, anything else), an "outbound API" (`/api/json`) and a route that
-//! calls that API on another host (`/api-proxy`). Every request first has to get a worker
+//! calls that API on another host (`/api-proxy`); with [`UpstreamConfig::page_calls_egress`]
+//! its PostView pages call that API too while they render. Every request first has to get a worker
 //! (a semaphore permit); a request that waits longer than `queue_timeout_ms` is answered
 //! `503 thread full`, which is how a thread-pool-bound backend behaves under a spike.
 //!
@@ -47,8 +48,17 @@ pub struct UpstreamConfig {
     pub queue_timeout_ms: u64,
     /// A request arriving while more than this many wait gets `503 thread full` at once.
     pub max_queue: usize,
-    /// Base URL (`http://127.0.0.1:port`) called by `/api-proxy`.
+    /// Base URL (`http://127.0.0.1:port`) called by `/api-proxy` (and by page renders, see
+    /// `page_calls_egress`); can be set later with [`Upstream::set_egress_url`].
     pub egress_url: Option<String>,
+    /// PostView pages call `{egress_url}/api/json?x={blogId}` while they render (holding
+    /// their worker), as a blog page calls a recommendation API. The page is a 200 with
+    /// `x-api: ok` when the API answered 2xx, a 200 with `x-api: fallback` (and a page
+    /// without the API's part) when the answer was a spikeguard breaker fallback (marked
+    /// `x-spikeguard-reason`), and `502` with `x-api: error` otherwise (an error status, a
+    /// timeout, no connection, no `egress_url`): this app does not degrade by itself. Counted
+    /// in [`UpstreamStats::api`]. Default false.
+    pub page_calls_egress: bool,
     /// `Cache-Control` value added to 200 page responses.
     pub cache_control: Option<String>,
 }
@@ -77,6 +87,7 @@ impl Default for UpstreamConfig {
             queue_timeout_ms: 1000,
             max_queue: 10_000,
             egress_url: None,
+            page_calls_egress: false,
             cache_control: None,
         }
     }
@@ -103,6 +114,11 @@ pub struct UpstreamStats {
     pub requests_by_method: BTreeMap<String, u64>,
     /// The last [`REQUEST_LOG_TAIL`] requests as (method, path with query).
     pub request_log_tail: Vec<(String, String)>,
+    /// Outbound calls of page renders ([`UpstreamConfig::page_calls_egress`]) by outcome:
+    /// `ok` (the API's 2xx), `fallback_<reason>` (a breaker fallback, by its
+    /// `x-spikeguard-reason`: open, half_open, bulkhead, forced_open), `error` (anything else).
+    #[serde(default)]
+    pub api: BTreeMap<String, u64>,
 }
 
 /// Partial run-time configuration, as accepted by `POST /__admin/config`.
@@ -138,11 +154,13 @@ struct Counters {
     max_in_flight: u64,
     requests_by_method: BTreeMap<String, u64>,
     log: VecDeque<(String, String)>,
+    api: BTreeMap<String, u64>,
 }
 
 struct Shared {
     name: String,
-    egress_url: Option<String>,
+    egress_url: Mutex<Option<String>>,
+    page_calls_egress: bool,
     cache_control: Mutex<Option<HeaderValue>>,
     max_queue: usize,
     latency_ms: AtomicU64,
@@ -210,6 +228,7 @@ impl Shared {
             in_flight: self.in_flight.load(Ordering::SeqCst),
             requests_by_method: c.requests_by_method.clone(),
             request_log_tail: c.log.iter().cloned().collect(),
+            api: c.api.clone(),
         }
     }
 
@@ -243,6 +262,13 @@ impl Shared {
         if thread_full {
             c.thread_full += 1;
         }
+    }
+
+    fn record_api(&self, outcome: &str) {
+        *lock(&self.counters)
+            .api
+            .entry(outcome.to_string())
+            .or_default() += 1;
     }
 
     fn note_in_flight(&self, now: u64) {
@@ -294,7 +320,8 @@ impl Upstream {
         let capacity = cfg.capacity.max(1);
         let shared = Arc::new(Shared {
             name: cfg.name,
-            egress_url: cfg.egress_url.map(|u| u.trim_end_matches('/').to_string()),
+            egress_url: Mutex::new(cfg.egress_url.map(|u| u.trim_end_matches('/').to_string())),
+            page_calls_egress: cfg.page_calls_egress,
             cache_control: Mutex::new(cache_control),
             max_queue: cfg.max_queue,
             latency_ms: AtomicU64::new(cfg.latency_ms),
@@ -326,6 +353,12 @@ impl Upstream {
     /// Its name (the `x-upstream` header value).
     pub fn name(&self) -> &str {
         &self.shared.name
+    }
+
+    /// Sets the base URL `/api-proxy` and page renders call (e.g. an Envoy egress listener
+    /// whose port exists only after this upstream started).
+    pub fn set_egress_url(&self, url: &str) {
+        *lock(&self.shared.egress_url) = Some(url.trim_end_matches('/').to_string());
     }
 
     /// Changes the service time.
@@ -600,10 +633,26 @@ async fn work(shared: &Arc<Shared>, route: Route) -> Resp {
     }
     match route {
         Route::Page { page, key, log_no } => {
+            let api = if shared.page_calls_egress && page == "PostView" {
+                Some(page_api_call(shared, key.as_deref().unwrap_or("")).await)
+            } else {
+                None
+            };
+            if api == Some(PageApi::Error) {
+                let mut r = respond(shared, 502, "text", "page failed: api error".to_string());
+                r.headers_mut()
+                    .insert("x-api", HeaderValue::from_static("error"));
+                return r;
+            }
+            let related = match api {
+                Some(PageApi::Ok) => "<p class=\"related\">related: from the api</p>",
+                Some(PageApi::Fallback) => "<p class=\"related\">related: none (api fallback)</p>",
+                _ => "",
+            };
             let body = format!(
                 "<!doctype html><html><head><title>{page}</title></head><body>\
                  <h1>upstream {name}</h1><p class=\"page\">page={page}</p>\
-                 <p class=\"key\">blogId={key} logNo={log_no}</p></body></html>\n",
+                 <p class=\"key\">blogId={key} logNo={log_no}</p>{related}</body></html>\n",
                 name = html_escape(&shared.name),
                 key = html_escape(key.as_deref().unwrap_or("")),
                 log_no = html_escape(log_no.as_deref().unwrap_or("")),
@@ -611,6 +660,17 @@ async fn work(shared: &Arc<Shared>, route: Route) -> Resp {
             let mut r = respond(shared, 200, "html", body);
             if let Some(cc) = lock(&shared.cache_control).clone() {
                 r.headers_mut().insert(CACHE_CONTROL, cc);
+            }
+            match api {
+                Some(PageApi::Ok) => {
+                    r.headers_mut()
+                        .insert("x-api", HeaderValue::from_static("ok"));
+                }
+                Some(PageApi::Fallback) => {
+                    r.headers_mut()
+                        .insert("x-api", HeaderValue::from_static("fallback"));
+                }
+                _ => {}
             }
             r
         }
@@ -627,37 +687,97 @@ async fn work(shared: &Arc<Shared>, route: Route) -> Resp {
     }
 }
 
+/// What the outbound call of a page render got.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PageApi {
+    Ok,
+    Fallback,
+    Error,
+}
+
+/// Characters of a query value sent as they are; the rest is `%XX`-escaped.
+fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The API call of a page render: `GET {egress_url}/api/json?x={key}`.
+async fn page_api_call(shared: &Arc<Shared>, key: &str) -> PageApi {
+    let base = lock(&shared.egress_url).clone();
+    let answer = match base {
+        Some(base) => {
+            let url = format!("{base}/api/json?x={}", query_escape(key));
+            egress_get(shared, &url).await.ok()
+        }
+        None => None,
+    };
+    let (outcome, label) = match answer {
+        Some(r) if (200..300).contains(&r.status) => match r.breaker_reason {
+            Some(reason) => (PageApi::Fallback, format!("fallback_{reason}")),
+            None => (PageApi::Ok, "ok".to_string()),
+        },
+        _ => (PageApi::Error, "error".to_string()),
+    };
+    shared.record_api(&label);
+    outcome
+}
+
+/// An answer of the egress call.
+struct EgressAnswer {
+    status: u16,
+    /// `x-spikeguard-reason` of a breaker fallback.
+    breaker_reason: Option<String>,
+    body: String,
+}
+
+async fn egress_get(shared: &Arc<Shared>, url: &str) -> Result<EgressAnswer, String> {
+    let uri: hyper::Uri = url.parse().map_err(|e| format!("bad egress url: {e}"))?;
+    let req = Request::get(uri)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let fut = async {
+        let resp = shared
+            .client
+            .request(req)
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        let breaker_reason = resp
+            .headers()
+            .get("x-spikeguard-reason")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok::<_, String>(EgressAnswer {
+            status,
+            breaker_reason,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    };
+    tokio::time::timeout(EGRESS_TIMEOUT, fut)
+        .await
+        .map_err(|_| "egress timeout".to_string())?
+}
+
 async fn api_proxy(shared: &Arc<Shared>) -> Resp {
-    let Some(base) = shared.egress_url.as_deref() else {
+    let Some(base) = lock(&shared.egress_url).clone() else {
         let body = serde_json::json!({"upstream": shared.name, "error": "egress_url not set"});
         return respond(shared, 502, "json", body.to_string());
     };
     let url = format!("{base}/api/json?x={}", shared.name);
-    let result: Result<(u16, String), String> = async {
-        let uri: hyper::Uri = url.parse().map_err(|e| format!("bad egress url: {e}"))?;
-        let req = Request::get(uri)
-            .body(Empty::<Bytes>::new())
-            .map_err(|e| e.to_string())?;
-        let fut = async {
-            let resp = shared
-                .client
-                .request(req)
-                .await
-                .map_err(|e| e.to_string())?;
-            let status = resp.status().as_u16();
-            let body = resp
-                .into_body()
-                .collect()
-                .await
-                .map_err(|e| e.to_string())?
-                .to_bytes();
-            Ok::<_, String>((status, String::from_utf8_lossy(&body).into_owned()))
-        };
-        tokio::time::timeout(EGRESS_TIMEOUT, fut)
-            .await
-            .map_err(|_| "egress timeout".to_string())?
-    }
-    .await;
+    let result = egress_get(shared, &url).await.map(|r| (r.status, r.body));
     match result {
         Ok((status, body)) => {
             let doc = serde_json::json!({

@@ -50,6 +50,7 @@ impl Args {
             queue_timeout_ms: self.queue_timeout_ms,
             max_queue: self.max_queue,
             egress_url: self.egress_url,
+            page_calls_egress: false,
             cache_control: self.cache_control,
         };
         (cfg, self.port)

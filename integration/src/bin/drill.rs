@@ -1,11 +1,12 @@
 //! `make drill`: the spike drill (docs/DRILL.md). The demo blog with a finite worker pool
 //! under a Zipf baseline, a sudden spike at a few blog IDs, then recovery, with retrying
 //! clients; configurations (A) no protection, (B) Envoy's local_ratelimit, (N) nginx
-//! limit_req, (C) the spikeguard bundle, one after another. Prints a table and the targets,
-//! writes a JSON report and an SVG plot.
+//! limit_req, (C) the spikeguard bundle, one after another. The app's pages call an outbound
+//! API through Envoy's egress listener (the breaker in C); `--api-fails` makes it fail during
+//! the spike. Prints a table and the targets, writes a JSON report and an SVG plot.
 
 use clap::Parser;
-use sg_integration::drill::{self, DrillConfig, Protection};
+use sg_integration::drill::{self, ApiFailure, DrillConfig, Protection};
 use std::path::PathBuf;
 
 #[derive(Debug, Parser)]
@@ -35,6 +36,14 @@ struct Args {
     /// Baseline rate, requests per second (the app serves 3x this).
     #[arg(long, default_value_t = 80.0)]
     baseline_rps: f64,
+    /// The outbound API the pages call fails during the spike: `errors` (every call 503, the
+    /// default of a bare `--api-fails`) or `hang` (calls hang past the egress route timeout).
+    #[arg(long, num_args = 0..=1, default_missing_value = "errors", value_parser = parse_api_fails)]
+    api_fails: Option<ApiFailure>,
+}
+
+fn parse_api_fails(s: &str) -> Result<ApiFailure, String> {
+    ApiFailure::parse(s).ok_or_else(|| "--api-fails is errors or hang".into())
 }
 
 fn parse_spike(s: &str) -> Result<u32, String> {
@@ -72,6 +81,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         seed: a.seed,
         baseline_rps: a.baseline_rps,
         workers,
+        api_fails: a.api_fails,
         ..def
     };
     let report = drill::run(&cfg, |m| println!("{m}"))?;
