@@ -2,7 +2,7 @@
 //! with 2 s phases at a modest rate. Checks the report's shape and the facts that cannot
 //! depend on the machine's speed; the figures themselves come from `make drill`.
 
-use sg_integration::drill::{self, DrillConfig, PHASES};
+use sg_integration::drill::{self, ApiFailure, DrillConfig, Protection, PHASES};
 
 #[test]
 fn drill_smoke() {
@@ -68,4 +68,104 @@ fn drill_smoke() {
         assert!(svg.contains(id), "{id} missing from the plot");
     }
     assert!(svg.contains("<polyline"));
+}
+
+/// `--api-fails`: the outbound API the pages call answers 503 to everything during the spike
+/// phase. (A) has no breaker: the calls fail and so do the pages that made them. (C): the
+/// breaker opens and answers the calls with its fallback, the pages render with it (a 200
+/// marked `x-api: fallback`), and the breaker closes again once the API answers. The phases
+/// are 2 s, the bundle's breaker waits 2 s once open: its first half-open comes after the
+/// spike's end (the API healthy again) and before the drill's, whatever the machine's speed,
+/// as long as the breaker opened in the spike's first 1.9 s (10 failed calls of ~30/s).
+#[test]
+fn drill_api_fails_smoke() {
+    let cfg = DrillConfig {
+        seconds_per_phase: 2.0,
+        baseline_rps: 40.0,
+        workers: 3,
+        spike: 28.0,
+        hot_keys: 3,
+        configs: vec![Protection::A, Protection::C],
+        api_fails: Some(ApiFailure::Errors),
+        ..DrillConfig::default()
+    };
+    let report = drill::run(&cfg, |m| eprintln!("{m}")).unwrap();
+    let table = drill::table(&report);
+    eprintln!("{table}");
+    assert!(table.contains("outbound API"), "{table}");
+    let text = serde_json::to_string(&report).unwrap();
+    let back: drill::DrillReport = serde_json::from_str(&text).unwrap();
+    assert_eq!(back.configs.len(), 2);
+    assert_eq!(back.settings.api_fails, Some(ApiFailure::Errors));
+    let [a, c] = report.configs.as_slice() else {
+        panic!("two configurations expected: {table}");
+    };
+    assert_eq!((a.id.as_str(), c.id.as_str()), ("A", "C"));
+    for r in [a, c] {
+        let failing: Vec<bool> = r.phases.iter().map(|p| p.api.failing).collect();
+        assert_eq!(failing, [false, true, false], "{}", r.id);
+        // Before the spike the API answers every call (PostView renders call it).
+        let before = &r.phases[0].api;
+        assert!(before.ok() > 0, "{} before: {before:?}", r.id);
+        assert_eq!(before.errors(), 0, "{} before: {before:?}", r.id);
+        assert_eq!(
+            before.ok(),
+            before.api_received,
+            "{} before: {before:?}",
+            r.id
+        );
+        assert!(
+            r.phases[0]
+                .normal
+                .pages_by_api
+                .get("ok")
+                .copied()
+                .unwrap_or(0)
+                > 0
+        );
+    }
+    // (A): no breaker; the calls reach the failing API and fail, and so do their pages.
+    let sa = &a.phases[1];
+    assert!(sa.api.errors() > 0, "A spike: {:?}", sa.api);
+    assert_eq!(sa.api.fallback(), 0, "A spike: {:?}", sa.api);
+    assert!(sa.api.breaker.is_empty(), "A spike: {:?}", sa.api);
+    assert_eq!(
+        sa.normal.pages_by_api.get("fallback"),
+        None,
+        "{:?}",
+        sa.normal
+    );
+    // (C): the breaker opened, answered calls with its fallback without reaching the API,
+    // and normal users' pages rendered with it.
+    let sc = &c.phases[1];
+    assert!(
+        sc.api.breaker.get("opened").copied().unwrap_or(0) >= 1,
+        "C spike: {:?}",
+        sc.api
+    );
+    assert!(
+        sc.api.breaker.get("not_permitted").copied().unwrap_or(0) > 0,
+        "C spike: {:?}",
+        sc.api
+    );
+    assert!(
+        sc.api.outcomes.get("fallback_open").copied().unwrap_or(0) > 0,
+        "C spike: {:?}",
+        sc.api
+    );
+    assert!(sc.api.api_received < sc.api.calls, "C spike: {:?}", sc.api);
+    assert!(
+        sc.normal.pages_by_api.get("fallback").copied().unwrap_or(0) > 0,
+        "C spike: {:?}",
+        sc.normal
+    );
+    assert!(c.breaker_open_ms.is_some(), "C: breaker never seen open");
+    // ... and closed again after the spike, letting calls through to the API.
+    assert!(c.breaker_close_ms.is_some(), "C: breaker not closed again");
+    let after = &c.phases[2].api;
+    assert!(after.ok() > 0, "C after: {after:?}");
+    assert!(c
+        .targets
+        .iter()
+        .any(|t| t.name.contains("breaker") && t.met));
 }
