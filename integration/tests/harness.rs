@@ -311,3 +311,48 @@ fn drops_when_max_in_flight_reached_and_counts_errors() {
     assert_eq!(report.errors, report.sent, "all time out: {report:?}");
     assert_eq!(report.by_status.get(&0), Some(&report.sent));
 }
+
+#[test]
+fn pages_call_egress_when_configured() {
+    let api = Upstream::start(UpstreamConfig {
+        name: "api".into(),
+        ..UpstreamConfig::default()
+    })
+    .unwrap();
+    let main = Upstream::start(UpstreamConfig {
+        page_calls_egress: true,
+        ..UpstreamConfig::default()
+    })
+    .unwrap();
+    // No egress URL yet: the page fails like an API error.
+    let r = send(main.port, "GET", "/PostView?blogId=bob&logNo=1", "");
+    assert_eq!((r.status, r.header("x-api")), (502, Some("error")), "{r:?}");
+
+    main.set_egress_url(&api.url());
+    let r = send(main.port, "GET", "/PostView?blogId=bob&logNo=1", "");
+    assert_eq!((r.status, r.header("x-api")), (200, Some("ok")), "{r:?}");
+    assert!(r.body.contains("related: from the api"), "{}", r.body);
+    let r = send(main.port, "GET", "/bob/1", "");
+    assert_eq!((r.status, r.header("x-api")), (200, Some("ok")), "{r:?}");
+    assert_eq!(api.stats().by_page.get("Api"), Some(&2));
+    // PostList does not call it.
+    let r = send(main.port, "GET", "/PostList?blogId=bob", "");
+    assert_eq!((r.status, r.header("x-api")), (200, None), "{r:?}");
+
+    api.set_error_rate(1.0, 503);
+    let r = send(main.port, "GET", "/PostView?blogId=bob&logNo=1", "");
+    assert_eq!((r.status, r.header("x-api")), (502, Some("error")), "{r:?}");
+    let counts = main.stats().api;
+    assert_eq!(counts.get("ok"), Some(&2), "{counts:?}");
+    assert_eq!(counts.get("error"), Some(&2), "{counts:?}");
+
+    // Off by default.
+    let plain = Upstream::start(UpstreamConfig {
+        egress_url: Some(api.url()),
+        ..UpstreamConfig::default()
+    })
+    .unwrap();
+    let r = send(plain.port, "GET", "/PostView?blogId=bob&logNo=1", "");
+    assert_eq!((r.status, r.header("x-api")), (200, None), "{r:?}");
+    assert!(plain.stats().api.is_empty());
+}
