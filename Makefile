@@ -101,7 +101,11 @@ clean:
 
 # The spike drill (docs/DRILL.md): configurations A (no protection), B (Envoy local_ratelimit),
 # N (nginx limit_req), C (the bundle) under the same seeded baseline + 28x spike + recovery,
-# with retrying clients. DRILL_ARGS adds flags, e.g. `make drill DRILL_ARGS="--spike 40"`.
-# Not part of `make test` (tests/drill.rs, a short run, is).
+# with retrying clients; the app's pages call an outbound API through Envoy's egress listener
+# (the breaker in C). DRILL_ARGS adds flags, e.g. `make drill DRILL_ARGS="--spike 40"`;
+# `make drill DRILL_ARGS="--api-fails" DRILL_OUT=docs/drill-api` has the API fail during the
+# spike (writes docs/drill-api.json/svg; DRILL_OUT defaults to docs/drill).
+# Not part of `make test` (tests/drill.rs, short runs, is).
+DRILL_OUT ?= docs/drill
 drill: setup build
-	$(CARGO) run --release -q -p sg-integration --bin drill -- --out-json docs/drill.json --out-svg docs/drill.svg $(DRILL_ARGS)
+	$(CARGO) run --release -q -p sg-integration --bin drill -- --out-json $(DRILL_OUT).json --out-svg $(DRILL_OUT).svg $(DRILL_ARGS)

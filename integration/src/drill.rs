@@ -68,6 +68,9 @@ pub const API_NAME: &str = "outbound_api";
 
 /// A hanging API answers after this long: past the egress route's 1 s timeout.
 pub const API_HANG_MS: u64 = 1500;
+/// A slow API answers after this long: past the breaker's `slow_call_ms` (500), within the
+/// egress route's timeout and the page's own (ingress, 1 s).
+pub const API_SLOW_MS: u64 = 700;
 
 /// How often the breaker's state is looked at (C), milliseconds.
 pub const BREAKER_POLL_MS: u64 = 100;
@@ -79,6 +82,8 @@ pub const BREAKER_COUNTERS: &[&str] = &[
     "success",
     "failure",
     "slow",
+    "slow_failure",
+    "ignored",
     "not_permitted",
     "bulkhead_rejected",
 ];
@@ -91,6 +96,9 @@ pub enum ApiFailure {
     Errors,
     /// Every call is answered after [`API_HANG_MS`]: the egress route times out first (1 s).
     Hang,
+    /// Every call is answered after [`API_SLOW_MS`]: slow for the breaker, in time for the
+    /// route.
+    Slow,
 }
 
 impl ApiFailure {
@@ -98,6 +106,7 @@ impl ApiFailure {
         match s.trim().to_ascii_lowercase().as_str() {
             "errors" | "503" => Some(ApiFailure::Errors),
             "hang" => Some(ApiFailure::Hang),
+            "slow" => Some(ApiFailure::Slow),
             _ => None,
         }
     }
@@ -106,6 +115,9 @@ impl ApiFailure {
         match self {
             ApiFailure::Errors => "every call answered 503",
             ApiFailure::Hang => "every call hangs 1.5 s (past the egress route's 1 s timeout)",
+            ApiFailure::Slow => {
+                "every call takes 700 ms (past the breaker's slow_call_ms 500, within the route timeouts)"
+            }
         }
     }
 }
@@ -293,7 +305,9 @@ pub struct ApiPhase {
     pub failing: bool,
     pub calls: u64,
     /// Calls by outcome as the app saw them: `ok` (the API's 2xx), `fallback_<reason>` (the
-    /// breaker's fallback: open, half_open, bulkhead), `error` (any other status, a timeout).
+    /// breaker's fallback: open, half_open, bulkhead), `error` (any other status, a timeout),
+    /// `abandoned` (dropped with its page when the page's client, Envoy's ingress route
+    /// timeout, gave up first).
     pub outcomes: BTreeMap<String, u64>,
     /// Requests that reached the API server.
     pub api_received: u64,
@@ -320,6 +334,11 @@ impl ApiPhase {
 
     pub fn errors(&self) -> u64 {
         self.count("error")
+    }
+
+    /// Calls dropped with their page (the page's client left first).
+    pub fn abandoned(&self) -> u64 {
+        self.count("abandoned")
     }
 }
 
@@ -727,6 +746,7 @@ fn api_failing(api: &Upstream, how: Option<ApiFailure>, on: bool, latency_ms: u6
     match how {
         Some(ApiFailure::Errors) => api.set_error_rate(if on { 1.0 } else { 0.0 }, 503),
         Some(ApiFailure::Hang) => api.set_latency_ms(if on { API_HANG_MS } else { latency_ms }),
+        Some(ApiFailure::Slow) => api.set_latency_ms(if on { API_SLOW_MS } else { latency_ms }),
         None => {}
     }
 }
@@ -825,8 +845,8 @@ pub fn run_config(p: Protection, cfg: &DrillConfig) -> io::Result<ConfigReport> 
                 })
             })
             .collect();
-        // Phase boundaries: the API fails for the spike phase; snapshot and zero the
-        // upstreams' counters. In C, a look at the breaker's state every 100 ms.
+        // Phase boundaries: snapshot and zero the upstreams' counters; the API fails for the
+        // spike phase. In C, a look at the breaker's state every 100 ms.
         let spike_end_us = 2 * phase_ms * 1000;
         let mut watch = BreakerWatch::default();
         let wait = |until: Instant, watch: &mut BreakerWatch| {
@@ -852,11 +872,12 @@ pub fn run_config(p: Protection, cfg: &DrillConfig) -> io::Result<ConfigReport> 
         let mut snaps = Vec::new();
         for k in 1..3u64 {
             wait(t0 + Duration::from_millis(k * phase_ms), &mut watch);
-            api_failing(&api, cfg.api_fails, k == 1, cfg.api_latency_ms);
             snaps.push(snap());
             app.reset();
             simple.reset();
             api.reset();
+            // After the snapshot: a call the API failed counts in the spike phase.
+            api_failing(&api, cfg.api_fails, k == 1, cfg.api_latency_ms);
         }
         wait(t0 + Duration::from_millis(3 * phase_ms), &mut watch);
         let results: Vec<io::Result<Shifted>> = handles
@@ -1279,8 +1300,8 @@ pub fn table(r: &DrillReport) -> String {
     );
     let _ = writeln!(
         s,
-        "{:<3} {:<7} {:>7} {:>7} {:>7} {:>8} {:>6} {:>6} {:>6} {:>7} {:>8} {:>8} {:>7} {:>7} {:>8} {:>8}",
-        "cfg", "phase", "failing", "calls", "api-ok", "fallback", "f-open", "f-half", "f-bulk", "errors", "received", "pg-fallb", "pg-err", "opened", "notperm", "bulk-rej"
+        "{:<3} {:<7} {:>7} {:>7} {:>7} {:>8} {:>6} {:>6} {:>6} {:>7} {:>6} {:>8} {:>8} {:>7} {:>7} {:>7} {:>8} {:>8}",
+        "cfg", "phase", "failing", "calls", "api-ok", "fallback", "f-open", "f-half", "f-bulk", "errors", "aband", "received", "pg-fallb", "pg-err", "opened", "notperm", "bulk-rej", "ignored"
     );
     for c in &r.configs {
         for p in &c.phases {
@@ -1296,7 +1317,7 @@ pub fn table(r: &DrillReport) -> String {
             let pg = |k: &str| p.normal.pages_by_api.get(k).copied().unwrap_or(0);
             let _ = writeln!(
                 s,
-                "{:<3} {:<7} {:>7} {:>7} {:>7} {:>8} {:>6} {:>6} {:>6} {:>7} {:>8} {:>8} {:>7} {:>7} {:>8} {:>8}",
+                "{:<3} {:<7} {:>7} {:>7} {:>7} {:>8} {:>6} {:>6} {:>6} {:>7} {:>6} {:>8} {:>8} {:>7} {:>7} {:>7} {:>8} {:>8}",
                 c.id,
                 p.phase,
                 if a.failing { "yes" } else { "no" },
@@ -1307,12 +1328,14 @@ pub fn table(r: &DrillReport) -> String {
                 o("fallback_half_open"),
                 o("fallback_bulkhead"),
                 a.errors(),
+                a.abandoned(),
                 a.api_received,
                 pg("fallback"),
                 pg("error"),
                 b("opened"),
                 b("not_permitted"),
                 b("bulkhead_rejected"),
+                b("ignored"),
             );
         }
         if c.id == "C" {

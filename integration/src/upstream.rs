@@ -116,7 +116,8 @@ pub struct UpstreamStats {
     pub request_log_tail: Vec<(String, String)>,
     /// Outbound calls of page renders ([`UpstreamConfig::page_calls_egress`]) by outcome:
     /// `ok` (the API's 2xx), `fallback_<reason>` (a breaker fallback, by its
-    /// `x-spikeguard-reason`: open, half_open, bulkhead, forced_open), `error` (anything else).
+    /// `x-spikeguard-reason`: open, half_open, bulkhead, forced_open), `error` (anything else),
+    /// `abandoned` (the page's client left before the call ended).
     #[serde(default)]
     pub api: BTreeMap<String, u64>,
 }
@@ -708,8 +709,28 @@ fn query_escape(s: &str) -> String {
     out
 }
 
+/// Counts a page render's API call as `abandoned` if it is dropped before it ended (the
+/// page's client went away, e.g. Envoy's ingress route timeout, and the server dropped the
+/// page's future with the call in it).
+struct CallRecord<'a> {
+    shared: &'a Shared,
+    done: bool,
+}
+
+impl Drop for CallRecord<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.shared.record_api("abandoned");
+        }
+    }
+}
+
 /// The API call of a page render: `GET {egress_url}/api/json?x={key}`.
 async fn page_api_call(shared: &Arc<Shared>, key: &str) -> PageApi {
+    let mut record = CallRecord {
+        shared,
+        done: false,
+    };
     let base = lock(&shared.egress_url).clone();
     let answer = match base {
         Some(base) => {
@@ -725,6 +746,7 @@ async fn page_api_call(shared: &Arc<Shared>, key: &str) -> PageApi {
         },
         _ => (PageApi::Error, "error".to_string()),
     };
+    record.done = true;
     shared.record_api(&label);
     outcome
 }

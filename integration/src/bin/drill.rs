@@ -37,13 +37,14 @@ struct Args {
     #[arg(long, default_value_t = 80.0)]
     baseline_rps: f64,
     /// The outbound API the pages call fails during the spike: `errors` (every call 503, the
-    /// default of a bare `--api-fails`) or `hang` (calls hang past the egress route timeout).
+    /// default of a bare `--api-fails`), `hang` (calls hang past the egress route timeout) or
+    /// `slow` (700 ms: slow for the breaker, in time for the routes).
     #[arg(long, num_args = 0..=1, default_missing_value = "errors", value_parser = parse_api_fails)]
     api_fails: Option<ApiFailure>,
 }
 
 fn parse_api_fails(s: &str) -> Result<ApiFailure, String> {
-    ApiFailure::parse(s).ok_or_else(|| "--api-fails is errors or hang".into())
+    ApiFailure::parse(s).ok_or_else(|| "--api-fails is errors, hang or slow".into())
 }
 
 fn parse_spike(s: &str) -> Result<u32, String> {
