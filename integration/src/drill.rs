@@ -94,7 +94,7 @@ pub const BREAKER_COUNTERS: &[&str] = &[
 pub enum ApiFailure {
     /// Every call is answered `503` at once.
     Errors,
-    /// Every call is answered after [`API_HANG_MS`]: the egress route times out first (1 s).
+    /// Every call is answered after [`API_HANG_MS`]: the egress route times out first.
     Hang,
     /// Every call is answered after [`API_SLOW_MS`]: slow for the breaker, in time for the
     /// route.
@@ -114,7 +114,7 @@ impl ApiFailure {
     pub fn describe(self) -> &'static str {
         match self {
             ApiFailure::Errors => "every call answered 503",
-            ApiFailure::Hang => "every call hangs 1.5 s (past the egress route's 1 s timeout)",
+            ApiFailure::Hang => "every call hangs 1.5 s (past the egress route timeout)",
             ApiFailure::Slow => {
                 "every call takes 700 ms (past the breaker's slow_call_ms 500, within the route timeouts)"
             }
@@ -199,6 +199,10 @@ pub struct DrillConfig {
     /// The outbound API fails this way for the spike phase (none: it never fails).
     #[serde(default)]
     pub api_fails: Option<ApiFailure>,
+    /// The egress route's timeout in every configuration, and (C) the breaker's
+    /// `slow_call_ms` set to half of it as envoy.yaml does (none: envoy.yaml's 1 s and 500).
+    #[serde(default)]
+    pub egress_timeout_ms: Option<u64>,
 }
 
 impl Default for DrillConfig {
@@ -220,6 +224,7 @@ impl Default for DrillConfig {
             envoy_workers: 2,
             api_latency_ms: default_api_latency_ms(),
             api_fails: None,
+            egress_timeout_ms: None,
         }
     }
 }
@@ -498,12 +503,39 @@ impl Front {
     }
 }
 
+/// Sets the egress route's timeout and, where the breaker is, its `slow_call_ms` to half of
+/// it (envoy.yaml's rule: slow = half the route timeout).
+fn set_egress_timeout(b: &mut Bundle, ms: u64) -> io::Result<()> {
+    let rc = b
+        .route_config_mut("egress")
+        .ok_or_else(|| other("no egress listener"))?;
+    let route = rc
+        .pointer_mut("/virtual_hosts/0/routes/0/route")
+        .ok_or_else(|| other("no egress route"))?;
+    route["timeout"] = json!(format!("{:.3}s", ms as f64 / 1000.0));
+    if let Some(mut br) = b.filter_config("breaker") {
+        if let Some(api) = br.pointer_mut("/apis/0") {
+            api["slow_call_ms"] = json!((ms / 2).max(1));
+        }
+        b.set_filter_config("breaker", &br)?;
+    }
+    Ok(())
+}
+
 /// An Envoy with no spikeguard filter and its cluster limits raised (A's): its egress
 /// listener is a plain proxy to the API (route timeout 1 s).
-fn plain_bundle(app: &Upstream, simple: &Upstream, api: &Upstream) -> io::Result<Bundle> {
+fn plain_bundle(
+    cfg: &DrillConfig,
+    app: &Upstream,
+    simple: &Upstream,
+    api: &Upstream,
+) -> io::Result<Bundle> {
     let mut b = Bundle::load()?;
     b.keep_filters(&[]);
     b.raise_circuit_breakers(100_000);
+    if let Some(ms) = cfg.egress_timeout_ms {
+        set_egress_timeout(&mut b, ms)?;
+    }
     b.set_cluster_port("main_app", app.port)?;
     b.set_cluster_port("simple_page", simple.port)?;
     b.set_cluster_port(API_NAME, api.port)?;
@@ -528,7 +560,7 @@ fn start_front(
             503,
             Some(1000),
         )?;
-        let egress = plain_bundle(app, simple, api)?.launch(cfg.envoy_workers)?;
+        let egress = plain_bundle(cfg, app, simple, api)?.launch(cfg.envoy_workers)?;
         let desc = format!(
             "nginx (Debian) -> app: limit_req_zone $binary_remote_addr rate={r}r/s; limit_req burst={burst} nodelay (the talk's 1000r/s burst=1000 for a 1,600/s app, scaled); 503; proxy_read_timeout 1s; the app's API calls through an Envoy egress listener with no filter (as A)"
         );
@@ -560,6 +592,14 @@ fn start_front(
     b.set_cluster_port("main_app", app.port)?;
     b.set_cluster_port("simple_page", simple.port)?;
     b.set_cluster_port(API_NAME, api.port)?;
+    let mut desc = desc;
+    if let Some(ms) = cfg.egress_timeout_ms {
+        set_egress_timeout(&mut b, ms)?;
+        let _ = write!(desc, "; egress route timeout {ms} ms");
+        if p == Protection::C {
+            let _ = write!(desc, ", breaker slow_call_ms {}", (ms / 2).max(1));
+        }
+    }
     let e = b.launch(cfg.envoy_workers)?;
     Ok((Front::Envoy(e), desc))
 }

@@ -41,6 +41,10 @@ struct Args {
     /// `slow` (700 ms: slow for the breaker, in time for the routes).
     #[arg(long, num_args = 0..=1, default_missing_value = "errors", value_parser = parse_api_fails)]
     api_fails: Option<ApiFailure>,
+    /// The egress route's timeout, milliseconds (every configuration), and C's breaker
+    /// `slow_call_ms` at half of it; default envoy.yaml's (1,000 and 500).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(10..=60_000))]
+    egress_timeout_ms: Option<u64>,
 }
 
 fn parse_api_fails(s: &str) -> Result<ApiFailure, String> {
@@ -83,6 +87,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         baseline_rps: a.baseline_rps,
         workers,
         api_fails: a.api_fails,
+        egress_timeout_ms: a.egress_timeout_ms,
         ..def
     };
     let report = drill::run(&cfg, |m| println!("{m}"))?;
