@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -419,8 +419,86 @@ struct Done {
     headers: Vec<(String, String)>,
 }
 
+/// Live counters of one or more running loads, for a display that samples them while the
+/// load goes on ([`run_with_progress`]): counts only grow; [`Progress::take_normal_latency`]
+/// hands over the latencies recorded since its last call.
+#[derive(Debug)]
+pub struct Progress {
+    /// Requests due by the schedule (sent, or dropped client-side at `max_in_flight`).
+    pub offered: AtomicU64,
+    /// Requests finished, by outcome: `[error or timeout, 1xx, 2xx, 3xx, 4xx, 5xx]`.
+    pub done_by_class: [AtomicU64; 6],
+    /// Of those, requests for keys not in [`KeyMix::hot`] ("normal users"), and their 2xx.
+    pub normal_done: AtomicU64,
+    pub normal_ok: AtomicU64,
+    /// Latency (µs, from the intended send time) of normal users' completed requests.
+    normal_latency: Mutex<Option<Histogram<u64>>>,
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Progress {
+            offered: AtomicU64::new(0),
+            done_by_class: Default::default(),
+            normal_done: AtomicU64::new(0),
+            normal_ok: AtomicU64::new(0),
+            normal_latency: Mutex::new(None),
+        }
+    }
+}
+
+impl Progress {
+    /// Requests finished with a status in `class` (2 = 2xx ...; 0 = error or timeout).
+    pub fn done(&self, class: usize) -> u64 {
+        self.done_by_class
+            .get(class)
+            .map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
+    /// The normal users' latencies recorded since the last call (µs); None if none.
+    pub fn take_normal_latency(&self) -> Option<Histogram<u64>> {
+        self.normal_latency.lock().ok().and_then(|mut h| h.take())
+    }
+
+    fn add(&self, status: u16, normal: bool, latency_us: u64) {
+        let class = if status == 0 {
+            0
+        } else {
+            usize::from(status / 100).min(5)
+        };
+        if let Some(c) = self.done_by_class.get(class) {
+            c.fetch_add(1, Ordering::Relaxed);
+        }
+        if normal {
+            self.normal_done.fetch_add(1, Ordering::Relaxed);
+            if class == 2 {
+                self.normal_ok.fetch_add(1, Ordering::Relaxed);
+            }
+            if status != 0 {
+                if let Ok(mut h) = self.normal_latency.lock() {
+                    if h.is_none() {
+                        *h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).ok();
+                    }
+                    if let Some(h) = h.as_mut() {
+                        h.saturating_record(latency_us.max(1));
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Runs a constant-rate load; blocks until every sent request finished or timed out.
 pub fn run(cfg: &LoadConfig) -> std::io::Result<Report> {
+    run_with_progress(cfg, None)
+}
+
+/// [`run`], also counting into `progress` (shareable by several loads at once) as requests
+/// are due and finish.
+pub fn run_with_progress(
+    cfg: &LoadConfig,
+    progress: Option<Arc<Progress>>,
+) -> std::io::Result<Report> {
     if !(cfg.rate_rps.is_finite() && cfg.rate_rps > 0.0) {
         return Err(invalid("rate_rps must be > 0"));
     }
@@ -435,12 +513,12 @@ pub fn run(cfg: &LoadConfig) -> std::io::Result<Report> {
             .collect::<Vec<_>>(),
     )?;
     let rt = runtime()?;
-    let report = rt.block_on(run_async(cfg.clone()));
+    let report = rt.block_on(run_async(cfg.clone(), progress));
     rt.shutdown_timeout(Duration::from_millis(200));
     report
 }
 
-async fn run_async(cfg: LoadConfig) -> std::io::Result<Report> {
+async fn run_async(cfg: LoadConfig, progress: Option<Arc<Progress>>) -> std::io::Result<Report> {
     let max_in_flight = cfg.max_in_flight.max(1);
     let client = make_client(max_in_flight);
     let total = ((cfg.rate_rps * cfg.duration_ms as f64) / 1000.0).floor() as u64;
@@ -456,9 +534,15 @@ async fn run_async(cfg: LoadConfig) -> std::io::Result<Report> {
     let record = cfg.record;
 
     let start = Instant::now();
+    let hot_keys: Vec<String> = cfg.keys.hot.iter().map(|(k, _)| k.clone()).collect();
+    let live = progress.clone();
     let collector = tokio::spawn(async move {
         let mut agg = Agg::default();
         while let Some(d) = rx.recv().await {
+            if let Some(p) = &live {
+                let normal = !hot_keys.contains(&d.key);
+                p.add(d.status, normal, d.done_us.saturating_sub(d.intended_us));
+            }
             agg.add(d, record, &mut hist);
         }
         (agg, hist)
@@ -473,6 +557,9 @@ async fn run_async(cfg: LoadConfig) -> std::io::Result<Report> {
         let intended = start + Duration::from_secs_f64(i as f64 / cfg.rate_rps);
         tokio::time::sleep_until(intended).await;
         let key = sampler.next_key();
+        if let Some(p) = &progress {
+            p.offered.fetch_add(1, Ordering::Relaxed);
+        }
         if in_flight.load(Ordering::SeqCst) >= max_in_flight {
             dropped += 1;
             continue;
