@@ -65,7 +65,8 @@ test-wasm: rust-target
 	$(CARGO) test --target wasm32-wasip1 $(WASM_TEST_CRATES)
 	$(CARGO) test --target wasm32-wasip1 -p sg-combined
 
-test-e2e: setup wasm
+# `build`, not only `wasm`: tests/demo.rs runs target/release/demo.
+test-e2e: setup build
 	$(CARGO) test --release -p sg-e2e -- --test-threads=1
 
 # Runs every step, then prints one summary line summed over cargo's "test result:" lines.
@@ -85,8 +86,9 @@ bench-smoke: build
 	  --concurrency 1 --xcheck-rps 0 \
 	  --variants bare,noop_wasm,ratelimit,hotkey,simplepage,sli,noop_wasm_egress,breaker,breaker_bulkhead,noop_wasm_x5,chain5,combined
 
+# `make demo DEMO_ARGS="--seconds 20 --no-hold"` (or DEMO_SECONDS, DEMO_HOLD, DEMO_BREAKER, CI).
 demo: setup build
-	$(CARGO) run --release -q -p sg-integration --bin demo
+	$(CARGO) run --release -q -p sg-integration --bin demo -- $(DEMO_ARGS)
 
 bench: setup build
 	$(CARGO) run --release -q -p sg-integration --bin bench -- --out docs/BENCHMARKS.md

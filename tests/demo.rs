@@ -89,8 +89,10 @@ fn demo_runs_non_interactively() {
     ] {
         let row = stdout
             .lines()
+            .map(str::trim_start)
             .find(|l| l.starts_with(label))
             .unwrap_or_else(|| panic!("no summary row {label:?}"));
+        // A value for each run.
         assert!(row[label.len()..].split_whitespace().count() >= 2, "{row}");
     }
     // The URLs left for the user, and the non-interactive exit.

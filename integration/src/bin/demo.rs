@@ -730,8 +730,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "\napp: the blog's own 200s; app503: the app out of workers (\"thread full\"); simple: pages the \
          simple-page service served;\nμcache: answered from the proxy's micro-cache; shed: hotkey 503s; \
-         ratelim: ratelimit 429s; failed: 5xx other than shed, or no answer\n(Envoy's own overflow 503s \
-         included); normal p99: users of the other blogs, over the last second; app busy: workers serving now."
+         ratelim: ratelimit 429s; failed: 5xx other than shed, or no answer\n(here Envoy's own 503s when \
+         the app's 64 connections are all busy); normal p99: users of the other blogs, over the last second;\napp busy: \
+         the app's workers serving now."
     );
     if args.breaker {
         breaker_part(args.seconds.clamp(3, 10))?;
