@@ -35,13 +35,14 @@ struct Args {
     #[arg(long, env = "DEMO_SECONDS", default_value_t = 40)]
     seconds: u64,
     /// Leave the protected stack running until Ctrl-C even without a terminal.
-    #[arg(long, env = "DEMO_HOLD", conflicts_with = "no_hold")]
+    #[arg(long, env = "DEMO_HOLD", value_parser = clap::builder::FalseyValueParser::new())]
     hold: bool,
-    /// Exit after the summary even on a terminal (also when `CI` is set).
+    /// Exit after the summary even on a terminal (also when `CI` is set); wins over `--hold`.
     #[arg(long)]
     no_hold: bool,
-    /// Also run the outbound-API part (a hanging API, without and with `breaker`).
-    #[arg(long, env = "DEMO_BREAKER")]
+    /// Also run the outbound-API part (a hanging API, without and with `breaker`; 2 x 6 to
+    /// 10 s, a quarter of `--seconds`).
+    #[arg(long, env = "DEMO_BREAKER", value_parser = clap::builder::FalseyValueParser::new())]
     breaker: bool,
 }
 
@@ -735,7 +736,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          the app's workers serving now."
     );
     if args.breaker {
-        breaker_part(args.seconds.clamp(3, 10))?;
+        breaker_part((args.seconds / 4).clamp(6, 10))?;
     }
     println!(
         "\nthe protected stack:\n  Envoy (the blog)  {}/PostView?blogId={HOT}&logNo=1\n  Envoy admin       http://127.0.0.1:{}/ \
@@ -769,7 +770,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .as_secs_f64()
     );
     let interactive = std::io::stdout().is_terminal() && std::env::var_os("CI").is_none();
-    if args.hold || (interactive && !args.no_hold) {
+    if !args.no_hold && (args.hold || interactive) {
         println!("running until Ctrl-C");
         hold_until_ctrl_c()?;
         println!("stopped");
