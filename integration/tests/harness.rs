@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use sg_integration::http::{self, Response};
-use sg_integration::loadgen::{run, run_schedule, KeyMix, LoadConfig, Planned};
+use sg_integration::loadgen::{
+    run, run_schedule, run_with_progress, KeyMix, LoadConfig, Planned, Progress,
+};
 use sg_integration::upstream::{Upstream, UpstreamConfig, UpstreamStats};
 use sg_integration::wait;
 
@@ -98,6 +100,47 @@ fn constant_rate_run_is_all_ok() {
     assert_eq!(st.by_key.get("k0"), Some(&report.sent));
     assert_eq!(st.requests_by_method.get("GET"), Some(&report.sent));
     assert_eq!(st.request_log_tail.len(), 200.min(report.sent as usize));
+}
+
+/// Two loads counting into one `Progress` (as the demo's normal traffic and spike do): its
+/// counters add up to their reports, and normal users are the keys not in `hot`.
+#[test]
+fn progress_counts_two_loads() {
+    let up = Upstream::start(UpstreamConfig::default()).unwrap();
+    let progress = std::sync::Arc::new(Progress::default());
+    let cfg = |rate: f64, hot: Vec<(String, f64)>| LoadConfig {
+        target: up.url(),
+        rate_rps: rate,
+        duration_ms: 1000,
+        keys: KeyMix {
+            hot,
+            ..KeyMix::default()
+        },
+        timeout_ms: 5000,
+        ..LoadConfig::default()
+    };
+    let normal = cfg(100.0, Vec::new());
+    let spike = cfg(200.0, vec![("hot".into(), 1.0)]);
+    let (a, b) = std::thread::scope(|s| {
+        let p = progress.clone();
+        let a = s.spawn(move || run_with_progress(&normal, Some(p)).unwrap());
+        let p = progress.clone();
+        let b = s.spawn(move || run_with_progress(&spike, Some(p)).unwrap());
+        (a.join().unwrap(), b.join().unwrap())
+    });
+    let ord = std::sync::atomic::Ordering::Relaxed;
+    assert_eq!(
+        progress.offered.load(ord),
+        a.sent + a.dropped_client_side + b.sent + b.dropped_client_side
+    );
+    let ok = |r: &sg_integration::loadgen::Report| r.by_status.get(&200).copied().unwrap_or(0);
+    assert_eq!(progress.done(2), ok(&a) + ok(&b));
+    assert_eq!(progress.done(0), a.errors + b.errors);
+    assert_eq!(progress.normal_done.load(ord), a.sent);
+    assert_eq!(progress.normal_ok.load(ord), ok(&a));
+    let h = progress.take_normal_latency().unwrap();
+    assert_eq!(h.len(), a.completed);
+    assert!(progress.take_normal_latency().is_none());
 }
 
 #[test]
