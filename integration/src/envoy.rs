@@ -137,6 +137,47 @@ impl Bundle {
         Ok(())
     }
 
+    /// Replaces spikeguard filters of `listener` by ONE filter `spikeguard.<name>` running the
+    /// combined module (`sg_combined.wasm`, docs/COMBINED.md) at the place of the first of
+    /// them: `parts` pairs each filter with its section (`("sli_egress", "sli")`), and each
+    /// filter's current config becomes that section, unchanged. The parts keep their order
+    /// whatever the order of `parts` (the module runs them in its own, the bundle's, order).
+    pub fn combine(
+        &mut self,
+        listener: &str,
+        name: &str,
+        parts: &[(&str, &str)],
+    ) -> io::Result<()> {
+        let mut sections = serde_json::Map::new();
+        for (filter, section) in parts {
+            let cfg = self
+                .filter_config(filter)
+                .ok_or_else(|| err(format!("no spikeguard.{filter} with a JSON config")))?;
+            sections.insert((*section).to_string(), cfg);
+        }
+        let names: Vec<String> = parts
+            .iter()
+            .map(|(f, _)| format!("spikeguard.{f}"))
+            .collect();
+        let is_part = |f: &Value| names.iter().any(|n| f["name"] == n.as_str());
+        let fs = self
+            .http_filters_mut(listener)
+            .ok_or_else(|| err(format!("no listener {listener}")))?;
+        let at = fs
+            .iter()
+            .position(is_part)
+            .ok_or_else(|| err(format!("none of {names:?} on listener {listener}")))?;
+        if fs.iter().filter(|f| is_part(f)).count() != parts.len() {
+            return Err(err(format!("not all of {names:?} on listener {listener}")));
+        }
+        fs.retain(|f| !is_part(f));
+        fs.insert(
+            at,
+            Bundle::wasm_filter(name, "combined", &Value::Object(sections)),
+        );
+        Ok(())
+    }
+
     /// A Wasm HTTP filter entry for module `sg_<module>.wasm` in the shared `spikeguard` VM.
     pub fn wasm_filter(name: &str, module: &str, config: &Value) -> Value {
         json!({
