@@ -374,3 +374,55 @@ fn a_held_request_goes_through_the_parts_after_the_one_that_paused_it() {
     c.on_done(&mut s2);
     c.on_done(&mut s1);
 }
+
+/// `config/combined.json` (the bundle's ingress chain as one module) is accepted by the
+/// module's own configure code, every section is accepted by its filter's, and every field
+/// of every section is described by that filter's schema (`config/combined.schema.json`
+/// refers to them).
+#[test]
+fn shipped_combined_example_configures_and_each_section_matches_its_schema() {
+    let json = include_str!("../../../config/combined.json");
+    let h = MemHost::new();
+    h.set_config(json);
+    assert!(
+        Combined::configure(&h).is_some(),
+        "config/combined.json refused"
+    );
+    let doc: serde_json::Value = serde_json::from_str(json).expect("json");
+    let schemas = [
+        ("sli", include_str!("../../../config/sli.schema.json")),
+        ("hotkey", include_str!("../../../config/hotkey.schema.json")),
+        (
+            "simplepage",
+            include_str!("../../../config/simplepage.schema.json"),
+        ),
+        (
+            "ratelimit",
+            include_str!("../../../config/ratelimit.schema.json"),
+        ),
+        (
+            "breaker",
+            include_str!("../../../config/breaker.schema.json"),
+        ),
+    ];
+    let obj = doc.as_object().expect("object");
+    assert!(obj.len() >= 4, "the example holds the ingress sections");
+    for (name, section) in obj {
+        let (_, schema) = schemas
+            .iter()
+            .find(|(n, _)| n == name)
+            .expect("a known section");
+        let gaps = sg_core::error::schema_gaps_of(schema, &section.to_string());
+        assert!(gaps.is_empty(), "config/{name}.schema.json lacks {gaps:?}");
+    }
+    let combined_schema: serde_json::Value =
+        serde_json::from_str(include_str!("../../../config/combined.schema.json"))
+            .expect("schema json");
+    for (name, _) in schemas {
+        assert_eq!(
+            combined_schema["properties"][name]["$ref"],
+            format!("{name}.schema.json"),
+            "combined.schema.json refers to the {name} schema"
+        );
+    }
+}
