@@ -66,11 +66,12 @@ pub const API_HDR: &str = "x-api";
 /// The breaker's API name (and Envoy cluster) of the bundle's egress listener.
 pub const API_NAME: &str = "outbound_api";
 
-/// A hanging API answers after this long: past the egress route's 1 s timeout.
+/// A hanging API answers after this long: past the egress route's timeout (envoy.yaml 300 ms)
+/// and the page's own (ingress, 1 s).
 pub const API_HANG_MS: u64 = 1500;
-/// A slow API answers after this long: past the breaker's `slow_call_ms` (500), within the
-/// egress route's timeout and the page's own (ingress, 1 s).
-pub const API_SLOW_MS: u64 = 700;
+/// A slow API answers after this long: past the breaker's `slow_call_ms` (envoy.yaml 150),
+/// within the egress route's timeout (300 ms) and the page's own (ingress, 1 s).
+pub const API_SLOW_MS: u64 = 220;
 
 /// How often the breaker's state is looked at (C), milliseconds.
 pub const BREAKER_POLL_MS: u64 = 100;
@@ -116,7 +117,7 @@ impl ApiFailure {
             ApiFailure::Errors => "every call answered 503",
             ApiFailure::Hang => "every call hangs 1.5 s (past the egress route timeout)",
             ApiFailure::Slow => {
-                "every call takes 700 ms (past the breaker's slow_call_ms 500, within the route timeouts)"
+                "every call takes 220 ms (past the breaker's slow_call_ms 150, within the route timeouts)"
             }
         }
     }
@@ -200,7 +201,7 @@ pub struct DrillConfig {
     #[serde(default)]
     pub api_fails: Option<ApiFailure>,
     /// The egress route's timeout in every configuration, and (C) the breaker's
-    /// `slow_call_ms` set to half of it as envoy.yaml does (none: envoy.yaml's 1 s and 500).
+    /// `slow_call_ms` set to half of it as envoy.yaml does (none: envoy.yaml's 300 ms and 150).
     #[serde(default)]
     pub egress_timeout_ms: Option<u64>,
 }
@@ -523,7 +524,7 @@ fn set_egress_timeout(b: &mut Bundle, ms: u64) -> io::Result<()> {
 }
 
 /// An Envoy with no spikeguard filter and its cluster limits raised (A's): its egress
-/// listener is a plain proxy to the API (route timeout 1 s).
+/// listener is a plain proxy to the API (envoy.yaml's egress route, timeout 300 ms).
 fn plain_bundle(
     cfg: &DrillConfig,
     app: &Upstream,
@@ -571,7 +572,7 @@ fn start_front(
         Protection::A => {
             b.keep_filters(&[]);
             b.raise_circuit_breakers(100_000);
-            "envoy, no spikeguard filter (ingress or egress), cluster limits raised to 100,000 (route timeouts 1 s)"
+            "envoy, no spikeguard filter (ingress or egress), cluster limits raised to 100,000 (route timeouts: ingress 1 s, egress 300 ms)"
                 .to_string()
         }
         Protection::B => {

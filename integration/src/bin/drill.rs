@@ -38,7 +38,7 @@ struct Args {
     baseline_rps: f64,
     /// The outbound API the pages call fails during the spike: `errors` (every call 503, the
     /// default of a bare `--api-fails`), `hang` (calls hang past the egress route timeout) or
-    /// `slow` (700 ms: slow for the breaker, in time for the routes).
+    /// `slow` (220 ms: slow for the breaker, in time for the routes).
     #[arg(long, num_args = 0..=1, default_missing_value = "errors", value_parser = parse_api_fails)]
     api_fails: Option<ApiFailure>,
     /// The egress route's timeout, milliseconds (every configuration), and C's breaker
