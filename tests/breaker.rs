@@ -45,13 +45,13 @@ fn stat_name(api: &str, what: &str) -> String {
 }
 
 /// The test API: `outbound_api`, GETs under `/api/` with the test client's authority, opening
-/// at 50% failures (or 80% slow calls over 300 ms) once 10 calls are in, open for 1 s, 3
+/// at 50% failures (or 80% slow calls over 150 ms, half the bundle's egress route timeout) once 10 calls are in, open for 1 s, 3
 /// probes; fallback `200 []` (JSON). `over` replaces fields.
 fn api_cfg(over: Value) -> Value {
     let mut a = json!({
         "name": API, "cluster": "outbound_api", "authority": ["localhost"],
         "match": {"path_prefix": "/api/", "methods": ["GET"]},
-        "slow_call_ms": 300, "window": {"count": 20}, "failure_rate_percent": 50,
+        "slow_call_ms": 150, "window": {"count": 20}, "failure_rate_percent": 50,
         "slow_call_rate_percent": 80, "min_calls": 10, "wait_open_ms": WAIT_OPEN.as_millis() as u64,
         "half_open_calls": 3,
         "fallback": {"status": 200, "headers": {"content-type": "application/json"}, "body": "[]"}
@@ -593,9 +593,11 @@ fn failures_open_the_breaker_probes_close_it_and_failing_probes_reopen_it_with_b
 
 #[test]
 fn slow_calls_open_the_breaker_and_fast_probes_close_it() {
-    let e = Egress::start(breaker(vec![api_cfg(json!({"slow_call_ms": 200}))]), 2);
+    // Slow = over 100 ms; the API answers after 200 ms, inside the route timeout (300 ms).
+    let e = Egress::start(breaker(vec![api_cfg(json!({"slow_call_ms": 100}))]), 2);
+    assert!(e.route_timeout > Duration::from_millis(250), "{:?}", e.route_timeout);
     // Slow and failing: counted as slow failures.
-    e.api().set_latency_ms(400);
+    e.api().set_latency_ms(200);
     e.api().set_error_rate(1.0, 503);
     for _ in 0..2 {
         let c = e.call(PATH);
