@@ -595,7 +595,11 @@ fn failures_open_the_breaker_probes_close_it_and_failing_probes_reopen_it_with_b
 fn slow_calls_open_the_breaker_and_fast_probes_close_it() {
     // Slow = over 100 ms; the API answers after 200 ms, inside the route timeout (300 ms).
     let e = Egress::start(breaker(vec![api_cfg(json!({"slow_call_ms": 100}))]), 2);
-    assert!(e.route_timeout > Duration::from_millis(250), "{:?}", e.route_timeout);
+    assert!(
+        e.route_timeout > Duration::from_millis(250),
+        "{:?}",
+        e.route_timeout
+    );
     // Slow and failing: counted as slow failures.
     e.api().set_latency_ms(200);
     e.api().set_error_rate(1.0, 503);
