@@ -6,6 +6,7 @@ pub mod drill;
 pub mod envoy;
 pub mod http;
 pub mod loadgen;
+pub mod memory;
 pub mod nginx;
 pub mod prometheus;
 pub mod server;
