@@ -49,7 +49,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -755,9 +755,10 @@ fn sample_line(s: &Sample) -> String {
 /// The `wrk` script of one stage: keys `first..first+count`, thread `t` of `n` sending keys
 /// `first + t + i*n`; a thread that sent its share sends [`IDLE_PATH`] until its keyed
 /// answers are all in, then stops; `done` prints the counts on one `SGMEM` line.
-fn lua(first: u64, count: u64, threads: u64) -> String {
+fn lua(first: u64, count: u64, threads: u64, done_prefix: &str) -> String {
     format!(
         r#"local first, count, nthreads = {first}, {count}, {threads}
+local done_prefix = "{done_prefix}"
 local threads, next_id = {{}}, 0
 function setup(thread)
   thread:set("id", next_id)
@@ -807,12 +808,22 @@ function response(status, headers, body)
     else c5 = c5 + 1 end
   end
   if answered >= quota then
-    wrk.thread:stop()
+    finish()
   elseif sent_all_at ~= nil and os.time() - sent_all_at > {STALL_S} then
     -- a keyed request got no answer (a socket error or wrk's timeout): stop, counted short
     stalled = 1
-    wrk.thread:stop()
+    finish()
   end
+end
+-- thread:stop() ends this thread's loop only: wrk's main thread sleeps the whole -d
+-- duration whatever the threads do, so a marker file tells the harness to interrupt it
+-- (SIGINT: wrk joins the threads, then runs done()).
+function finish()
+  if finished then return end
+  finished = true
+  local f = io.open(done_prefix .. id, "w")
+  if f then f:close() end
+  wrk.thread:stop()
 end
 function done(summary, latency, requests)
   local t = {{answered = 0, idle = 0, c2 = 0, c3 = 0, c4 = 0, c5 = 0, stalled = 0}}
@@ -859,17 +870,31 @@ fn wrk_stage(
     let threads = u64::from(cfg.wrk_threads).min(count).max(1);
     let conns = u64::from(cfg.connections).max(threads);
     let script = dir.join(format!("stage-{first}.lua"));
-    std::fs::write(&script, lua(first, count, threads))?;
+    let done_prefix = dir.join(format!("stage-{first}.done."));
+    let done_prefix = done_prefix
+        .to_str()
+        .filter(|p| !p.contains(['"', '\\']))
+        .ok_or_else(|| other(format!("unusable script directory {}", dir.display())))?;
+    let markers: Vec<_> = (0..threads)
+        .map(|i| Path::new(&format!("{done_prefix}{i}")).to_path_buf())
+        .collect();
+    for m in &markers {
+        let _ = std::fs::remove_file(m);
+    }
+    std::fs::write(&script, lua(first, count, threads, done_prefix))?;
     let t0 = Instant::now();
-    let out = Command::new("wrk")
+    let child = Command::new("wrk")
         .arg(format!("-t{threads}"))
         .arg(format!("-c{conns}"))
         .arg(format!("-d{}s", cfg.stage_timeout_s.max(1)))
         .args(["--timeout", "5s", "-s"])
         .arg(&script)
         .arg(format!("{url}/"))
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| other(format!("cannot run wrk: {e} (run `make setup`)")))?;
+    let out = finish_wrk(child, &markers, cfg.stage_timeout_s.max(1))?;
     let seconds = t0.elapsed().as_secs_f64();
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
@@ -885,6 +910,41 @@ fn wrk_stage(
     t.planned = count;
     t.seconds = seconds;
     Ok(t)
+}
+
+/// Waits for `wrk`: once every thread left its marker (all its keys answered, or stalled),
+/// interrupts it (SIGINT: it stops sleeping out `-d`, joins the threads and prints the
+/// `done()` line); kills it if it outlives its duration by a minute.
+fn finish_wrk(
+    mut child: Child,
+    markers: &[std::path::PathBuf],
+    duration_s: u64,
+) -> io::Result<std::process::Output> {
+    let t0 = Instant::now();
+    let hard = Duration::from_secs(duration_s + 60);
+    let mut interrupted: Option<Instant> = None;
+    loop {
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        let all_done = markers.iter().all(|m| m.exists());
+        let resend = interrupted.is_none_or(|t| t.elapsed() > Duration::from_secs(5));
+        if all_done && resend {
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            interrupted = Some(Instant::now());
+        }
+        if t0.elapsed() > hard {
+            let _ = child.kill();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for m in markers {
+        let _ = std::fs::remove_file(m);
+    }
+    child.wait_with_output()
 }
 
 /// A simple-page service of its own for the slot runs: every GET answered 200 with a page of
@@ -971,7 +1031,7 @@ pub fn thousands(n: u64) -> String {
     let s = n.to_string();
     let mut out = String::new();
     for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i) % 3 == 0 {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
