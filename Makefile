@@ -11,7 +11,7 @@ APT_PACKAGES := nginx wrk nghttp2-client
 export ENVOY_BIN := $(abspath $(ENVOY))
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: slo setup apt rust-target wasm build lint test test-steps test-native test-wasm test-e2e bench-smoke demo bench drill clean
+.PHONY: slo setup apt rust-target wasm build lint test test-steps test-native test-wasm test-e2e bench-smoke demo bench drill memory clean
 
 setup: apt rust-target $(ENVOY)
 
@@ -111,3 +111,12 @@ clean:
 DRILL_OUT ?= docs/drill
 drill: setup build
 	$(CARGO) run --release -q -p sg-integration --bin drill -- --out-json $(DRILL_OUT).json --out-svg $(DRILL_OUT).svg $(DRILL_ARGS)
+
+# The memory benchmark (`sg_integration::memory` describes the method): Envoy's RSS, live heap
+# and Wasm memories after 1,000,000 distinct keys through bare Envoy, one no-op Wasm filter and
+# the whole bundle, and per micro-cache slot configuration; writes docs/memory.json and prints
+# a markdown section (MEMORY_ARGS adds flags, e.g. `--out docs/BENCHMARKS.md` to append it,
+# `--keys 300000`). Takes about 10 minutes. Not part of `make test` (tests/memory.rs, a short
+# run, is).
+memory: setup build
+	$(CARGO) run --release -q -p sg-integration --bin memory -- --json docs/memory.json $(MEMORY_ARGS)

@@ -43,7 +43,11 @@
 //! A request's answer is counted in `wrk`'s Lua (by status class); once a `wrk` thread has
 //! sent its share of keys it sends only `/__sg_memory_idle` (a `direct_response` 204 route
 //! added first) until its last keyed answer is in, so every key is sent exactly once and
-//! answered before the stage ends. Stages are bounded in time (`stage_timeout_s`).
+//! answered before the stage ends. A thread's `thread:stop()` ends only its own loop (wrk's
+//! main thread sleeps out the whole `-d` whatever its threads do), so each thread also leaves
+//! a marker file and the harness interrupts `wrk` (SIGINT: it joins the threads and prints the
+//! counts) once every thread's marker is there. Stages are bounded in time
+//! (`stage_timeout_s`, wrk's `-d`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
