@@ -59,6 +59,27 @@ fn combine_all(b: &mut Bundle) {
     }
 }
 
+/// Waits until the `spikeguard_requests_total` series whose labels hold every one of `labels`
+/// sum to `want` in Envoy's Prometheus output.
+fn wait_requests(s: &Stack, labels: &[&str], want: f64) {
+    sg_e2e::wait::until(
+        &format!("spikeguard_requests_total{labels:?} = {want}"),
+        STATS,
+        || {
+            s.envoy
+                .prometheus()
+                .lines()
+                .filter(|l| {
+                    l.starts_with("spikeguard_requests_total{")
+                        && labels.iter().all(|want| l.contains(want))
+                })
+                .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
+                .sum::<f64>()
+        },
+        |v| *v == want,
+    );
+}
+
 fn config_dump(s: &Stack) -> String {
     http::get(s.envoy.admin, "/config_dump")
         .unwrap_or_else(|e| panic!("config_dump: {e}"))
@@ -89,23 +110,7 @@ fn the_shipped_bundle_runs_as_two_combined_modules() {
     assert_eq!(st.status, 200, "{st:?}");
     let v: Value = serde_json::from_str(&st.body).unwrap_or_else(|e| panic!("{e}: {st:?}"));
     assert!(v.is_object(), "{v}");
-    sg_e2e::wait::until(
-        "5 PostView pages in the SLI series",
-        STATS,
-        || {
-            s.envoy
-                .prometheus()
-                .lines()
-                .filter(|l| {
-                    l.starts_with("spikeguard_requests_total{")
-                        && l.contains("page=\"PostView\"")
-                        && l.contains("code=\"200\"")
-                })
-                .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
-                .sum::<f64>()
-        },
-        |v| *v == 5.0,
-    );
+    wait_requests(&s, &["page=\"PostView\"", "code=\"200\""], 5.0);
     // The egress listener's module: the app's outbound call goes through the breaker part
     // to the API (the app here) and is answered.
     let r = http::get(s.egress(), "/api/json?x=1").unwrap_or_else(|e| panic!("{e}"));
@@ -150,21 +155,7 @@ fn a_request_held_by_ratelimit_is_resumed_through_the_module() {
         5
     );
     // The sli part saw every answer, the held ones included.
-    sg_e2e::wait::until(
-        "7 PostList answers in the SLI series",
-        STATS,
-        || {
-            s.envoy
-                .prometheus()
-                .lines()
-                .filter(|l| {
-                    l.starts_with("spikeguard_requests_total{") && l.contains("page=\"PostList\"")
-                })
-                .filter_map(|l| l.rsplit_once(' ')?.1.trim().parse::<f64>().ok())
-                .sum::<f64>()
-        },
-        |v| *v == 7.0,
-    );
+    wait_requests(&s, &["page=\"PostList\""], 7.0);
 }
 
 #[test]

@@ -13,3 +13,15 @@ pub mod server;
 pub mod slo;
 pub mod upstream;
 pub mod wait;
+
+/// The first non-empty line a command prints (stdout, then stderr), after its last
+/// `version: ` if any (`envoy --version` prints "\n<path>  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL");
+/// "?" when it cannot run. For the machine lines of the benchmark reports.
+pub fn first_line(cmd: &mut std::process::Command) -> String {
+    let out = cmd.output().map(|o| [o.stdout, o.stderr].concat());
+    let out = String::from_utf8_lossy(&out.unwrap_or_default()).into_owned();
+    let line = out.lines().map(str::trim).find(|l| !l.is_empty());
+    line.and_then(|l| l.rsplit("version: ").next())
+        .unwrap_or("?")
+        .to_string()
+}

@@ -68,6 +68,7 @@ use serde_json::{json, Value};
 
 use crate::control::Control;
 use crate::envoy::{envoy_bin, Bundle, Envoy};
+use crate::first_line;
 use crate::http;
 use crate::server::{self, Resp, Server};
 use crate::upstream::{Upstream, UpstreamConfig};
@@ -1008,15 +1009,6 @@ async fn page(shared: Arc<PageShared>, req: Request<Incoming>) -> Resp {
     );
     h.insert("x-upstream", HeaderValue::from_static("simple"));
     resp
-}
-
-fn first_line(cmd: &mut Command) -> String {
-    let out = cmd.output().map(|o| [o.stdout, o.stderr].concat());
-    let out = String::from_utf8_lossy(&out.unwrap_or_default()).into_owned();
-    let line = out.lines().map(str::trim).find(|l| !l.is_empty());
-    line.and_then(|l| l.rsplit("version: ").next())
-        .unwrap_or("?")
-        .to_string()
 }
 
 fn machine() -> String {

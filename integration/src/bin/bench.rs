@@ -15,7 +15,7 @@ use clap::Parser;
 use serde_json::{json, Value};
 use sg_integration::envoy::{envoy_bin, Bundle, Envoy};
 use sg_integration::loadgen::{self, KeyMix, LoadConfig};
-use sg_integration::wait;
+use sg_integration::{first_line, wait};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
@@ -915,16 +915,6 @@ fn cross_check(o: &Opts, script: &Path) -> Res<Vec<Cross>> {
     }
     run_cmd(Command::new("taskset").args(["-a", "-p", &mask, &me.to_string()]))?;
     Ok(vec![lg, h2?])
-}
-
-fn first_line(cmd: &mut Command) -> String {
-    let out = cmd.output().map(|o| [o.stdout, o.stderr].concat());
-    let out = String::from_utf8_lossy(&out.unwrap_or_default()).into_owned();
-    let line = out.lines().map(str::trim).find(|l| !l.is_empty());
-    // `envoy --version` prints "\n<path>  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL".
-    line.and_then(|l| l.rsplit("version: ").next())
-        .unwrap_or("?")
-        .to_string()
 }
 
 fn machine() -> String {
