@@ -504,7 +504,8 @@ fn dashboards_and_recording_rules_evaluate_on_a_real_prometheus() {
             Err(format!("{} rules, unhealthy: {bad:?}", rules.len()))
         }
     });
-    // Values make sense: p99 of the fixed bucket shares is between the 3000 and 5000 edges.
+    // Values make sense: p99 of the fixed bucket shares is between the 3000 and 5000 edges
+    // (histogram_quantile's interpolation can land a rounding error past an edge: 5000.000000000166).
     let p99 = prom
         .query_result("spikeguard:request_duration_ms:p99_5m{page=\"PostView\"}")
         .unwrap_or_else(|e| panic!("{e}"));
@@ -513,7 +514,7 @@ fn dashboards_and_recording_rules_evaluate_on_a_real_prometheus() {
         .and_then(|s| s["value"][1].as_str())
         .and_then(|s| s.parse().ok())
         .unwrap_or(f64::NAN);
-    assert!((3000.0..=5000.0).contains(&v), "p99 {v}: {p99:?}");
+    assert!((2999.999..=5000.001).contains(&v), "p99 {v}: {p99:?}");
     let ratio = prom
         .query_result("spikeguard:errors:ratio_rate5m{page=\"PostView\"}")
         .unwrap_or_else(|e| panic!("{e}"));
