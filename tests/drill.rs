@@ -4,18 +4,23 @@
 
 use sg_integration::drill::{self, ApiFailure, DrillConfig, Protection, PHASES};
 
-#[test]
-fn drill_smoke() {
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = DrillConfig {
+/// The smoke runs' drill: 2 s phases, a 40 req/s baseline, 28x on 3 hot keys; the app
+/// serves 3x the baseline (3 workers x 25 ms = 120 pages/s).
+fn smoke() -> DrillConfig {
+    DrillConfig {
         seconds_per_phase: 2.0,
         baseline_rps: 40.0,
-        // The app serves 3x the baseline: 3 workers x 25 ms = 120 pages/s.
         workers: 3,
         spike: 28.0,
         hot_keys: 3,
         ..DrillConfig::default()
-    };
+    }
+}
+
+#[test]
+fn drill_smoke() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = smoke();
     let report = drill::run(&cfg, |m| eprintln!("{m}")).unwrap();
     let table = drill::table(&report);
     eprintln!("{table}");
@@ -80,14 +85,9 @@ fn drill_smoke() {
 #[test]
 fn drill_api_fails_smoke() {
     let cfg = DrillConfig {
-        seconds_per_phase: 2.0,
-        baseline_rps: 40.0,
-        workers: 3,
-        spike: 28.0,
-        hot_keys: 3,
         configs: vec![Protection::A, Protection::C],
         api_fails: Some(ApiFailure::Errors),
-        ..DrillConfig::default()
+        ..smoke()
     };
     let report = drill::run(&cfg, |m| eprintln!("{m}")).unwrap();
     let table = drill::table(&report);

@@ -52,14 +52,7 @@ fn every_shipped_config_manifest_and_the_bundle_pass() {
     let (code, out) = spikeguard(&args);
     assert_eq!(code, 0, "{out}");
     // Every filter's example, the combined one, every WasmPlugin, and the bundle's six.
-    for f in [
-        "sli",
-        "hotkey",
-        "simplepage",
-        "ratelimit",
-        "breaker",
-        "combined",
-    ] {
+    for f in sg_check::FILTERS {
         assert!(out.contains(&format!("config/{f}.json: ok")), "{f}: {out}");
     }
     assert!(out.contains("ratelimit-wasmplugin.yaml: ok"), "{out}");
