@@ -6,7 +6,7 @@ use sg_integration::envoy::{Bundle, Envoy};
 use sg_integration::loadgen::{KeyMix, LoadConfig, Record, Report};
 use sg_integration::upstream::{Upstream, UpstreamConfig};
 
-pub use sg_integration::{control, envoy, http, loadgen, nginx, upstream, wait};
+pub use sg_integration::{control, envoy, http, loadgen, nginx, oci, registry, upstream, wait};
 
 /// A demo upstream that cannot be a test's bottleneck: workers and queue far above any load a
 /// test offers, and a queue timeout longer than any test waits. Tests assert what spikeguard

@@ -178,6 +178,32 @@ impl Bundle {
         Ok(())
     }
 
+    /// Points every Wasm filter that loads `sg_<module>.wasm` at `file` instead (e.g. a module
+    /// pulled from a registry). Returns how many filters now load it.
+    pub fn use_module_file(&mut self, module: &str, file: &Path) -> usize {
+        let wanted = format!("sg_{module}.wasm");
+        let mut n = 0;
+        for l in self.listeners_mut() {
+            let Some(fs) = l
+                .pointer_mut("/filter_chains/0/filters/0/typed_config/http_filters")
+                .and_then(Value::as_array_mut)
+            else {
+                continue;
+            };
+            for f in fs {
+                if let Some(code) =
+                    f.pointer_mut("/typed_config/config/vm_config/code/local/filename")
+                {
+                    if code.as_str().is_some_and(|p| p.ends_with(&wanted)) {
+                        *code = Value::String(file.display().to_string());
+                        n += 1;
+                    }
+                }
+            }
+        }
+        n
+    }
+
     /// A Wasm HTTP filter entry for module `sg_<module>.wasm` in the shared `spikeguard` VM.
     pub fn wasm_filter(name: &str, module: &str, config: &Value) -> Value {
         json!({
