@@ -1,5 +1,8 @@
 //! `spikeguard check`: every shipped config passes; bad ones are refused with the filter and
 //! the field path, through the binary (exit status and output) as a user's CI runs it.
+//! deploy/istio: every manifest passes Istio's CRD schemas, bad ones are refused with the JSON
+//! pointer; the plugins' phases and priorities give envoy.yaml's chain order; their configs
+//! are the bundle's but for Istio's cluster names.
 
 #![allow(clippy::panic, clippy::expect_used, clippy::indexing_slicing)] // test code: fail loudly
 
