@@ -3,10 +3,17 @@
 //! `on_configure` refusal; for the combined module its section split, then each part's).
 //!
 //! Files: a filter config (JSON; the filter from `--filter` or the file name, e.g.
-//! `ratelimit.json`, `ratelimit-prod.json`), an Istio `WasmPlugin` manifest (YAML, one or more
-//! documents; the filter from `spec.url` or `metadata.name`, the config is
-//! `spec.pluginConfig`), or an Envoy bootstrap such as the bundle (`envoy.yaml`: every Wasm
-//! HTTP filter whose module is `sg_<filter>.wasm`, its `configuration.value`).
+//! `ratelimit.json`, `ratelimit-prod.json`), an Istio manifest (YAML, one or more documents),
+//! or an Envoy bootstrap such as the bundle (`envoy.yaml`: every Wasm HTTP filter whose module
+//! is `sg_<filter>.wasm`, its `configuration.value`).
+//!
+//! In a manifest every Istio resource (WasmPlugin, TrafficExtension, ServiceEntry,
+//! DestinationRule, VirtualService) is checked against Istio's own CRD schema ([`istio`]);
+//! a document of any other kind is reported, not skipped. A `WasmPlugin`'s `spec.pluginConfig`
+//! and a `TrafficExtension`'s `spec.wasm.pluginConfig` also go through the filter's own parse
+//! (the filter from the url, else `metadata.name`).
+
+pub mod istio;
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -40,11 +47,16 @@ impl std::fmt::Display for Finding {
         } else {
             &self.error.path
         };
-        write!(
-            f,
-            "{}: {}: {field}: {}",
-            self.at, self.filter, self.error.reason
-        )
+        if self.filter.is_empty() {
+            // A schema violation: the field is a JSON pointer into the document.
+            write!(f, "{}: {field}: {}", self.at, self.error.reason)
+        } else {
+            write!(
+                f,
+                "{}: {}: {field}: {}",
+                self.at, self.filter, self.error.reason
+            )
+        }
     }
 }
 
@@ -55,10 +67,12 @@ fn get<'a>(v: &'a Value, pointer: &str) -> &'a Value {
     v.pointer(pointer).unwrap_or(&NULL)
 }
 
-/// What a file held: how many configs were checked, and the refused ones.
+/// What a file held: how many filter configs were checked, how many Istio resources were
+/// checked against their CRD schema, and the refusals.
 #[derive(Debug, Default)]
 pub struct Report {
     pub checked: usize,
+    pub resources: usize,
     pub findings: Vec<Finding>,
 }
 
@@ -172,17 +186,17 @@ pub fn check_text(name: &str, text: &str, filter: Option<&str>) -> Report {
                 continue;
             }
         };
-        if get(&v, "/kind") == "WasmPlugin" {
-            check_wasmplugin(&at, &v, filter, &mut r);
-        } else if v.get("static_resources").is_some() {
+        if v.get("static_resources").is_some() {
             check_envoy(&at, &v, filter, &mut r);
+        } else if v.get("kind").is_some() || v.get("apiVersion").is_some() {
+            check_resource(&at, &v, filter, &mut r);
         } else if !v.is_null() {
             r.findings.push(refused(
                 at,
                 "?",
                 ConfigError::new(
                     "",
-                    "neither a WasmPlugin nor an Envoy bootstrap (static_resources)",
+                    "neither a Kubernetes resource (apiVersion, kind) nor an Envoy bootstrap (static_resources)",
                 ),
             ));
         }
@@ -190,10 +204,47 @@ pub fn check_text(name: &str, text: &str, filter: Option<&str>) -> Report {
     r
 }
 
-fn check_wasmplugin(at: &str, v: &Value, filter: Option<&str>, r: &mut Report) {
+/// One Kubernetes document: its CRD schema, then (WasmPlugin, TrafficExtension with `wasm`)
+/// the filter's own parse of its plugin config.
+fn check_resource(at: &str, v: &Value, filter: Option<&str>, r: &mut Report) {
+    let kind = get(v, "/kind").as_str().unwrap_or("?");
     let name = get(v, "/metadata/name").as_str().unwrap_or("");
-    let at = format!("{at} WasmPlugin {name}");
-    let url = get(v, "/spec/url").as_str().unwrap_or("");
+    let at = if name.is_empty() {
+        format!("{at} {kind}")
+    } else {
+        format!("{at} {kind} {name}")
+    };
+    match istio::schemas() {
+        Ok(s) => {
+            if s.knows(v) {
+                r.resources += 1;
+            }
+            for e in s.validate(v) {
+                r.findings
+                    .push(refused(at.clone(), "", ConfigError::new(e.path, e.reason)));
+            }
+        }
+        Err(e) => r.findings.push(refused(
+            at.clone(),
+            "",
+            ConfigError::new("", format!("the embedded Istio CRD schemas: {e}")),
+        )),
+    }
+    match kind {
+        "WasmPlugin" => check_plugin(&at, v, "/spec", filter, r),
+        "TrafficExtension" if get(v, "/spec/wasm").is_object() => {
+            check_plugin(&at, v, "/spec/wasm", filter, r)
+        }
+        _ => {}
+    }
+}
+
+/// The plugin config of a WasmPlugin (`wasm` = `/spec`) or TrafficExtension (`/spec/wasm`).
+fn check_plugin(at: &str, v: &Value, wasm: &str, filter: Option<&str>, r: &mut Report) {
+    let name = get(v, "/metadata/name").as_str().unwrap_or("");
+    let at = at.to_string();
+    let url = get(v, &format!("{wasm}/url")).as_str().unwrap_or("");
+    let field = |f: &str| format!("{}.{f}", wasm.trim_start_matches('/').replace('/', "."));
     let Some(f) = filter
         .or_else(|| filter_of(url))
         .or_else(|| filter_of(name))
@@ -202,14 +253,14 @@ fn check_wasmplugin(at: &str, v: &Value, filter: Option<&str>, r: &mut Report) {
             at,
             "?",
             ConfigError::new(
-                "spec.url",
+                field("url"),
                 "cannot tell which spikeguard filter this is (url or metadata.name names it)",
             ),
         ));
         return;
     };
     r.checked += 1;
-    let cfg = get(v, "/spec")
+    let cfg = get(v, wasm)
         .get("pluginConfig")
         .cloned()
         .unwrap_or(Value::Null);
@@ -217,7 +268,7 @@ fn check_wasmplugin(at: &str, v: &Value, filter: Option<&str>, r: &mut Report) {
         r.findings.push(refused(
             at,
             f,
-            ConfigError::new("spec.pluginConfig", "missing or not an object"),
+            ConfigError::new(field("pluginConfig"), "missing or not an object"),
         ));
         return;
     }
@@ -275,6 +326,7 @@ pub fn check_file(path: &Path, filter: Option<&str>) -> Report {
         Ok(text) => check_text(&name, &text, filter),
         Err(e) => Report {
             checked: 0,
+            resources: 0,
             findings: vec![refused(name, "?", ConfigError::new("", e.to_string()))],
         },
     }

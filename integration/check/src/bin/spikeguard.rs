@@ -1,7 +1,8 @@
-//! `spikeguard check FILE...`: validates spikeguard filter configs (JSON), Istio `WasmPlugin`
-//! manifests and Envoy bootstraps such as the bundle with exactly the code the filters run at
-//! configure time; prints each refusal with its field path; exits 1 if any was refused, 2 on
-//! bad usage. For users' CI (README, "Checking configs").
+//! `spikeguard check FILE...`: validates spikeguard filter configs (JSON), Istio manifests and
+//! Envoy bootstraps such as the bundle with exactly the code the filters run at configure
+//! time, and every Istio resource in a manifest against Istio's CRD schema (embedded);
+//! prints each refusal with its field path; exits 1 if any was refused, 2 on bad usage. For
+//! users' CI (README, "Checking configs").
 
 use clap::{Parser, Subcommand};
 use sg_check::FILTERS;
@@ -17,7 +18,8 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Validate configs: filter JSON (`<filter>.json`), WasmPlugin YAML, Envoy bootstrap YAML.
+    /// Validate configs: filter JSON (`<filter>.json`), Istio manifests (YAML: WasmPlugin,
+    /// TrafficExtension, ServiceEntry, DestinationRule, VirtualService), Envoy bootstrap YAML.
     Check {
         /// The filter a JSON file is for, when its name does not say
         /// (sli, hotkey, simplepage, ratelimit, breaker, combined).
@@ -44,10 +46,17 @@ fn main() -> ExitCode {
         }
         refused += r.findings.len();
         if r.findings.is_empty() {
-            if r.checked == 0 {
+            if r.checked == 0 && r.resources == 0 {
                 println!("{}: no spikeguard config found", file.display());
-            } else {
+            } else if r.resources == 0 {
                 println!("{}: ok ({} config(s))", file.display(), r.checked);
+            } else {
+                println!(
+                    "{}: ok ({} config(s), {} Istio resource(s) schema-checked)",
+                    file.display(),
+                    r.checked,
+                    r.resources
+                );
             }
         }
     }
