@@ -11,13 +11,13 @@ APT_PACKAGES := nginx wrk nghttp2-client
 export ENVOY_BIN := $(abspath $(ENVOY))
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: slo setup apt rust-target wasm build lint test test-steps test-native test-wasm test-e2e bench-smoke demo bench drill memory clean
+.PHONY: slo setup apt rust-target wasm build images lint test test-steps test-native test-wasm test-e2e bench-smoke demo bench drill memory clean
 
 setup: apt rust-target $(ENVOY)
 
 # Debian peers used by tests and benchmarks (nginx for the parity test, wrk/h2load to
 # cross-check the load generator, prometheus/promtool and alertmanager/amtool for the
-# observability test). One `apt-get update`, then install what is missing.
+# observability test, docker-registry/skopeo for the OCI image round trip). One `apt-get update`, then install what is missing.
 apt:
 	@missing=""; \
 	command -v nginx >/dev/null || missing="$$missing nginx"; \
@@ -26,6 +26,8 @@ apt:
 	command -v node >/dev/null || missing="$$missing nodejs"; \
 	command -v promtool >/dev/null || missing="$$missing prometheus"; \
 	command -v prometheus-alertmanager >/dev/null || missing="$$missing prometheus-alertmanager"; \
+	command -v docker-registry >/dev/null || missing="$$missing docker-registry"; \
+	command -v skopeo >/dev/null || missing="$$missing skopeo"; \
 	if [ -n "$$missing" ]; then \
 	  echo "apt-get install:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
@@ -66,7 +68,7 @@ test-wasm: rust-target
 	$(CARGO) test --target wasm32-wasip1 -p sg-combined
 
 # `build`, not only `wasm`: tests/demo.rs runs target/release/demo.
-test-e2e: setup build
+test-e2e: setup build images
 	$(CARGO) test --release -p sg-e2e -- --test-threads=1
 
 # Runs every step, then prints one summary line summed over cargo's "test result:" lines.
@@ -89,6 +91,14 @@ bench-smoke: build
 # `make demo DEMO_ARGS="--seconds 20 --no-hold"` (or DEMO_SECONDS, DEMO_HOLD, DEMO_BREAKER, CI).
 demo: setup build
 	$(CARGO) run --release -q -p sg-integration --bin demo -- $(DEMO_ARGS)
+
+# One Wasm OCI image per filter and the combined module (sg_integration::oci): OCI layouts in
+# target/images/<name>/ (compat layout: one tar+gzip layer holding plugin.wasm), digests in
+# target/images/images.json. `make images PIN=1` also rewrites the sha256 pins of
+# deploy/istio to these images' manifest digests (a release); IMAGES_ARGS adds flags
+# (`--layout wasm`, `--tag 0.2.0`). Push: README, "Istio".
+images: wasm
+	$(CARGO) run --release -q -p sg-integration --bin images -- $(IMAGES_ARGS) $(if $(PIN),--pin deploy/istio)
 
 bench: setup build
 	$(CARGO) run --release -q -p sg-integration --bin bench -- --out docs/BENCHMARKS.md

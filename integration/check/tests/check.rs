@@ -110,7 +110,13 @@ fn bad_istio_manifests_are_refused_with_the_path() {
     let breaker_te = "deploy/istio/trafficextension/breaker-trafficextension.yaml";
     let net = "deploy/istio/networking.yaml";
     let zeros = "0".repeat(64);
-    let pinned = format!("sha256: {zeros}");
+    // The pin as it stands in the file (zeros, or a release's digest from `make images PIN=1`).
+    let pinned = read(hotkey)
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("sha256: "))
+        .unwrap_or_else(|| panic!("{hotkey}: no sha256 line"))
+        .to_string();
     // (what, file, replace, with, the refusal: after "<file> (document N) ")
     let cases: Vec<(&str, &str, &str, String, String)> = vec![
         ("bad enum", hotkey, "failStrategy: FAIL_OPEN", "failStrategy: FAIL_SOMETIMES".into(),
