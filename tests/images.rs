@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 use sg_e2e::envoy::{wasm_path, Bundle};
-use sg_e2e::oci::{self, sha256_hex, LayoutImage, Layout};
+use sg_e2e::oci::{self, sha256_hex, Layout, LayoutImage};
 use sg_e2e::registry::Registry;
 use sg_e2e::{http, Stack};
 use std::collections::BTreeMap;
@@ -18,11 +18,7 @@ const TAG: &str = env!("CARGO_PKG_VERSION");
 const STATS: Duration = Duration::from_secs(10);
 
 /// Builds, pushes, pulls back: image name -> (pulled module file, registry digest).
-fn round_trip(
-    reg: &Registry,
-    layout: Layout,
-    work: &Path,
-) -> BTreeMap<String, (PathBuf, String)> {
+fn round_trip(reg: &Registry, layout: Layout, work: &Path) -> BTreeMap<String, (PathBuf, String)> {
     let modules = wasm_path("noop").parent().unwrap().to_path_buf();
     let built = oci::build_all(&modules, &work.join("built"), TAG, layout, &oci::IMAGES)
         .unwrap_or_else(|e| panic!("{e}"));
@@ -64,10 +60,17 @@ fn round_trip(
 /// The bundle's six filters with their shipped configs.
 fn shipped() -> Vec<(&'static str, Value)> {
     let mut b = Bundle::load().unwrap_or_else(|e| panic!("{e}"));
-    ["sli", "hotkey", "simplepage", "ratelimit", "sli_egress", "breaker"]
-        .into_iter()
-        .map(|f| (f, b.filter_config(f).unwrap_or_else(|| panic!("{f}"))))
-        .collect()
+    [
+        "sli",
+        "hotkey",
+        "simplepage",
+        "ratelimit",
+        "sli_egress",
+        "breaker",
+    ]
+    .into_iter()
+    .map(|f| (f, b.filter_config(f).unwrap_or_else(|| panic!("{f}"))))
+    .collect()
 }
 
 /// Every filter of the stack answers: pages reach the app through the ingress chain, the sli
@@ -76,7 +79,11 @@ fn shipped() -> Vec<(&'static str, Value)> {
 fn serves(s: &Stack, what: &str) {
     for n in 0..5 {
         let r = s.get(&format!("/PostView?blogId=b{n}&logNo=1"));
-        assert_eq!((r.status, r.header("x-upstream")), (200, Some("main")), "{what}: {r:?}");
+        assert_eq!(
+            (r.status, r.header("x-upstream")),
+            (200, Some("main")),
+            "{what}: {r:?}"
+        );
     }
     let st = s.get("/spikeguard/status");
     assert_eq!(st.status, 200, "{what}: {st:?}");
@@ -96,13 +103,19 @@ fn serves(s: &Stack, what: &str) {
         .filter(|(k, _)| k.starts_with("wasmcustom.sg.ratelimit."))
         .map(|(_, v)| *v)
         .sum::<i64>();
-    assert!(ratelimit >= 5, "{what}: ratelimit counted the pages: {ratelimit}");
+    assert!(
+        ratelimit >= 5,
+        "{what}: ratelimit counted the pages: {ratelimit}"
+    );
 }
 
 #[test]
 fn every_image_round_trips_through_a_registry_and_loads_in_envoy() {
     let reg = Registry::start().unwrap_or_else(|e| panic!("{e}"));
-    let work = tempfile::Builder::new().prefix("sg-images-").tempdir().unwrap();
+    let work = tempfile::Builder::new()
+        .prefix("sg-images-")
+        .tempdir()
+        .unwrap();
     let compat = round_trip(&reg, Layout::Compat, &work.path().join("compat"));
     let wasm = round_trip(&reg, Layout::Wasm, &work.path().join("wasm"));
     assert_eq!(compat.len(), oci::IMAGES.len());
@@ -116,7 +129,10 @@ fn every_image_round_trips_through_a_registry_and_loads_in_envoy() {
         }
     });
     let dump = http::get(s.envoy.admin, "/config_dump").unwrap();
-    assert!(!dump.body.contains("wasm32-wasip1/release"), "only pulled modules load");
+    assert!(
+        !dump.body.contains("wasm32-wasip1/release"),
+        "only pulled modules load"
+    );
     serves(&s, "pulled filter images");
     drop(s);
 
@@ -125,11 +141,20 @@ fn every_image_round_trips_through_a_registry_and_loads_in_envoy() {
         b.combine(
             "ingress",
             "combined",
-            &[("sli", "sli"), ("hotkey", "hotkey"), ("simplepage", "simplepage"), ("ratelimit", "ratelimit")],
+            &[
+                ("sli", "sli"),
+                ("hotkey", "hotkey"),
+                ("simplepage", "simplepage"),
+                ("ratelimit", "ratelimit"),
+            ],
         )
         .unwrap_or_else(|e| panic!("{e}"));
-        b.combine("egress", "combined_egress", &[("sli_egress", "sli"), ("breaker", "breaker")])
-            .unwrap_or_else(|e| panic!("{e}"));
+        b.combine(
+            "egress",
+            "combined_egress",
+            &[("sli_egress", "sli"), ("breaker", "breaker")],
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(b.use_module_file("combined", &wasm["combined"].0), 2);
     });
     serves(&s, "pulled combined image");
@@ -137,8 +162,10 @@ fn every_image_round_trips_through_a_registry_and_loads_in_envoy() {
     // The pins a release writes into deploy/istio are these digests (a copy is pinned here).
     let pins = work.path().join("istio");
     copy_dir(&sg_e2e::envoy::repo_root().join("deploy/istio"), &pins);
-    let digests: BTreeMap<String, String> =
-        compat.iter().map(|(k, (_, d))| (k.clone(), d.clone())).collect();
+    let digests: BTreeMap<String, String> = compat
+        .iter()
+        .map(|(k, (_, d))| (k.clone(), d.clone()))
+        .collect();
     oci::pin_manifests(&pins, &digests).unwrap_or_else(|e| panic!("{e}"));
     let mut pinned = 0;
     for_each_yaml(&pins, &mut |text| {
@@ -149,7 +176,9 @@ fn every_image_round_trips_through_a_registry_and_loads_in_envoy() {
                 (None, Some(u)) => (u, spec["wasm"]["sha256"].as_str()),
                 _ => continue,
             };
-            let Some(name) = oci::image_name_of_url(url) else { continue };
+            let Some(name) = oci::image_name_of_url(url) else {
+                continue;
+            };
             assert_eq!(
                 sha.map(|s| format!("sha256:{s}")).as_deref(),
                 Some(digests[&name].as_str()),

@@ -200,7 +200,12 @@ pub fn build_image(
                 .architecture(Arch::Wasm)
                 .os(Os::Other("wasip1".to_string()))
                 .rootfs(rootfs)
-                .config(ConfigBuilder::default().labels(labels).build().map_err(oci)?)
+                .config(
+                    ConfigBuilder::default()
+                        .labels(labels)
+                        .build()
+                        .map_err(oci)?,
+                )
                 .build()
                 .map_err(oci)?;
             let config_bytes = canonical_json(&config)?;
@@ -375,7 +380,7 @@ impl LayoutImage {
         istio_extract(
             self.manifest_media_type.as_deref(),
             &self.manifest,
-            |d: &Descriptor| self.blob(&d.digest().to_string()),
+            |d: &Descriptor| self.blob(d.digest().as_ref()),
         )
     }
 }
@@ -386,7 +391,9 @@ pub fn read_blob(dir: &Path, digest: &str) -> io::Result<Vec<u8>> {
         .split_once(':')
         .ok_or_else(|| err(format!("digest {digest:?} has no algorithm")))?;
     if alg != "sha256" || hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(err(format!("digest {digest:?}: only sha256:<64 hex> is read")));
+        return Err(err(format!(
+            "digest {digest:?}: only sha256:<64 hex> is read"
+        )));
     }
     let bytes = std::fs::read(dir.join("blobs").join(alg).join(hex))?;
     let got = sha256_hex(&bytes);
@@ -436,7 +443,9 @@ pub fn istio_extract(
         let layer = layers
             .iter()
             .find(|l| l.media_type().to_string() == WASM_CONTENT_MEDIA_TYPE)
-            .ok_or(format!("could not find the layer of type {WASM_CONTENT_MEDIA_TYPE}"))?;
+            .ok_or(format!(
+                "could not find the layer of type {WASM_CONTENT_MEDIA_TYPE}"
+            ))?;
         blob(layer).map_err(|e| e.to_string())
     })();
     artifact.map_err(|oci| {

@@ -56,18 +56,23 @@ impl Registry {
                 .spawn()
                 .map_err(|e| err(format!("docker-registry: {e} (make setup installs it)")))?;
             let mut r = Registry { child, port, dir };
-            let up = wait::try_eventually("registry /v2/", Duration::from_secs(30), || {
-                match http::get(port, "/v2/") {
-                    Ok(resp) if resp.status == 200 => Ok(()),
-                    other => Err(format!("{other:?}")),
-                }
-            });
+            let up =
+                wait::try_eventually(
+                    "registry /v2/",
+                    Duration::from_secs(30),
+                    || match http::get(port, "/v2/") {
+                        Ok(resp) if resp.status == 200 => Ok(()),
+                        other => Err(format!("{other:?}")),
+                    },
+                );
             if up.is_ok() {
                 return Ok(r);
             }
             last = r.log();
             if r.child.try_wait()?.is_none() {
-                return Err(err(format!("docker-registry did not answer /v2/ in 30 s: {last}")));
+                return Err(err(format!(
+                    "docker-registry did not answer /v2/ in 30 s: {last}"
+                )));
             }
         }
         Err(err(format!("docker-registry did not start: {last}")))
@@ -122,7 +127,10 @@ impl Registry {
             &[],
         )?;
         if r.status != 200 {
-            return Err(err(format!("manifest {repo}:{reference}: {} {}", r.status, r.body)));
+            return Err(err(format!(
+                "manifest {repo}:{reference}: {} {}",
+                r.status, r.body
+            )));
         }
         let digest = r
             .header("docker-content-digest")

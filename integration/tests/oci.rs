@@ -5,7 +5,7 @@
 
 use oci_spec::image::{DescriptorBuilder, Digest, ImageManifestBuilder, MediaType};
 use sg_integration::oci::{
-    self, build_all, build_image, istio_extract, pin_manifests, sha256_hex, LayoutImage, Layout,
+    self, build_all, build_image, istio_extract, pin_manifests, sha256_hex, Layout, LayoutImage,
 };
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -49,10 +49,22 @@ fn the_same_module_gives_the_same_image_byte_for_byte_and_another_module_another
                 std::fs::write(oci::module_path(&d, name), module(i as u8 + 1)).unwrap();
             }
         }
-        let a = build_all(&t.path().join("m1"), &t.path().join("a"), "0.1.0", layout, &oci::IMAGES)
-            .unwrap();
-        let b = build_all(&t.path().join("m2"), &t.path().join("b"), "0.1.0", layout, &oci::IMAGES)
-            .unwrap();
+        let a = build_all(
+            &t.path().join("m1"),
+            &t.path().join("a"),
+            "0.1.0",
+            layout,
+            &oci::IMAGES,
+        )
+        .unwrap();
+        let b = build_all(
+            &t.path().join("m2"),
+            &t.path().join("b"),
+            "0.1.0",
+            layout,
+            &oci::IMAGES,
+        )
+        .unwrap();
         assert_eq!(
             files(&t.path().join("a")),
             files(&t.path().join("b")),
@@ -65,14 +77,24 @@ fn the_same_module_gives_the_same_image_byte_for_byte_and_another_module_another
         }
         let digests: std::collections::BTreeSet<_> =
             a.iter().map(|x| x.manifest_digest.clone()).collect();
-        assert_eq!(digests.len(), a.len(), "{layout:?}: distinct modules, distinct images");
+        assert_eq!(
+            digests.len(),
+            a.len(),
+            "{layout:?}: distinct modules, distinct images"
+        );
         // One byte of the module changed: another digest. Another tag: another digest.
         let mut m = module(1);
         m[100] ^= 1;
         let c = build_image(&m, "ratelimit", "0.1.0", layout, &t.path().join("c")).unwrap();
         assert_ne!(c.manifest_digest, a[0].manifest_digest);
-        let d = build_image(&module(1), "ratelimit", "0.1.1", layout, &t.path().join("d"))
-            .unwrap();
+        let d = build_image(
+            &module(1),
+            "ratelimit",
+            "0.1.1",
+            layout,
+            &t.path().join("d"),
+        )
+        .unwrap();
         assert_ne!(d.manifest_digest, a[0].manifest_digest);
     }
 }
@@ -82,7 +104,11 @@ fn istio_finds_the_module_in_both_layouts() {
     let t = tempfile::tempdir().unwrap();
     let m = module(7);
     for (layout, layers, media) in [
-        (Layout::Compat, 1, "application/vnd.oci.image.layer.v1.tar+gzip"),
+        (
+            Layout::Compat,
+            1,
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+        ),
         (Layout::Wasm, 2, oci::WASM_CONTENT_MEDIA_TYPE),
     ] {
         let dir = t.path().join(format!("{layout:?}"));
@@ -151,18 +177,22 @@ fn layouts_istio_refuses_are_refused() {
         vec![desc("application/wasm", &m)],
     );
     let e = istio_extract(None, &cncf, get).unwrap_err();
-    assert!(e.contains("as compat variant: invalid media type application/wasm"), "{e}");
+    assert!(
+        e.contains("as compat variant: invalid media type application/wasm"),
+        "{e}"
+    );
     // Two layers but neither is the Wasm content layer.
     let two = manifest(
         oci::WASM_CONFIG_MEDIA_TYPE,
-        vec![desc("application/wasm", &m), desc("application/json", &config)],
+        vec![
+            desc("application/wasm", &m),
+            desc("application/json", &config),
+        ],
     );
     let e = istio_extract(None, &two, get).unwrap_err();
     assert!(e.contains("could not find the layer of type"), "{e}");
     // A gzip layer that holds no plugin.wasm.
-    let (gz, _) = oci::compat_layer(&m).unwrap();
-    let mut renamed = gz.clone();
-    // Re-pack under another name.
+    // The module packed under another name.
     let mut header = tar::Header::new_ustar();
     header.set_path("module.wasm").unwrap();
     header.set_size(m.len() as u64);
@@ -172,13 +202,17 @@ fn layouts_istio_refuses_are_refused() {
     let tar = b.into_inner().unwrap();
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     std::io::Write::write_all(&mut enc, &tar).unwrap();
-    renamed.clone_from(&enc.finish().unwrap());
-    let blobs2: BTreeMap<String, Vec<u8>> = [(format!("sha256:{}", sha256_hex(&renamed)), renamed.clone())]
-        .into_iter()
-        .collect();
+    let renamed = enc.finish().unwrap();
+    let blobs2: BTreeMap<String, Vec<u8>> =
+        [(format!("sha256:{}", sha256_hex(&renamed)), renamed.clone())]
+            .into_iter()
+            .collect();
     let wrong_name = manifest(
         "application/vnd.oci.image.config.v1+json",
-        vec![desc("application/vnd.oci.image.layer.v1.tar+gzip", &renamed)],
+        vec![desc(
+            "application/vnd.oci.image.layer.v1.tar+gzip",
+            &renamed,
+        )],
     );
     let e = istio_extract(None, &wrong_name, |d| {
         blobs2
@@ -206,9 +240,18 @@ fn pins_are_rewritten_to_the_manifest_digest_and_comments_stay() {
     let changed = pin_manifests(t.path(), &digests).unwrap();
     assert_eq!(changed.len(), 2, "{changed:?}");
     let got = std::fs::read_to_string(&f).unwrap();
-    assert!(got.contains(&format!("  sha256: {}\n", "a".repeat(64))), "{got}");
-    assert!(got.contains(&format!("  sha256: {}\n", "b".repeat(64))), "{got}");
-    assert!(got.contains("2222222222222222"), "another image's pin is left alone: {got}");
+    assert!(
+        got.contains(&format!("  sha256: {}\n", "a".repeat(64))),
+        "{got}"
+    );
+    assert!(
+        got.contains(&format!("  sha256: {}\n", "b".repeat(64))),
+        "{got}"
+    );
+    assert!(
+        got.contains("2222222222222222"),
+        "another image's pin is left alone: {got}"
+    );
     assert!(got.contains("# Istio compares it with the manifest digest"));
     assert!(got.starts_with("# a comment\n"));
     // Nothing left to change the second time.

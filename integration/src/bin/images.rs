@@ -54,7 +54,11 @@ fn main() -> ExitCode {
         .filter(|n| args.only.is_empty() || args.only.iter().any(|o| o == n))
         .collect();
     if names.is_empty() {
-        eprintln!("images: --only {:?} names no image of {:?}", args.only, oci::IMAGES);
+        eprintln!(
+            "images: --only {:?} names no image of {:?}",
+            args.only,
+            oci::IMAGES
+        );
         return ExitCode::from(2);
     }
     let built = match oci::build_all(&modules, &out, &args.tag, args.layout, &names) {
@@ -72,7 +76,11 @@ fn main() -> ExitCode {
             b.name, b.tag, b.module_bytes, b.image_bytes, b.manifest_digest
         );
     }
-    println!("layouts in {} ({:?}); summary in images.json", out.display(), args.layout);
+    println!(
+        "layouts in {} ({:?}); summary in images.json",
+        out.display(),
+        args.layout
+    );
     if let Some(dir) = args.pin {
         let digests = built
             .iter()
