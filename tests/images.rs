@@ -77,6 +77,7 @@ fn shipped() -> Vec<(&'static str, Value)> {
 /// status page answers, each ingress filter counted the pages, the egress breaker counted a
 /// call.
 fn serves(s: &Stack, what: &str) {
+    eprintln!("serves: {what}");
     for n in 0..5 {
         let r = s.get(&format!("/PostView?blogId=b{n}&logNo=1"));
         assert_eq!(
@@ -97,16 +98,21 @@ fn serves(s: &Stack, what: &str) {
         let v = s.envoy.wait_stat(stat, STATS, |v| v >= 1);
         assert!(v >= 1, "{what}: {stat} = {v}\n{}", s.envoy.log_tail(30));
     }
-    let stats = s.envoy.stats();
-    let ratelimit = stats
-        .iter()
-        .filter(|(k, _)| k.starts_with("wasmcustom.sg.ratelimit."))
-        .map(|(_, v)| *v)
-        .sum::<i64>();
-    assert!(
-        ratelimit >= 5,
-        "{what}: ratelimit counted the pages: {ratelimit}"
+    // Counted in the VM and flushed on the filter's tick: waited for.
+    let ratelimit = sg_e2e::wait::until(
+        "the ratelimit filter's counters sum to the pages",
+        STATS,
+        || {
+            s.envoy
+                .stats()
+                .iter()
+                .filter(|(k, _)| k.starts_with("wasmcustom.sg.ratelimit."))
+                .map(|(_, v)| *v)
+                .sum::<i64>()
+        },
+        |v| *v >= 5,
     );
+    assert!(ratelimit >= 5, "{what}");
 }
 
 #[test]
