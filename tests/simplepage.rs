@@ -800,3 +800,76 @@ fn overload_by_error_rate_diverts_and_probes_see_the_recovery() {
     );
     assert_eq!(s.envoy.stat("wasmcustom.sg.simplepage.overload_events"), 1);
 }
+
+#[test]
+fn shadow_mode_sends_a_hot_key_to_the_app_and_counts_what_it_would_have_diverted() {
+    // `hotkey` names the hot key and publishes it for diversion as usual; the simplepage rule
+    // is in shadow mode (with its micro-cache configured), a second rule beside it enforces.
+    let hk = json!({"tick_ms": 100, "rules": [{"name": "post_view", "key": {"query": "blogId"},
+        "window_ms": 1000, "threshold_rps": 50, "cooldown_ms": 5000, "action": {"divert": {}}}]});
+    let rules = json!([{"name": "post_view", "match": {"path_prefix": "/PostView"},
+        "key": {"query": "blogId"}, "triggers": {"hotkey": "post_view"},
+        "cache": {"ttl_ms": 60000}, "shadow": true},
+        {"name": "post_list", "match": {"path_prefix": "/PostList"}, "triggers": {"always": true}}]);
+    let s = Stack::start(&[("hotkey", hk), ("simplepage", sp(rules, json!({})))], 2);
+    let url = s.envoy.url();
+    let r = load(
+        &url,
+        300.0,
+        2500,
+        KeyMix {
+            hot: vec![("hot".into(), 0.5)],
+            zipf_n: 1000,
+            key_prefix: "cold".into(),
+            ..KeyMix::default()
+        },
+    );
+    assert_eq!(
+        r.by_status.get(&200).copied(),
+        Some(r.sent),
+        "{:?}",
+        r.by_status
+    );
+    let hot_sent = r.records.iter().filter(|x| x.key == "hot").count() as u64;
+    let shadow = "wasmcustom.sg.simplepage.post_view.shadow_diverted_hotkey";
+    let would = s.envoy.wait_stat(shadow, STATS, |v| v > 0);
+    let stats = s.envoy.stats_matching("wasmcustom.sg.simplepage");
+    eprintln!(
+        "shadow: {hot_sent} hot requests sent, {would} would have been diverted; app got {} of them, the simple page {}",
+        app_count(&s, "hot"),
+        s.simple.stats().total
+    );
+    assert_eq!(
+        app_count(&s, "hot"),
+        hot_sent,
+        "every hot request reached the app"
+    );
+    assert_eq!(s.simple.stats().total, 0, "nothing went to the simple page");
+    assert!(
+        r.records
+            .iter()
+            .all(|x| !x.headers.iter().any(|(k, _)| k == HDR)),
+        "no answer tagged a simple page"
+    );
+    assert!(would as u64 <= hot_sent, "{would} > {hot_sent}");
+    let stat = |k: &str| {
+        stats
+            .get(&format!("wasmcustom.sg.simplepage.{k}"))
+            .copied()
+            .unwrap_or(0)
+    };
+    assert_eq!(stat("post_view.diverted_hotkey"), 0, "{stats:?}");
+    assert_eq!(
+        (stat("cache_hit"), stat("cache_miss"), stat("cache_fill")),
+        (0, 0, 0),
+        "the cache is not used in shadow: {stats:?}"
+    );
+    s.envoy.wait_log(
+        "simplepage: shadow rule=post_view would divert (hotkey)",
+        STATS,
+    );
+    // The enforcing rule beside it diverts.
+    let r = s.get("/PostList?blogId=x");
+    assert_eq!((r.status, r.header(HDR)), (200, Some("always")));
+    assert_eq!(simple_count(&s, "x"), 1);
+}

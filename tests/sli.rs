@@ -7,6 +7,7 @@
 //! the routes have no timeout), and every wait is for a condition, with a generous timeout.
 
 use serde_json::{json, Value};
+use sg_e2e::envoy::Bundle;
 use sg_e2e::http;
 use sg_e2e::loadgen::{self, KeyMix, LoadConfig};
 use sg_e2e::upstream::AdminConfig;
@@ -358,7 +359,8 @@ fn a_client_that_leaves_before_the_answer_is_counted_499() {
 
 #[test]
 fn every_protection_filters_answer_is_labelled_with_it_and_the_mark_is_stripped() {
-    protection_answers_labelled(false);
+    let s = protection_answers_labelled(false, |_| {});
+    filters_read_each_others_shared_data(&s, "spikeguard");
 }
 
 /// The same requests and the same series with the six filters as two combined modules
@@ -366,10 +368,66 @@ fn every_protection_filters_answer_is_labelled_with_it_and_the_mark_is_stripped(
 /// sections, one on egress with sli and breaker), each section the filter's config as is.
 #[test]
 fn the_combined_module_gives_the_same_answers_and_series_as_the_chain() {
-    protection_answers_labelled(true);
+    let s = protection_answers_labelled(true, |_| {});
+    filters_read_each_others_shared_data(&s, "spikeguard");
 }
 
-fn protection_answers_labelled(combined: bool) {
+/// As Istio runs them: a `WasmPlugin` sets no `vm_id`, so every plugin of the sidecar has
+/// `vm_id: ""` and one shared-data namespace. The cross-filter scenario (shed, 429, divert,
+/// cache hit, breaker fallback, each labelled by sli) gives the same answers and series.
+#[test]
+fn with_an_empty_vm_id_as_istio_sets_the_chain_gives_the_same_answers() {
+    let s = protection_answers_labelled(false, |b| assert_eq!(b.set_vm_id(""), 6));
+    filters_read_each_others_shared_data(&s, "");
+}
+
+#[test]
+fn with_an_empty_vm_id_as_istio_sets_the_combined_module_gives_the_same_answers() {
+    let s = protection_answers_labelled(true, |b| assert_eq!(b.set_vm_id(""), 2));
+    filters_read_each_others_shared_data(&s, "");
+}
+
+/// After the scenario: what one filter publishes in shared data reaches another, across the
+/// two listeners. `breaker` (egress, forced open) publishes its open set (`sg:br:open`);
+/// `simplepage` (ingress) diverts `/needs-api` because of it, on every worker, and `sli`'s
+/// status page lists the API. The running config has the `vm_id` the test set.
+fn filters_read_each_others_shared_data(s: &Stack, vm_id: &str) {
+    let dump = http::get(s.envoy.admin, "/config_dump")
+        .unwrap_or_else(|e| panic!("config_dump: {e}"))
+        .body;
+    assert_eq!(
+        dump.contains("\"vm_id\": \"spikeguard\""),
+        vm_id == "spikeguard",
+        "vm_id {vm_id:?} in the running config"
+    );
+    let mut streak = 0;
+    sg_e2e::wait::eventually("/needs-api diverted for the open breaker", STATS, || {
+        let r = s.get("/needs-api/page");
+        streak = if r.header("x-spikeguard-simple-page") == Some("breaker") {
+            streak + 1
+        } else {
+            0
+        };
+        if streak >= 10 {
+            Ok(())
+        } else {
+            Err(r.header("x-spikeguard-simple-page").map(str::to_string))
+        }
+    });
+    let status = s.get("/spikeguard/status");
+    let v: Value = serde_json::from_str(&status.body)
+        .unwrap_or_else(|e| panic!("status page: {e}: {}", status.body));
+    assert!(
+        v["breakers_refusing"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|e| e["api"] == "outbound_api")),
+        "{v}"
+    );
+}
+
+/// The protection-labels scenario on the bundle with these six filters, as the chain or as
+/// two combined modules; `edit` changes the bundle after that (e.g. its `vm_id`).
+fn protection_answers_labelled(combined: bool, edit: impl FnOnce(&mut Bundle)) -> Stack {
     let filters = [
         ("sli", sli(json!({}))),
         (
@@ -382,7 +440,9 @@ fn protection_answers_labelled(combined: bool) {
             "simplepage",
             json!({"tick_ms": 100, "cache": {"slots": 16, "max_body_bytes": 65536},
                 "rules": [{"name": "lists", "match": {"path_prefix": "/PostList"},
-                    "triggers": {"always": true}, "cache": {"ttl_ms": 60000}}]}),
+                    "triggers": {"always": true}, "cache": {"ttl_ms": 60000}},
+                    {"name": "needs_api", "match": {"path_prefix": "/needs-api"},
+                     "triggers": {"breaker": ["outbound_api"]}}]}),
         ),
         (
             "ratelimit",
@@ -418,6 +478,7 @@ fn protection_answers_labelled(combined: bool) {
                 })
                 .unwrap_or_else(|e| panic!("{e}"));
         }
+        edit(b);
     });
     // The running config holds the modules this variant is about, and only them.
     let dump = http::get(s.envoy.admin, "/config_dump")
@@ -488,6 +549,7 @@ fn protection_answers_labelled(combined: bool) {
         ),
         1.0
     );
+    s
 }
 
 #[test]

@@ -257,6 +257,27 @@ impl Bundle {
         Ok(())
     }
 
+    /// Sets `vm_config.vm_id` of every inline Wasm filter on every listener (spikeguard's and
+    /// any other) to `vm_id`. `""` is what Istio does: a `WasmPlugin` sets no `vm_id`, so all
+    /// the plugins of a sidecar share one shared-data namespace with each other (and with any
+    /// other Wasm extension there). Call it after [`Bundle::combine`], which adds filters with
+    /// the bundle's `spikeguard`. Returns how many filters it changed.
+    pub fn set_vm_id(&mut self, vm_id: &str) -> usize {
+        let mut n = 0;
+        for l in self.listeners_mut() {
+            let fs = l
+                .pointer_mut("/filter_chains/0/filters/0/typed_config/http_filters")
+                .and_then(Value::as_array_mut);
+            for f in fs.into_iter().flatten() {
+                if let Some(id) = f.pointer_mut("/typed_config/config/vm_config/vm_id") {
+                    *id = Value::String(vm_id.to_string());
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
     /// Replaces a listener's routes with one `direct_response` route (`direct`, 200, `body`):
     /// Envoy answers every request itself after the HTTP filters ran, so no upstream (and no
     /// cluster circuit breaker) can limit a test's throughput.

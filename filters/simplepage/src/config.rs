@@ -38,6 +38,10 @@ pub struct Config {
     /// `overload:latency`, `always`; `; cache=hit|stale|stale-if-error` when served here).
     #[serde(default = "default_response_header")]
     pub response_header: String,
+    /// Every rule in shadow mode: the decision is made, counted (`shadow_diverted_*`) and
+    /// logged, but nothing is diverted and nothing is answered from the micro-cache.
+    #[serde(default)]
+    pub shadow: bool,
 }
 
 /// The micro-cache's memory: `slots` entries of at most `max_body_bytes`, shared by all rules.
@@ -78,6 +82,9 @@ sg_core::rule_config! {
         /// Micro-cache for this rule's diverted pages.
         #[serde(default)]
         pub cache: Option<RuleCacheConfig>,
+        /// This rule in shadow mode (as the top-level `shadow`, for one rule).
+        #[serde(default)]
+        pub shadow: bool,
     }
 }
 
@@ -255,6 +262,8 @@ pub struct Rule {
     pub exclude_cookies: Vec<String>,
     pub exclude_authorization: bool,
     pub cache: Option<CachePlan>,
+    /// Shadow mode (the rule's or the top-level `shadow`): count and log, never divert.
+    pub shadow: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -492,6 +501,7 @@ impl Compile for Config {
                 exclude_cookies: r.exclude_cookies.clone(),
                 exclude_authorization: r.exclude_authorization,
                 cache,
+                shadow: r.shadow || self.shadow,
             });
         }
         Ok(Plan {
@@ -523,6 +533,35 @@ mod tests {
     }
 
     sg_core::shipped_config_tests!("simplepage");
+
+    #[test]
+    fn shadow_holds_every_rule_from_the_top_or_one_rule_alone() {
+        let rule = |name: &str, extra: &str| {
+            format!(r#"{{"name":"{name}","triggers":{{"always":true}}{extra}}}"#)
+        };
+        let shadows = |json: String| -> Vec<bool> {
+            Config::parse(json.as_bytes())
+                .map(|p| p.rules.iter().map(|r| r.shadow).collect())
+                .unwrap_or_default()
+        };
+        let (a, b) = (rule("a", ""), rule("b", r#","shadow":true"#));
+        assert_eq!(shadows(format!(r#"{{"rules":[{a},{b}]}}"#)), [false, true]);
+        assert_eq!(
+            shadows(format!(r#"{{"shadow":true,"rules":[{a},{b}]}}"#)),
+            [true, true]
+        );
+        assert_eq!(
+            shadows(format!(r#"{{"rules":[{a}]}}"#)),
+            [false],
+            "off by default"
+        );
+        let bad = Config::parse(
+            r#"{"shadow":1,"rules":[{"name":"a","triggers":{"always":true}}]}"#.as_bytes(),
+        );
+        assert!(bad
+            .err()
+            .is_some_and(|e| e.to_string().starts_with("shadow:")));
+    }
 
     #[test]
     fn bad_fields_are_named() {

@@ -9,6 +9,7 @@ use crate::config::{Config, Plan};
 use crate::decide::Trigger;
 use crate::inbound::{Inbound, UrlTally};
 use crate::overload::{decode_state, encode_state, Change, Detector, LoadWindow, Reason, Tally};
+use crate::shadow::ShadowLog;
 use sg_core::alert::Alert;
 use sg_core::codec::Reader;
 use sg_core::host::{configure, set_tick, Host};
@@ -43,6 +44,11 @@ sg_core::metrics! {
         diverted_breaker: Counter = "diverted_breaker", "diverted: a breaker API the page needs refuses calls";
         excluded: Counter = "excluded", "would be diverted but unsafe (method, Authorization, cookie)";
         probes: Counter = "probes", "sent to the main backend while overloaded, to see recovery";
+        shadow_diverted_hotkey: Counter = "shadow_diverted_hotkey", "shadow mode: would have diverted, the key is hot";
+        shadow_diverted_operator: Counter = "shadow_diverted_operator", "shadow mode: would have diverted, listed by an operator";
+        shadow_diverted_overload: Counter = "shadow_diverted_overload", "shadow mode: would have diverted, the main backend is overloaded";
+        shadow_diverted_always: Counter = "shadow_diverted_always", "shadow mode: would have diverted, maintenance switch";
+        shadow_diverted_breaker: Counter = "shadow_diverted_breaker", "shadow mode: would have diverted, a breaker API refuses calls";
     }
 }
 
@@ -54,6 +60,17 @@ impl RuleMetrics {
             Trigger::Overload(_) => &self.diverted_overload,
             Trigger::Always => &self.diverted_always,
             Trigger::Breaker => &self.diverted_breaker,
+        }
+    }
+
+    /// What a shadow rule would have diverted, by trigger.
+    pub fn shadow_diverted(&self, t: Trigger) -> &Counter {
+        match t {
+            Trigger::Hotkey => &self.shadow_diverted_hotkey,
+            Trigger::Operator => &self.shadow_diverted_operator,
+            Trigger::Overload(_) => &self.shadow_diverted_overload,
+            Trigger::Always => &self.shadow_diverted_always,
+            Trigger::Breaker => &self.shadow_diverted_breaker,
         }
     }
 }
@@ -109,6 +126,8 @@ pub(crate) struct Worker {
     pub inbound: UrlTally,
     /// Requests paused until the page they miss is filled by another request.
     pub waiters: Vec<Waiter>,
+    /// Per rule index: the shadow log's pace.
+    pub shadow_log: Vec<ShadowLog>,
 }
 
 /// The configured filter of one worker, shared by its root and HTTP contexts.
@@ -151,6 +170,7 @@ impl Filter {
         let worker = Worker {
             overloaded: vec![None; plan.rules.len()],
             tallies: vec![Tally::default(); plan.rules.len()],
+            shadow_log: vec![ShadowLog::default(); plan.rules.len()],
             ..Worker::default()
         };
         let periodic = Periodic::new(Leader {
@@ -175,8 +195,9 @@ impl Filter {
         let period = if locks { FAST_TICK_MS } else { plan.tick_ms };
         set_tick(host, FILTER, period, "state will not refresh");
         log::info!(
-            "{FILTER}: configured {} rules, tick {} ms, cache {} slots x {} bytes",
+            "{FILTER}: configured {} rules ({} in shadow mode), tick {} ms, cache {} slots x {} bytes",
             plan.rules.len(),
+            plan.rules.iter().filter(|r| r.shadow).count(),
             plan.tick_ms,
             plan.slots,
             plan.max_body_bytes

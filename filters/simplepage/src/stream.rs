@@ -8,6 +8,7 @@ use crate::cache::{self, Entry, Lock, State};
 use crate::config::{CachePlan, DivertConfig, Rule};
 use crate::decide::{eligible, is_probe, redirect_location, trigger, Signals, Trigger};
 use crate::filter::{borrowed, reply_headers, Filter, Leader, Waiter, MAX_WAITERS};
+use crate::shadow;
 use sg_core::codec::{Reader, Writer};
 use sg_core::hash::{hash64, slot_of};
 use sg_core::host::{response_status, Flow, Host, HostRequest, Map, Plugin};
@@ -149,6 +150,16 @@ impl Plugin for Filter {
         };
         if eligible(rule, &req).is_err() {
             m.inspect(|m| m.excluded.inc());
+            if rule.overload.is_some() {
+                s.timed = Some((i, req.now()));
+            }
+            return Flow::Continue;
+        }
+        if rule.shadow {
+            // Decided and counted, never acted on: no mark, no cache, no redirect; the
+            // request goes to the main backend as without the filter (and is timed).
+            m.inspect(|m| m.shadow_diverted(trig).inc());
+            self.shadow_log(i, rule, trig, &req);
             if rule.overload.is_some() {
                 s.timed = Some((i, req.now()));
             }
@@ -354,6 +365,31 @@ impl Filter {
         }
         sig.overloaded = w.overloaded.get(i).copied().flatten();
         sig
+    }
+
+    /// Shadow mode's log line, paced per rule (`shadow::ShadowLog`).
+    fn shadow_log<H: Host + ?Sized>(
+        &self,
+        i: usize,
+        rule: &Rule,
+        trig: Trigger,
+        req: &HostRequest<H>,
+    ) {
+        let n = {
+            let Ok(mut w) = self.worker.try_borrow_mut() else {
+                return;
+            };
+            match w.shadow_log.get_mut(i) {
+                Some(l) => l.record(req.now()),
+                None => None,
+            }
+        };
+        if let Some(n) = n {
+            log::info!(
+                "{}",
+                shadow::line(&rule.name, trig, req.method(), req.path(), n)
+            );
+        }
     }
 
     /// A response served from the cache (hit or stale). The local reply passes through this

@@ -527,3 +527,122 @@ fn an_open_breaker_of_an_api_the_page_needs_diverts_it_until_the_breaker_closes(
     assert_eq!(request(&f, &h, 3, "/PostView?blogId=a").0, Flow::Continue);
     assert_eq!(h.metric("sg.simplepage.pv.diverted_breaker"), Some(1));
 }
+
+#[test]
+fn shadow_mode_decides_and_counts_but_never_diverts_nor_answers_from_the_cache() {
+    let h = MemHost::new();
+    h.set_now(1_000);
+    let cache = r#"{"ttl_ms": 60000, "lock_timeout_ms": 500}"#;
+    // An enforcing worker fills the cache for the page (the shadow one shares the store).
+    let (e, _) = worker(&h, &always(cache));
+    let (_, mut s) = request(&e, &h, 1, "/PostView?blogId=a");
+    answer(&e, &h, &mut s, 200, PAGE, b"<p>a</p>");
+    assert_eq!(e.m.filter.cache_fill.get(), 1);
+    let shadow = always(cache).replacen('{', r#"{"shadow": true, "#, 1);
+    let (f, mut p) = worker(&h, &shadow);
+    for (id, path) in [(2, "/PostView?blogId=a"), (3, "/PostView?blogId=cold")] {
+        let (flow, mut s) = request(&f, &h, id, path);
+        assert_eq!(flow, Flow::Continue, "{path}: to the main backend");
+        assert_eq!(
+            h.req_header("x-spikeguard-divert"),
+            None,
+            "{path}: not marked"
+        );
+        h.respond(200, PAGE, b"<p>main</p>");
+        assert_eq!(f.on_response_headers(&h, &mut s, false), Flow::Continue);
+        assert_eq!(h.resp_header(HDR), None, "{path}: not tagged a simple page");
+        f.on_response_body(&h, &mut s, 11, true);
+        f.on_log(&h, &mut s);
+    }
+    assert!(
+        h.take_replies().is_empty(),
+        "nothing answered from the cache"
+    );
+    assert_eq!(f.waiting(), 0, "nobody waits for a fill");
+    let (r, m) = (&f.m.rules[0], &f.m.filter);
+    assert_eq!((r.seen.get(), r.shadow_diverted_always.get()), (2, 2));
+    assert_eq!(r.diverted_always.get(), 0);
+    assert_eq!(
+        (m.cache_hit.get(), m.cache_miss.get(), m.cache_fill.get()),
+        (0, 0, 0)
+    );
+    // The safety rules still apply first: an unsafe request is excluded, not shadow-counted.
+    h.request(&[(":method", "POST"), (":path", "/PostView")]);
+    assert_eq!(f.on_request(&h, &mut Stream::new(4)), Flow::Continue);
+    assert_eq!((r.excluded.get(), r.shadow_diverted_always.get()), (1, 2));
+    f.on_tick(&h, &mut p);
+    assert_eq!(h.metric("sg.simplepage.pv.shadow_diverted_always"), Some(2));
+    assert_eq!(h.metric("sg.simplepage.pv.diverted_always"), Some(0));
+}
+
+#[test]
+fn a_shadow_rule_beside_an_enforcing_one_only_counts_its_own_hot_keys() {
+    let h = MemHost::new();
+    h.set_now(0);
+    let json = r#"{"rules": [
+        {"name": "a", "match": {"path_prefix": "/A"}, "key": {"query": "id"},
+         "triggers": {"hotkey": "hk"}, "shadow": true},
+        {"name": "b", "match": {"path_prefix": "/B"}, "key": {"query": "id"},
+         "triggers": {"hotkey": "hk"}}]}"#;
+    let (f, mut p) = worker(&h, json);
+    let list = List {
+        entries: vec![Entry {
+            rule: Some("hk".into()),
+            key: Some("hot".into()),
+            path_prefix: None,
+            expires_at_ms: None,
+        }],
+    };
+    h.set(HK_DIVERT, &encode_list(1, &list), 0).unwrap();
+    f.on_tick(&h, &mut p);
+    request(&f, &h, 1, "/A?id=hot");
+    assert_eq!(h.req_header("x-spikeguard-divert"), None, "shadow rule a");
+    request(&f, &h, 2, "/A?id=cold");
+    request(&f, &h, 3, "/B?id=hot");
+    assert_eq!(
+        h.req_header("x-spikeguard-divert").as_deref(),
+        Some("hotkey"),
+        "enforcing rule b"
+    );
+    let (a, b) = (&f.m.rules[0], &f.m.rules[1]);
+    assert_eq!(
+        (a.shadow_diverted_hotkey.get(), a.diverted_hotkey.get()),
+        (1, 0)
+    );
+    assert_eq!(
+        (b.shadow_diverted_hotkey.get(), b.diverted_hotkey.get()),
+        (0, 1)
+    );
+}
+
+#[test]
+fn shadow_overload_is_still_detected_from_the_main_backend_and_counted_never_diverted() {
+    let h = MemHost::new();
+    h.set_now(100_000);
+    let json = r#"{"tick_ms": 100, "shadow": true, "rules": [{"name": "pv", "triggers": {"overload":
+        {"p99_ms": 200, "min_samples": 5, "window_ms": 500, "clear_after_ms": 500, "probe_percent": 0}}}]}"#;
+    let (f, mut p) = worker(&h, json);
+    // The main backend answers in 400 ms; every request goes there (and is timed).
+    let mut in_flight: std::collections::VecDeque<Vec<Stream>> = Default::default();
+    for tick in 0..20u32 {
+        let mut started = Vec::new();
+        for n in 0..3 {
+            let (flow, s) = request(&f, &h, tick * 10 + n, "/PostView?blogId=x");
+            assert_eq!(flow, Flow::Continue);
+            assert_eq!(h.req_header("x-spikeguard-divert"), None);
+            started.push(s);
+        }
+        in_flight.push_back(started);
+        if in_flight.len() > 4 {
+            for mut s in in_flight.pop_front().unwrap() {
+                answer(&f, &h, &mut s, 200, &[], b"");
+            }
+        }
+        h.advance(100);
+        f.on_tick(&h, &mut p);
+    }
+    assert_eq!(h.metric("sg.simplepage.overload_events"), Some(1));
+    let r = &f.m.rules[0];
+    assert!(r.shadow_diverted_overload.get() > 0);
+    assert_eq!(r.diverted_overload.get(), 0);
+}
