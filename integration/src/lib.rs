@@ -1,6 +1,7 @@
 //! spikeguard test harness: Envoy launcher, demo upstream, load generator, HTTP client, waits.
 
 pub mod alertmanager;
+pub mod compose;
 pub mod control;
 pub mod drill;
 pub mod envoy;
