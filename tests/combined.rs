@@ -14,27 +14,6 @@ use std::time::Duration;
 
 const STATS: Duration = Duration::from_secs(10);
 
-/// The bundle's six filters with their shipped configs.
-fn shipped() -> Vec<(&'static str, Value)> {
-    let mut b = Bundle::load().unwrap_or_else(|e| panic!("{e}"));
-    [
-        "sli",
-        "hotkey",
-        "simplepage",
-        "ratelimit",
-        "sli_egress",
-        "breaker",
-    ]
-    .into_iter()
-    .map(|f| {
-        let cfg = b
-            .filter_config(f)
-            .unwrap_or_else(|| panic!("no config of {f} in envoy.yaml"));
-        (f, cfg)
-    })
-    .collect()
-}
-
 const INGRESS: [(&str, &str); 4] = [
     ("sli", "sli"),
     ("hotkey", "hotkey"),
@@ -88,7 +67,7 @@ fn config_dump(s: &Stack) -> String {
 
 #[test]
 fn the_shipped_bundle_runs_as_two_combined_modules() {
-    let s = Stack::start_with(&shipped(), 2, sg_e2e::ample("main"), combine_all);
+    let s = Stack::start_with(&sg_e2e::shipped(), 2, sg_e2e::ample("main"), combine_all);
     let dump = config_dump(&s);
     assert!(dump.contains("sg_combined.wasm"), "combined module loaded");
     for m in [

@@ -6,7 +6,7 @@
 //! filter (and, in a second Envoy, the combined module) answers as in the bundle.
 
 use serde_json::Value;
-use sg_e2e::envoy::{wasm_path, Bundle};
+use sg_e2e::envoy::wasm_path;
 use sg_e2e::oci::{self, sha256_hex, Layout, LayoutImage};
 use sg_e2e::registry::Registry;
 use sg_e2e::{http, Stack};
@@ -55,22 +55,6 @@ fn round_trip(reg: &Registry, layout: Layout, work: &Path) -> BTreeMap<String, (
         out.insert(b.name.clone(), (file, digest));
     }
     out
-}
-
-/// The bundle's six filters with their shipped configs.
-fn shipped() -> Vec<(&'static str, Value)> {
-    let mut b = Bundle::load().unwrap_or_else(|e| panic!("{e}"));
-    [
-        "sli",
-        "hotkey",
-        "simplepage",
-        "ratelimit",
-        "sli_egress",
-        "breaker",
-    ]
-    .into_iter()
-    .map(|f| (f, b.filter_config(f).unwrap_or_else(|| panic!("{f}"))))
-    .collect()
 }
 
 /// Every filter of the stack answers: pages reach the app through the ingress chain, the sli
@@ -128,7 +112,7 @@ fn every_image_round_trips_through_a_registry_and_loads_in_envoy() {
     assert_eq!(wasm.len(), oci::IMAGES.len());
 
     // The five filters from the pulled compat images, in the bundle.
-    let s = Stack::start_with(&shipped(), 2, sg_e2e::ample("main"), |b| {
+    let s = Stack::start_with(&sg_e2e::shipped(), 2, sg_e2e::ample("main"), |b| {
         for name in ["ratelimit", "hotkey", "simplepage", "breaker", "sli"] {
             let n = b.use_module_file(name, &compat[name].0);
             assert!(n >= 1, "{name}: {n} filters load it");
@@ -143,7 +127,7 @@ fn every_image_round_trips_through_a_registry_and_loads_in_envoy() {
     drop(s);
 
     // The combined module from the pulled two-layer image, ingress and egress.
-    let s = Stack::start_with(&shipped(), 2, sg_e2e::ample("main"), |b| {
+    let s = Stack::start_with(&sg_e2e::shipped(), 2, sg_e2e::ample("main"), |b| {
         b.combine(
             "ingress",
             "combined",

@@ -21,6 +21,28 @@ pub fn ample(name: &str) -> UpstreamConfig {
     }
 }
 
+/// Every spikeguard filter of envoy.yaml with the config it ships with, in chain order
+/// (ingress, then egress): for tests that run the whole shipped bundle.
+pub fn shipped() -> Vec<(&'static str, Value)> {
+    let mut b = Bundle::load().unwrap_or_else(|e| panic!("bundle: {e}"));
+    [
+        "sli",
+        "hotkey",
+        "simplepage",
+        "ratelimit",
+        "sli_egress",
+        "breaker",
+    ]
+    .into_iter()
+    .map(|f| {
+        let cfg = b
+            .filter_config(f)
+            .unwrap_or_else(|| panic!("no config of {f} in envoy.yaml"));
+        (f, cfg)
+    })
+    .collect()
+}
+
 /// Envoy running the bundle with only the listed spikeguard filters, in front of a fresh
 /// demo upstream. Field order matters: Envoy is dropped (killed) before the upstream.
 pub struct Stack {
