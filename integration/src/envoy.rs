@@ -183,22 +183,10 @@ impl Bundle {
     pub fn use_module_file(&mut self, module: &str, file: &Path) -> usize {
         let wanted = format!("sg_{module}.wasm");
         let mut n = 0;
-        for l in self.listeners_mut() {
-            let Some(fs) = l
-                .pointer_mut("/filter_chains/0/filters/0/typed_config/http_filters")
-                .and_then(Value::as_array_mut)
-            else {
-                continue;
-            };
-            for f in fs {
-                if let Some(code) =
-                    f.pointer_mut("/typed_config/config/vm_config/code/local/filename")
-                {
-                    if code.as_str().is_some_and(|p| p.ends_with(&wanted)) {
-                        *code = Value::String(file.display().to_string());
-                        n += 1;
-                    }
-                }
+        for code in module_files_mut(&mut self.doc) {
+            if code.as_str().is_some_and(|p| p.ends_with(&wanted)) {
+                *code = Value::String(file.display().to_string());
+                n += 1;
             }
         }
         n
@@ -328,24 +316,12 @@ impl Bundle {
         if let Some(ls) = doc["static_resources"]["listeners"].as_array_mut() {
             for l in ls {
                 l["address"]["socket_address"]["port_value"] = json!(0);
-                if let Some(fs) = l["filter_chains"][0]["filters"][0]["typed_config"]
-                    ["http_filters"]
-                    .as_array_mut()
-                {
-                    for f in fs {
-                        // pointer_mut, not indexing: IndexMut would add the path to filters
-                        // that have no wasm config (the router).
-                        if let Some(code) =
-                            f.pointer_mut("/typed_config/config/vm_config/code/local/filename")
-                        {
-                            if let Some(p) = code.as_str() {
-                                if Path::new(p).is_relative() {
-                                    *code =
-                                        Value::String(repo_root().join(p).display().to_string());
-                                }
-                            }
-                        }
-                    }
+            }
+        }
+        for code in module_files_mut(&mut doc) {
+            if let Some(p) = code.as_str() {
+                if Path::new(p).is_relative() {
+                    *code = Value::String(repo_root().join(p).display().to_string());
                 }
             }
         }
@@ -363,6 +339,22 @@ impl Bundle {
 }
 
 const WASM_TYPE_URL: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
+
+/// The `vm_config.code.local.filename` of every Wasm HTTP filter of every listener of `doc`.
+/// pointer_mut, not indexing: IndexMut would add the path to filters that have no Wasm config
+/// (the router).
+fn module_files_mut(doc: &mut Value) -> impl Iterator<Item = &mut Value> {
+    doc["static_resources"]["listeners"]
+        .as_array_mut()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| {
+            l.pointer_mut("/filter_chains/0/filters/0/typed_config/http_filters")
+                .and_then(Value::as_array_mut)
+        })
+        .flatten()
+        .filter_map(|f| f.pointer_mut("/typed_config/config/vm_config/code/local/filename"))
+}
 
 /// Writes an ECDS resource file (a `DiscoveryResponse` with one `TypedExtensionConfig`)
 /// atomically: a temporary file renamed over `file`, the move Envoy's file watcher reacts to.
