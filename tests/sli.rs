@@ -13,8 +13,7 @@ use sg_e2e::loadgen::{self, KeyMix, LoadConfig};
 use sg_e2e::upstream::AdminConfig;
 use sg_e2e::wait::until;
 use sg_e2e::Stack;
-use sg_integration::prometheus::Prometheus;
-use std::collections::BTreeMap;
+use sg_integration::prometheus::{samples, value, Prometheus};
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
@@ -35,47 +34,6 @@ fn sli(extra: Value) -> Value {
         }
     }
     c
-}
-
-/// The `spikeguard_*` samples of a `/stats/prometheus` text: (name, labels) -> value.
-fn samples(text: &str) -> BTreeMap<(String, BTreeMap<String, String>), f64> {
-    let mut out = BTreeMap::new();
-    for line in text.lines() {
-        if line.starts_with('#') || !line.starts_with("spikeguard_") {
-            continue;
-        }
-        let (series, value) = match line.rsplit_once(' ') {
-            Some(x) => x,
-            None => continue,
-        };
-        let (name, labels) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        let labels: BTreeMap<String, String> = labels
-            .split(',')
-            .filter_map(|kv| kv.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
-            .collect();
-        if let Ok(v) = value.parse::<f64>() {
-            out.insert((name.to_string(), labels), v);
-        }
-    }
-    out
-}
-
-/// The sum of `name`'s samples whose labels include every `want` pair.
-fn value(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
-    samples(text)
-        .iter()
-        .filter(|((n, l), _)| {
-            n == name
-                && want
-                    .iter()
-                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
-        })
-        .map(|(_, v)| *v)
-        .sum()
 }
 
 /// Waits until `name{want}` reads `expect` in Envoy's Prometheus output and returns the text.

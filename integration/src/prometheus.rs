@@ -5,6 +5,7 @@
 
 use crate::{http, wait};
 use serde_json::Value;
+use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -14,6 +15,48 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 use tempfile::TempDir;
+
+/// The samples of a Prometheus text exposition whose metric name starts with `spikeguard_`,
+/// keyed by (name, labels). Comment lines and other metrics are skipped.
+pub fn samples(text: &str) -> BTreeMap<(String, BTreeMap<String, String>), f64> {
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        if line.starts_with('#') || !line.starts_with("spikeguard_") {
+            continue;
+        }
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (name, labels) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        let labels: BTreeMap<String, String> = labels
+            .split(',')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+            .collect();
+        if let Ok(v) = value.parse::<f64>() {
+            out.insert((name.to_string(), labels), v);
+        }
+    }
+    out
+}
+
+/// The sum of `name`'s samples (a `spikeguard_` metric) whose labels include every `want`
+/// pair.
+pub fn value(text: &str, name: &str, want: &[(&str, &str)]) -> f64 {
+    samples(text)
+        .iter()
+        .filter(|((n, l), _)| {
+            n == name
+                && want
+                    .iter()
+                    .all(|(k, v)| l.get(*k).map(String::as_str) == Some(*v))
+        })
+        .map(|(_, v)| *v)
+        .sum()
+}
 
 /// How long a launcher waits for `/-/ready`.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
