@@ -11,7 +11,8 @@ APT_PACKAGES := nginx wrk nghttp2-client
 export ENVOY_BIN := $(abspath $(ENVOY))
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: slo setup apt rust-target wasm build images lint test test-steps test-native test-wasm test-e2e bench-smoke demo bench drill memory clean
+SOAK_ARGS ?=
+.PHONY: soak slo setup apt rust-target wasm build images lint test test-steps test-native test-wasm test-e2e bench-smoke demo bench drill memory clean
 
 setup: apt rust-target $(ENVOY)
 
@@ -130,6 +131,15 @@ drill: setup build
 # run, is).
 memory: setup build
 	$(CARGO) run --release -q -p sg-integration --bin memory -- --json docs/memory.json $(MEMORY_ARGS)
+
+# The soak (sg_integration::soak): 30 minutes of steady mixed traffic with a spike every 5
+# minutes through the whole bundle; Envoy's RSS and live heap sampled every 10 s (slopes after
+# the warm-up), every filter counter compared with what the client got back, every answer an
+# intended one. Appends its section to docs/BENCHMARKS.md and writes docs/soak.json; exits 1
+# on drift or an unintended answer. SOAK_ARGS adds flags (`--minutes 5`). Not part of
+# `make test` (tests/soak.rs, a 24 s run, is).
+soak: setup build
+	./target/release/soak --json docs/soak.json --out docs/BENCHMARKS.md $(SOAK_ARGS)
 
 # --- docker-compose stack (deploy/compose) ------------------------------------------------
 # The stack's FROM scratch images, nothing pulled: build contexts staged under target/compose/

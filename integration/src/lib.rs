@@ -14,6 +14,7 @@ pub mod prometheus;
 pub mod registry;
 pub mod server;
 pub mod slo;
+pub mod soak;
 pub mod upstream;
 pub mod wait;
 
