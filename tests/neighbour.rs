@@ -421,3 +421,64 @@ fn bad_states(e: &Envoy) -> BTreeMap<String, i64> {
         })
         .collect()
 }
+
+/// The keys every worker of the bundle writes with CAS on its request path or tick.
+fn contended_keys() -> Vec<String> {
+    let mut k: Vec<String> = (0..16).map(|s| keys::rl_slot("per_list", s)).collect();
+    let api = "outbound_api";
+    k.extend([
+        keys::hk_view("post_view"),
+        keys::sp_load("post_view"),
+        keys::br_state(api),
+        keys::br_window(api),
+        keys::br_slots(api),
+        keys::sli_sum("inbound"),
+        keys::lease("hotkey"),
+    ]);
+    k
+}
+
+/// The shared-data trouble counters of every filter (`cas_giveup`, `store_error`, and the
+/// per-rule and per-purpose ones), those not zero.
+fn trouble(e: &Envoy) -> BTreeMap<String, i64> {
+    let mut t = e.stats_matching("cas_giveup");
+    t.extend(e.stats_matching("store_error"));
+    t.extend(e.stats_matching("merge_failed"));
+    t.extend(e.stats_matching("store_failed"));
+    t.retain(|k, v| k.starts_with("wasmcustom.sg.") && *v != 0);
+    t
+}
+
+#[test]
+fn shared_data_filled_and_fought_over_by_a_neighbour_the_bundle_keeps_protecting() {
+    // On every tick (20 ms, each worker) the neighbour rewrites each contended key 10 times,
+    // each write a compare-and-swap that makes every concurrent writer's CAS fail.
+    let s = whole_bundle_with(
+        json!({"keys": contended_keys(), "tick_ms": 20, "on_tick": ["cas"],
+        "cas_rounds": 10, "fill": {"keys": 1, "bytes": 1}}),
+    );
+    let rss = s.envoy.rss_kib();
+    // Envoy's shared data has no bound (proxy-wasm-cpp-host's SharedData::set fails only on a
+    // CAS mismatch): "full" is the neighbour's memory. 64 MiB in 256 large values, then
+    // 50,000 small keys: every set succeeds.
+    for (n, bytes) in [(256, 256 * 1024), (50_000, 64)] {
+        let r = tell(&s, "x-neighbour", &format!("fill:{n}:{bytes}"))
+            .unwrap_or_else(|| panic!("the neighbour did not answer"));
+        assert_eq!(
+            (r["written"].as_u64(), r["failed"].as_u64()),
+            (Some(n), Some(0)),
+            "{r}"
+        );
+    }
+    eprintln!(
+        "Envoy RSS {rss} KiB before the fill, {} KiB after",
+        s.envoy.rss_kib()
+    );
+    // The fight is on: the neighbour's ticks win CAS races.
+    until_true("the neighbour's ticks run", STATS, || {
+        tell(&s, "x-neighbour", "cas").is_some_and(|r| r["written"].as_u64().unwrap_or(0) > 0)
+    });
+    assert_still_protecting(&s, "f");
+    assert_no_trap(&s.envoy);
+    eprintln!("shared-data trouble counted: {:?}", trouble(&s.envoy));
+}

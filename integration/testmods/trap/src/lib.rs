@@ -9,7 +9,9 @@
 //! - `tick_ms` with `on_tick`: actions run on every tick (`trap`, `garbage`, `cas`).
 //! - `keys`: the shared-data keys `garbage` and `cas` work on (the bundle's `sg:` keys).
 //! - `huge_bytes`: size of the "huge" garbage value (default 1 MiB).
-//! - `fill`: `{"keys": N, "bytes": M, "prefix": P}`: N keys of M bytes under prefix P.
+//! - `fill`: `{"keys": N, "bytes": M, "prefix": P}`: N keys of M bytes under prefix P
+//!   (`fill:N:M` overrides N and M).
+//! - `cas_rounds`: rounds over `keys` of one `cas` action (default 10).
 //! - `control_header` (default `x-neighbour`): a request with `<control_header>: <action>`
 //!   (`ping`, `garbage[:variant]`, `fill`, `cas`, `trap[:panic]`) runs the action once and is
 //!   answered by this filter itself, 200 with a JSON report
@@ -46,6 +48,9 @@ pub struct Config {
     pub fill: Option<Fill>,
     #[serde(default)]
     pub control_header: Option<String>,
+    /// Rounds over `keys` of one `cas` action (default 10).
+    #[serde(default)]
+    pub cas_rounds: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -237,7 +242,7 @@ mod adapter {
             "cas" => {
                 // Rewrites each key's own bytes (no change of meaning) with a fresh CAS: every
                 // writer that read before this loses its compare-and-swap.
-                for _ in 0..50 {
+                for _ in 0..cfg.cas_rounds.unwrap_or(10) {
                     for key in &cfg.keys {
                         if let Ok((Some(b), cas)) = hostcalls::get_shared_data(key) {
                             r.set(key, &b, cas);
@@ -247,9 +252,12 @@ mod adapter {
             }
             "fill" => {
                 if let Some(f) = &cfg.fill {
-                    let value = rng.bytes(f.bytes);
-                    for i in 0..f.keys {
-                        r.set(&format!("{}{i}", f.prefix), &value, None);
+                    let mut over = variant.split(':').map(|x| x.parse::<usize>().ok());
+                    let keys = over.next().flatten().unwrap_or(f.keys as usize);
+                    let bytes = over.next().flatten().unwrap_or(f.bytes);
+                    let value = rng.bytes(bytes);
+                    for i in 0..keys {
+                        r.set(&format!("{}{bytes}:{i}", f.prefix), &value, None);
                     }
                 }
             }
