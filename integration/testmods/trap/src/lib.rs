@@ -20,7 +20,7 @@
 use serde::Deserialize;
 
 /// The garbage variants, in the order `garbage` without a variant cycles through them.
-pub const VARIANTS: [&str; 8] = [
+pub const VARIANTS: [&str; 9] = [
     "random",
     "truncated",
     "version",
@@ -29,6 +29,7 @@ pub const VARIANTS: [&str; 8] = [
     "trailing",
     "ones",
     "zeros",
+    "maxed",
 ];
 
 #[derive(Debug, Default, Deserialize)]
@@ -115,6 +116,14 @@ pub fn garbage(variant: &str, cur: Option<&[u8]>, huge: usize, rng: &mut Rng) ->
             v
         }
         "ones" => vec![0xFF; cur.len().max(64)],
+        // The version byte kept, every count, length and number after it at its maximum.
+        "maxed" => {
+            let mut v = vec![0xFF; cur.len().max(64)];
+            if let (Some(b), Some(c)) = (v.first_mut(), cur.first()) {
+                *b = *c;
+            }
+            v
+        }
         "zeros" => vec![0; cur.len().max(64)],
         _ => {
             let n = 1 + (rng.next_u64() % 64) as usize;
