@@ -34,6 +34,12 @@ const PROM: Duration = Duration::from_secs(60);
 /// beside another neighbour (Envoy shares a VM between plugins with the same vm_id, code and
 /// VM configuration), in the bundle's shared-data namespace.
 fn neighbour(name: &str, cfg: Value, policy: &str) -> Value {
+    let module = sg_e2e::envoy::wasm_path("testmod_trap");
+    assert!(
+        module.exists(),
+        "{} is missing: `make testmods` builds it (a prerequisite of `make test-e2e`)",
+        module.display()
+    );
     let mut f = Bundle::wasm_filter(name, "testmod_trap", &cfg);
     f["name"] = json!(name);
     let c = &mut f["typed_config"]["config"];
@@ -212,7 +218,14 @@ fn a_trapping_neighbour_is_skipped_or_reloaded_and_the_bundle_keeps_protecting()
         tell(&s, "x-neighbour-reload", "ping").ok_or("not yet")
     });
     let after = wasm_stats(&s.envoy);
-    eprintln!("wasm stats after the FAIL_RELOAD trap: {after:?}; in backoff: {in_backoff:?}");
+    let reloads: Vec<_> = after
+        .iter()
+        .filter(|(k, _)| k.starts_with("wasm.neighbour_reload."))
+        .collect();
+    eprintln!(
+        "after the FAIL_RELOAD trap: {reloads:?}; next request {}",
+        in_backoff.status
+    );
     if in_backoff.status == 503 {
         assert!(after.get(backoff).copied().unwrap_or(0) >= 1, "{after:?}");
     }
