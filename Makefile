@@ -12,7 +12,7 @@ export ENVOY_BIN := $(abspath $(ENVOY))
 export DEBIAN_FRONTEND := noninteractive
 
 SOAK_ARGS ?=
-.PHONY: soak slo setup apt rust-target wasm build images lint test test-steps test-native test-wasm test-e2e bench-smoke demo bench drill memory clean
+.PHONY: soak slo setup apt rust-target wasm testmods build images lint test test-steps test-native test-wasm test-e2e bench-smoke demo bench drill memory clean
 
 setup: apt rust-target $(ENVOY)
 
@@ -50,6 +50,13 @@ wasm: rust-target
 	$(CARGO) build --release --target wasm32-wasip1 -p sg-combined
 	@ls -l $(WASM_DIR)/*.wasm | awk '{print "wasm size:", $$5, $$9}'
 
+# Test-only modules (integration/testmods: a neighbour that traps on demand and writes garbage
+# into shared data, for tests/neighbour.rs). Built for the tests only: never in `wasm`'s list,
+# the OCI images (sg_integration::oci), envoy.yaml or deploy/.
+TESTMODS := sg-testmod-trap
+testmods: rust-target
+	$(CARGO) build --release --target wasm32-wasip1 $(addprefix -p ,$(TESTMODS))
+
 build: wasm
 	$(CARGO) build --release -p sg-integration
 
@@ -58,6 +65,7 @@ lint: rust-target
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 	$(CARGO) clippy --target wasm32-wasip1 $(addprefix -p ,$(FILTERS)) -p sg-core -- -D warnings
 	$(CARGO) clippy --target wasm32-wasip1 -p sg-combined -- -D warnings
+	$(CARGO) clippy --target wasm32-wasip1 $(addprefix -p ,$(TESTMODS)) -- -D warnings
 
 test-native:
 	$(CARGO) test --workspace --exclude sg-e2e
@@ -69,7 +77,7 @@ test-wasm: rust-target
 	$(CARGO) test --target wasm32-wasip1 -p sg-combined
 
 # `build`, not only `wasm`: tests/demo.rs runs target/release/demo.
-test-e2e: setup build images
+test-e2e: setup build images testmods
 	$(CARGO) test --release -p sg-e2e -- --test-threads=1
 
 # Runs every step, then prints one summary line summed over cargo's "test result:" lines.
