@@ -192,6 +192,26 @@ impl Bundle {
         n
     }
 
+    /// Has Envoy give tcmalloc's free pages back to the OS: up to `bytes` every `interval_ms`
+    /// (bootstrap `memory_allocator_manager`). 0 removes the setting.
+    pub fn set_memory_release(&mut self, bytes: u64, interval_ms: u64) {
+        match self.doc.as_object_mut() {
+            Some(o) if bytes == 0 => {
+                o.remove("memory_allocator_manager");
+            }
+            Some(o) => {
+                o.insert(
+                    "memory_allocator_manager".into(),
+                    json!({
+                        "bytes_to_release": bytes,
+                        "memory_release_interval": format!("{:.3}s", interval_ms as f64 / 1000.0),
+                    }),
+                );
+            }
+            None => {}
+        }
+    }
+
     /// A Wasm HTTP filter entry for module `sg_<module>.wasm` in the shared `spikeguard` VM.
     pub fn wasm_filter(name: &str, module: &str, config: &Value) -> Value {
         json!({

@@ -63,6 +63,10 @@ pub struct SoakConfig {
     /// How long the end waits for the filters' counters (flushed on their ticks).
     pub settle_timeout_s: u64,
     pub seed: u64,
+    /// Bytes Envoy gives back to the OS per second (bootstrap `memory_allocator_manager`);
+    /// 0 = envoy.yaml as it is.
+    #[serde(default)]
+    pub release_bytes: u64,
 }
 
 impl Default for SoakConfig {
@@ -84,6 +88,7 @@ impl Default for SoakConfig {
             envoy_workers: 2,
             settle_timeout_s: 60,
             seed: 1,
+            release_bytes: 0,
         }
     }
 }
@@ -213,7 +218,13 @@ pub struct Point {
     pub spike: bool,
     pub rss_kib: u64,
     pub heap_allocated: u64,
+    /// tcmalloc's heap (`/memory` `heap_size`: allocated plus free pages it keeps), bytes.
+    pub heap_size: u64,
+    /// The Wasm linear memories: mapped size and resident KiB.
+    pub wasm_size_kib: u64,
     pub wasm_rss_kib: u64,
+    /// Envoy's open downstream connections (`http.ingress.downstream_cx_active`).
+    pub connections: i64,
     /// Answers of this segment.
     pub completed: u64,
 }
@@ -383,8 +394,12 @@ pub fn launch(
     simple: &Upstream,
     control: &Control,
     workers: u32,
+    release_bytes: u64,
 ) -> io::Result<Envoy> {
     let mut b = Bundle::load()?;
+    if release_bytes > 0 {
+        b.set_memory_release(release_bytes, 1000);
+    }
     b.set_cluster_port("main_app", app.port)?;
     b.set_cluster_port("outbound_api", app.port)?;
     b.set_cluster_port("simple_page", simple.port)?;
@@ -466,7 +481,13 @@ pub fn run(cfg: &SoakConfig, mut progress: impl FnMut(&str)) -> io::Result<SoakR
         ..UpstreamConfig::simple_page()
     })?;
     let control = Control::start()?;
-    let envoy = launch(&app, &simple, &control, cfg.envoy_workers)?;
+    let envoy = launch(
+        &app,
+        &simple,
+        &control,
+        cfg.envoy_workers,
+        cfg.release_bytes,
+    )?;
     let started = Instant::now();
     let mut answers = Answers::default();
     let mut points = Vec::new();
@@ -480,11 +501,14 @@ pub fn run(cfg: &SoakConfig, mut progress: impl FnMut(&str)) -> io::Result<SoakR
             spike,
             rss_kib: s.rss_kib,
             heap_allocated: s.heap_allocated,
+            heap_size: s.heap_size,
+            wasm_size_kib: s.wasm_size_kib,
             wasm_rss_kib: s.wasm_rss_kib,
+            connections: envoy.stat("http.ingress.downstream_cx_active"),
             completed: a.completed,
         };
         progress(&format!(
-            "t={:>6.0}s{} answers {} (app {}, simple {}, 429 {}, shed {}, unintended {}), RSS {:.1} MiB, heap {:.1} MiB",
+            "t={:>6.0}s{} answers {} (app {}, simple {}, 429 {}, shed {}, unintended {}), RSS {:.1} MiB, heap {:.1} of {:.1} MiB, Wasm {:.1} MiB, {} connections",
             p.t_s,
             if spike { " spike" } else { "" },
             a.completed,
@@ -494,7 +518,10 @@ pub fn run(cfg: &SoakConfig, mut progress: impl FnMut(&str)) -> io::Result<SoakR
             a.shed,
             a.unintended + a.errors,
             p.rss_kib as f64 / 1024.0,
-            p.heap_allocated as f64 / 1048576.0
+            p.heap_allocated as f64 / 1048576.0,
+            p.heap_size as f64 / 1048576.0,
+            p.wasm_size_kib as f64 / 1024.0,
+            p.connections
         ));
         answers.merge(&a);
         points.push(p);

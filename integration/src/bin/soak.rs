@@ -45,6 +45,9 @@ struct Args {
     spike_every_s: Option<u64>,
     #[arg(long)]
     warmup_s: Option<u64>,
+    /// Bytes Envoy gives back to the OS per second (bootstrap `memory_allocator_manager`).
+    #[arg(long)]
+    release_bytes: Option<u64>,
 }
 
 fn main() -> ExitCode {
@@ -65,6 +68,7 @@ fn main() -> ExitCode {
     cfg.spike_rps = a.spike_rps.unwrap_or(cfg.spike_rps);
     cfg.spike_every_s = a.spike_every_s.unwrap_or(cfg.spike_every_s);
     cfg.warmup_s = a.warmup_s.unwrap_or(cfg.warmup_s);
+    cfg.release_bytes = a.release_bytes.unwrap_or(cfg.release_bytes);
     let command = std::env::args().collect::<Vec<_>>().join(" ");
     let report = match soak::run(&cfg, |l| eprintln!("{l}")) {
         Ok(r) => r,
