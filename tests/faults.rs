@@ -931,8 +931,8 @@ fn hot_restart_under_load_keeps_counters_and_starts_limits_fresh() {
         *client.entry(*code).or_default() += n;
     }
     let total: u64 = client.values().sum();
-    // Measured, not carried exactly (README "Restarts and reloads"): the old process's sli
-    // series reach the new one only in part. What is asserted: nothing is counted twice.
+    // Measured, not carried (README "Restarts and reloads"): the new process's sli series hold
+    // only its own requests. What is asserted: nothing is counted twice.
     let mut sli = BTreeMap::new();
     until(
         "sli's counts after the restart",
