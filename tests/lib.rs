@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 use sg_integration::control::Control;
-use sg_integration::envoy::{Bundle, Envoy};
+use sg_integration::envoy::{Bundle, Envoy, HotRestart};
 use sg_integration::loadgen::{KeyMix, LoadConfig, Record, Report};
 use sg_integration::upstream::{Upstream, UpstreamConfig};
 
@@ -76,6 +76,28 @@ impl Stack {
         app: UpstreamConfig,
         edit: impl FnOnce(&mut Bundle),
     ) -> Stack {
+        Self::assemble(filters, app, edit, |b| b.launch(concurrency))
+    }
+
+    /// [`Stack::start_with`] with Envoy's hot restart enabled ([`Bundle::launch_hot`]):
+    /// `stack.envoy.hot_restart()` starts the next epoch.
+    pub fn start_hot(
+        filters: &[(&str, Value)],
+        concurrency: u32,
+        hot: HotRestart,
+        edit: impl FnOnce(&mut Bundle),
+    ) -> Stack {
+        Self::assemble(filters, ample("main"), edit, |b| {
+            b.launch_hot(concurrency, hot)
+        })
+    }
+
+    fn assemble(
+        filters: &[(&str, Value)],
+        app: UpstreamConfig,
+        edit: impl FnOnce(&mut Bundle),
+        launch: impl FnOnce(&Bundle) -> std::io::Result<Envoy>,
+    ) -> Stack {
         let app = Upstream::start(app).unwrap_or_else(|e| panic!("upstream: {e}"));
         let simple = Upstream::start(UpstreamConfig {
             cache_control: Some("public, max-age=600".into()),
@@ -102,9 +124,7 @@ impl Stack {
         b.set_cluster_port("spikeguard_control", control.port)
             .unwrap_or_else(|e| panic!("{e}"));
         edit(&mut b);
-        let envoy = b
-            .launch(concurrency)
-            .unwrap_or_else(|e| panic!("envoy: {e}"));
+        let envoy = launch(&b).unwrap_or_else(|e| panic!("envoy: {e}"));
         Stack {
             envoy,
             app,

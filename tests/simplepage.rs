@@ -553,9 +553,11 @@ fn stale_if_error_serves_the_last_good_page_when_the_backend_fails() {
         (200, Some("always; cache=stale-if-error"))
     );
     assert_eq!(r.body, good.body);
-    // Not cached at all: the backend's error goes through.
+    // Not cached at all: the rule's fallback page (the default: 503, retry-after).
     let r = s.get("/PostView?blogId=never&logNo=1");
     assert_eq!(r.status, 503);
+    assert_eq!(r.header(HDR), Some("always; fallback"));
+    assert_eq!(r.header("retry-after"), Some("5"));
     assert_eq!(
         s.envoy.wait_stat(
             "wasmcustom.sg.simplepage.cache_stale_if_error",

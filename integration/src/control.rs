@@ -7,6 +7,10 @@
 //! - `POST /hook*` records the body and answers `200 ok` (or the status set by
 //!   [`Control::set_hook_status`]).
 //! - Anything else: `404`.
+//!
+//! Either endpoint can be made to hang ([`Control::hold_blocklist`], [`Control::hold_hooks`]):
+//! a request is received (and counted, a hook's body recorded) but not answered until
+//! released, or until the caller gives up (Envoy's call timeout resets the stream).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
@@ -17,6 +21,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::header::{HeaderValue, CONTENT_TYPE, ETAG, IF_NONE_MATCH};
 use hyper::{Method, Request, Response, StatusCode};
+use tokio::sync::watch;
 
 /// Most hook bodies kept by [`Control::hooks`] (the oldest are dropped first).
 pub const MAX_HOOKS: usize = 1000;
@@ -38,6 +43,39 @@ struct Shared {
     if_none_match: Mutex<VecDeque<String>>,
     hooks: Mutex<VecDeque<String>>,
     hook_status: AtomicU16,
+    /// Hang `GET /blocklist*` / `POST /hook*` while true.
+    hold_blocklist: watch::Sender<bool>,
+    hold_hooks: watch::Sender<bool>,
+    /// Requests hanging now, by endpoint (the caller has not given up yet).
+    held_blocklist: AtomicU64,
+    held_hooks: AtomicU64,
+}
+
+/// Counts a request as hanging while it lives (the handler future is dropped when the
+/// caller resets the stream).
+struct Held<'a>(&'a AtomicU64);
+
+impl<'a> Held<'a> {
+    fn new(n: &'a AtomicU64) -> Self {
+        n.fetch_add(1, Ordering::SeqCst);
+        Held(n)
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Waits while `hold` is true (returns at once when it is not).
+async fn wait_released(hold: &watch::Sender<bool>, held: &AtomicU64) {
+    let mut rx = hold.subscribe();
+    if !*rx.borrow_and_update() {
+        return;
+    }
+    let _held = Held::new(held);
+    let _ = rx.wait_for(|h| !*h).await;
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -81,6 +119,10 @@ impl Control {
             if_none_match: Mutex::new(VecDeque::new()),
             hooks: Mutex::new(VecDeque::new()),
             hook_status: AtomicU16::new(200),
+            hold_blocklist: watch::Sender::new(false),
+            hold_hooks: watch::Sender::new(false),
+            held_blocklist: AtomicU64::new(0),
+            held_hooks: AtomicU64::new(0),
         });
         let server = bound.serve(
             shared.clone(),
@@ -132,6 +174,38 @@ impl Control {
         lock(&self.shared.hooks).iter().cloned().collect()
     }
 
+    /// From now on `GET /blocklist*` hangs (counted in [`Control::polls`], unanswered) until
+    /// [`Control::release_blocklist`]; then the held requests get the current answer.
+    pub fn hold_blocklist(&self) {
+        self.shared.hold_blocklist.send_replace(true);
+    }
+
+    /// Stops hanging `GET /blocklist*` and answers the held requests.
+    pub fn release_blocklist(&self) {
+        self.shared.hold_blocklist.send_replace(false);
+    }
+
+    /// `GET /blocklist*` requests hanging now (the caller has not given up).
+    pub fn blocklist_held(&self) -> u64 {
+        self.shared.held_blocklist.load(Ordering::SeqCst)
+    }
+
+    /// From now on `POST /hook*` hangs (its body recorded in [`Control::hooks`] at once, no
+    /// answer) until [`Control::release_hooks`].
+    pub fn hold_hooks(&self) {
+        self.shared.hold_hooks.send_replace(true);
+    }
+
+    /// Stops hanging `POST /hook*` and answers the held requests.
+    pub fn release_hooks(&self) {
+        self.shared.hold_hooks.send_replace(false);
+    }
+
+    /// `POST /hook*` requests hanging now (the caller has not given up).
+    pub fn hooks_held(&self) -> u64 {
+        self.shared.held_hooks.load(Ordering::SeqCst)
+    }
+
     /// Makes `POST /hook*` answer this status from now on (default 200).
     pub fn set_hook_status(&self, status: u16) {
         self.shared.hook_status.store(status, Ordering::SeqCst);
@@ -162,6 +236,8 @@ fn etag_matches(if_none_match: &str, etag: &str) -> bool {
 async fn handle(shared: &Shared, req: Request<Incoming>) -> Resp {
     let path = req.uri().path();
     if req.method() == Method::GET && path.starts_with("/blocklist") {
+        shared.polls.fetch_add(1, Ordering::SeqCst);
+        wait_released(&shared.hold_blocklist, &shared.held_blocklist).await;
         return blocklist(shared, &req);
     }
     if req.method() == Method::POST && path.starts_with("/hook") {
@@ -175,7 +251,6 @@ async fn handle(shared: &Shared, req: Request<Incoming>) -> Resp {
 }
 
 fn blocklist(shared: &Shared, req: &Request<Incoming>) -> Resp {
-    shared.polls.fetch_add(1, Ordering::SeqCst);
     let inm = req
         .headers()
         .get(IF_NONE_MATCH)
@@ -224,6 +299,7 @@ async fn hook(shared: &Shared, req: Request<Incoming>) -> Resp {
         MAX_HOOKS,
         String::from_utf8_lossy(&body).into_owned(),
     );
+    wait_released(&shared.hold_hooks, &shared.held_hooks).await;
     let status = shared.hook_status.load(Ordering::SeqCst);
     let text: &'static [u8] = if (200..300).contains(&status) {
         b"ok"
@@ -331,6 +407,30 @@ mod tests {
         );
         assert_eq!(c.polls(), 4);
         assert_eq!(c.hooks().len(), 2);
+    }
+
+    #[test]
+    fn held_endpoints_answer_once_released() {
+        let c = Control::start().unwrap();
+        c.hold_blocklist();
+        c.hold_hooks();
+        let port = c.port;
+        let poll = std::thread::spawn(move || request(port, "GET", "/blocklist", &[], &[]));
+        let hook = std::thread::spawn(move || request(port, "POST", "/hook", &[], b"held"));
+        let t0 = std::time::Instant::now();
+        while (c.blocklist_held() < 1 || c.hooks_held() < 1)
+            && t0.elapsed() < std::time::Duration::from_secs(20)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!((c.blocklist_held(), c.hooks_held()), (1, 1));
+        assert_eq!(c.polls(), 1);
+        assert_eq!(c.hooks(), vec!["held"]);
+        c.release_blocklist();
+        c.release_hooks();
+        assert_eq!(poll.join().unwrap().unwrap().status, 200);
+        assert_eq!(hook.join().unwrap().unwrap().status, 200);
+        assert_eq!((c.blocklist_held(), c.hooks_held()), (0, 0));
     }
 
     #[test]

@@ -432,45 +432,199 @@ pub struct Envoy {
     /// Config, log and admin address file; removed on drop unless the test failed.
     pub dir: PathBuf,
     tmp: Option<TempDir>,
+    concurrency: u32,
+    /// Hot restart enabled ([`Bundle::launch_hot`]): its settings.
+    hot: Option<HotRestart>,
+    /// The restart epoch of the running process (0 until [`Envoy::hot_restart`]).
+    pub epoch: u32,
+    /// The previous epoch's process while it drains (after a hot restart).
+    parent: Option<Child>,
+}
+
+/// Hot restart settings of an Envoy started by [`Bundle::launch_hot`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HotRestart {
+    /// `--drain-time-s`: how long the parent drains its connections.
+    pub drain_s: u32,
+    /// `--parent-shutdown-time-s`: when the child tells the parent to exit.
+    pub parent_shutdown_s: u32,
+}
+
+impl Bundle {
+    /// Validates and starts Envoy with hot restart enabled (`--use-dynamic-base-id`, epoch 0):
+    /// [`Envoy::hot_restart`] then starts the next epoch, which takes the listen sockets over.
+    pub fn launch_hot(&self, concurrency: u32, hot: HotRestart) -> io::Result<Envoy> {
+        let tmp = tempfile::Builder::new().prefix("sg-envoy-").tempdir()?;
+        let cfg = tmp.path().join("envoy.json");
+        std::fs::write(&cfg, serde_json::to_vec_pretty(&self.render())?)?;
+        validate(&cfg)?;
+        Envoy::start_epoch(&cfg, tmp, concurrency, Some(hot), 0, None)
+    }
 }
 
 impl Envoy {
     fn start(cfg: &Path, tmp: TempDir, concurrency: u32) -> io::Result<Envoy> {
-        let dir = tmp.path();
-        let log = dir.join("envoy.log");
-        let admin_file = dir.join("admin.addr");
-        let child = Command::new(envoy_bin())
-            // Flush the log file every 100 ms (default 10 s) so tests can read it.
-            .args([
-                "--disable-hot-restart",
-                "-l",
-                "info",
-                "--file-flush-interval-msec",
-                "100",
-                "--concurrency",
-            ])
-            .arg(concurrency.to_string())
-            .arg("-c")
-            .arg(cfg)
-            .arg("--log-path")
-            .arg(&log)
-            .arg("--admin-address-path")
-            .arg(&admin_file)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| err(format!("cannot start {}: {e}", envoy_bin().display())))?;
+        Envoy::start_epoch(cfg, tmp, concurrency, None, 0, None)
+    }
+
+    fn log_file(dir: &Path, epoch: u32) -> PathBuf {
+        match epoch {
+            0 => dir.join("envoy.log"),
+            n => dir.join(format!("envoy-{n}.log")),
+        }
+    }
+
+    fn admin_file(dir: &Path, epoch: u32) -> PathBuf {
+        match epoch {
+            0 => dir.join("admin.addr"),
+            n => dir.join(format!("admin-{n}.addr")),
+        }
+    }
+
+    /// Spawns Envoy for `epoch`: without `hot`, `--disable-hot-restart`; with it, epoch 0
+    /// picks a free base ID (written to `base_id`), a later one uses that ID.
+    fn spawn(
+        cfg: &Path,
+        dir: &Path,
+        concurrency: u32,
+        hot: Option<HotRestart>,
+        epoch: u32,
+    ) -> io::Result<Child> {
+        let mut cmd = Command::new(envoy_bin());
+        match hot {
+            None => {
+                cmd.arg("--disable-hot-restart");
+            }
+            Some(h) => {
+                let base_id = dir.join("base_id");
+                if epoch == 0 {
+                    cmd.arg("--use-dynamic-base-id")
+                        .arg("--base-id-path")
+                        .arg(&base_id);
+                } else {
+                    let id = std::fs::read_to_string(&base_id)?;
+                    cmd.arg("--base-id").arg(id.trim());
+                }
+                cmd.arg("--restart-epoch")
+                    .arg(epoch.to_string())
+                    .arg("--drain-time-s")
+                    .arg(h.drain_s.to_string())
+                    .arg("--parent-shutdown-time-s")
+                    .arg(h.parent_shutdown_s.to_string());
+            }
+        }
+        // Flush the log file every 100 ms (default 10 s) so tests can read it.
+        cmd.args([
+            "-l",
+            "info",
+            "--file-flush-interval-msec",
+            "100",
+            "--concurrency",
+        ])
+        .arg(concurrency.to_string())
+        .arg("-c")
+        .arg(cfg)
+        .arg("--log-path")
+        .arg(Envoy::log_file(dir, epoch))
+        .arg("--admin-address-path")
+        .arg(Envoy::admin_file(dir, epoch))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| err(format!("cannot start {}: {e}", envoy_bin().display())))
+    }
+
+    fn start_epoch(
+        cfg: &Path,
+        tmp: TempDir,
+        concurrency: u32,
+        hot: Option<HotRestart>,
+        epoch: u32,
+        parent: Option<Child>,
+    ) -> io::Result<Envoy> {
+        let dir = tmp.path().to_path_buf();
+        let child = Envoy::spawn(cfg, &dir, concurrency, hot, epoch)?;
         let mut e = Envoy {
             child,
             admin: 0,
             ports: BTreeMap::new(),
-            dir: dir.to_path_buf(),
-            tmp: None,
+            dir,
+            tmp: Some(tmp),
+            concurrency,
+            hot,
+            epoch,
+            parent,
         };
-        e.tmp = Some(tmp);
         e.wait_ready(Duration::from_secs(60))?;
         Ok(e)
+    }
+
+    /// Envoy's hot restart (`--restart-epoch` + 1, same base ID): starts the next epoch with
+    /// the same config, its listeners on the ports the running process listens on (a hot
+    /// restart hands listen sockets over by address), and returns once it is ready (its
+    /// admin address in [`Envoy::admin`], listener ports unchanged). The old process drains
+    /// for `drain_s` and exits after `parent_shutdown_s` ([`Envoy::wait_parent_exit`]).
+    /// Only for an Envoy started by [`Bundle::launch_hot`].
+    pub fn hot_restart(&mut self) -> io::Result<()> {
+        let hot = self
+            .hot
+            .ok_or_else(|| err("hot restart needs an Envoy started by Bundle::launch_hot"))?;
+        if self.parent.is_some() {
+            return Err(err("the previous hot restart's parent is still running"));
+        }
+        let text = std::fs::read_to_string(self.dir.join("envoy.json"))?;
+        let mut doc: Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
+        if let Some(ls) = doc["static_resources"]["listeners"].as_array_mut() {
+            for l in ls {
+                let port = l["name"].as_str().and_then(|n| self.ports.get(n)).copied();
+                if let Some(p) = port {
+                    l["address"]["socket_address"]["port_value"] = json!(p);
+                }
+            }
+        }
+        let epoch = self.epoch + 1;
+        let cfg = self.dir.join(format!("envoy-{epoch}.json"));
+        std::fs::write(&cfg, serde_json::to_vec_pretty(&doc)?)?;
+        let child = Envoy::spawn(&cfg, &self.dir, self.concurrency, Some(hot), epoch)?;
+        let parent = std::mem::replace(&mut self.child, child);
+        self.parent = Some(parent);
+        self.epoch = epoch;
+        self.admin = 0;
+        let before = std::mem::take(&mut self.ports);
+        self.wait_ready(Duration::from_secs(60))?;
+        if self.ports != before {
+            return Err(err(format!(
+                "listener ports changed on hot restart: {before:?} -> {:?}",
+                self.ports
+            )));
+        }
+        Ok(())
+    }
+
+    /// The previous epoch's process is still running (it drains after a hot restart).
+    pub fn parent_alive(&mut self) -> bool {
+        match self.parent.as_mut() {
+            Some(p) => matches!(p.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+
+    /// Waits until the previous epoch's process has exited by itself (it is told to after
+    /// `parent_shutdown_s`); Ok at once when there is none.
+    pub fn wait_parent_exit(&mut self, timeout: Duration) -> io::Result<()> {
+        let every = Duration::from_millis(50);
+        let r =
+            wait::try_eventually_every("hot restart parent exit", timeout, every, || {
+                match self.parent.as_mut().map(Child::try_wait) {
+                    None | Some(Ok(Some(_))) => Ok(()),
+                    Some(Ok(None)) => Err("still running".to_string()),
+                    Some(Err(e)) => Err(e.to_string()),
+                }
+            });
+        r.map_err(|e| err(e.to_string()))?;
+        self.parent = None;
+        Ok(())
     }
 
     fn wait_ready(&mut self, timeout: Duration) -> io::Result<()> {
@@ -492,7 +646,8 @@ impl Envoy {
     /// and every listener has its port, else what is missing.
     fn poll_ready(&mut self) -> Result<(), String> {
         if self.admin == 0 {
-            let s = std::fs::read_to_string(self.dir.join("admin.addr")).unwrap_or_default();
+            let file = Envoy::admin_file(&self.dir, self.epoch);
+            let s = std::fs::read_to_string(file).unwrap_or_default();
             let port = s.trim().rsplit(':').next().and_then(|p| p.parse().ok());
             self.admin = port.ok_or("no admin address yet")?;
         }
@@ -648,8 +803,9 @@ impl Envoy {
         })
     }
 
+    /// The running epoch's log (the first epoch's: `envoy.log`).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
+        std::fs::read_to_string(Envoy::log_file(&self.dir, self.epoch)).unwrap_or_default()
     }
 
     pub fn log_tail(&self, lines: usize) -> String {
@@ -668,6 +824,10 @@ impl Drop for Envoy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        if let Some(mut p) = self.parent.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
         if std::thread::panicking() {
             // Keep the directory (config and full log) for the post-mortem.
             if let Some(tmp) = self.tmp.take() {

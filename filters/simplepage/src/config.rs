@@ -85,7 +85,66 @@ sg_core::rule_config! {
         /// This rule in shadow mode (as the top-level `shadow`, for one rule).
         #[serde(default)]
         pub shadow: bool,
+        /// Header divert: the answer to a diverted request when the simple-page backend
+        /// fails (5xx, reset, no answer) and no stale copy can be used. Default: a 503 "try
+        /// again" page; `null`: the failure goes to the client as it is.
+        #[serde(default = "default_fallback")]
+        pub fallback: Option<FallbackConfig>,
     }
+}
+
+/// The fixed page answered when the simple-page backend fails (`rules[].fallback`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackConfig {
+    #[serde(default = "default_fallback_status")]
+    pub status: u16,
+    /// Response headers (lower-case names); replace the defaults when given.
+    #[serde(default = "default_fallback_headers")]
+    pub headers: std::collections::BTreeMap<String, String>,
+    #[serde(default = "default_fallback_body")]
+    pub body: String,
+}
+
+impl Default for FallbackConfig {
+    fn default() -> Self {
+        FallbackConfig {
+            status: default_fallback_status(),
+            headers: default_fallback_headers(),
+            body: default_fallback_body(),
+        }
+    }
+}
+
+/// Largest fallback body, bytes.
+pub const MAX_FALLBACK_BODY: usize = 65_536;
+
+fn default_fallback() -> Option<FallbackConfig> {
+    Some(FallbackConfig::default())
+}
+fn default_fallback_status() -> u16 {
+    503
+}
+fn default_fallback_headers() -> std::collections::BTreeMap<String, String> {
+    [
+        ("content-type", "text/plain; charset=utf-8"),
+        ("cache-control", "no-store"),
+        ("retry-after", "5"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
+fn default_fallback_body() -> String {
+    "This page is very busy right now. Please try again in a few seconds.\n".to_string()
+}
+
+/// A compiled `fallback`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fallback {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -264,6 +323,8 @@ pub struct Rule {
     pub cache: Option<CachePlan>,
     /// Shadow mode (the rule's or the top-level `shadow`): count and log, never divert.
     pub shadow: bool,
+    /// What a diverted request gets when the simple-page backend fails (header divert).
+    pub fallback: Option<Fallback>,
 }
 
 #[derive(Debug, Clone)]
@@ -277,6 +338,50 @@ pub struct Plan {
     pub alert: AlertConfig,
     pub inbound_alert_ms: u64,
     pub response_header: String,
+}
+
+/// Checks a `fallback`: a status from 200 to 599, lower-case header names (no pseudo-headers,
+/// not `response_header`, which the filter sets, nor `content-length`), values without
+/// control characters, a body of at most [`MAX_FALLBACK_BODY`] bytes. Err: (field, why).
+pub fn compile_fallback(
+    f: &FallbackConfig,
+    response_header: &str,
+) -> Result<Fallback, (String, String)> {
+    if !(200..=599).contains(&f.status) {
+        return Err((
+            "status".into(),
+            format!("{} is not from 200 to 599", f.status),
+        ));
+    }
+    for (k, v) in &f.headers {
+        if !header_name_ok(k) || k == response_header || k == "content-length" {
+            return Err((
+                "headers".into(),
+                format!("{k:?} is not a lower-case header name the fallback may set"),
+            ));
+        }
+        if v.bytes().any(|b| (b < b' ' && b != b'\t') || b == 0x7f) {
+            return Err((
+                "headers".into(),
+                format!("{k}: control character in the value"),
+            ));
+        }
+    }
+    if f.body.len() > MAX_FALLBACK_BODY {
+        return Err((
+            "body".into(),
+            format!("{} bytes, at most {MAX_FALLBACK_BODY}", f.body.len()),
+        ));
+    }
+    Ok(Fallback {
+        status: f.status,
+        headers: f
+            .headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        body: f.body.as_bytes().to_vec(),
+    })
 }
 
 fn header_name_ok(h: &str) -> bool {
@@ -432,6 +537,13 @@ impl Compile for Config {
                 }
                 _ => {}
             }
+            let fallback = match &r.fallback {
+                None => None,
+                Some(f) => Some(
+                    compile_fallback(f, &self.response_header)
+                        .map_err(|(field, why)| bad(&format!("fallback.{field}"), why))?,
+                ),
+            };
             let cache = match &r.cache {
                 None => None,
                 Some(_) if matches!(r.divert, DivertConfig::Redirect { .. }) => {
@@ -502,6 +614,7 @@ impl Compile for Config {
                 exclude_authorization: r.exclude_authorization,
                 cache,
                 shadow: r.shadow || self.shadow,
+                fallback,
             });
         }
         Ok(Plan {

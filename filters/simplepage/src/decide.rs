@@ -114,6 +114,37 @@ pub fn is_probe(n: u64, percent: u64) -> bool {
     percent > 0 && n % 100 < percent
 }
 
+/// What becomes of the simple-page backend's answer to a diverted request (header divert).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DivertedAnswer {
+    /// Below 500: passed (and maybe cached).
+    Good,
+    /// Failed (5xx, reset, no answer): replaced by the stale copy (stale-if-error), whose body
+    /// replaces the one that follows.
+    StaleCopy,
+    /// Failed, no usable stale copy: replaced by the rule's fallback (status, headers, and
+    /// the body when one follows).
+    Fallback,
+    /// Failed and nothing to replace it with (`fallback: null`): passed as it is.
+    Failed,
+}
+
+/// Decides [`DivertedAnswer`] from the answer's `status` (0: none), whether its headers end
+/// the stream (`eos`: no body follows, so a stale copy's body could not be put in), whether a
+/// stale copy within its stale-if-error window is at hand, and whether the rule has a
+/// fallback.
+pub fn diverted_answer(status: u16, eos: bool, stale: bool, fallback: bool) -> DivertedAnswer {
+    if status != 0 && status < 500 {
+        DivertedAnswer::Good
+    } else if stale && !eos {
+        DivertedAnswer::StaleCopy
+    } else if fallback {
+        DivertedAnswer::Fallback
+    } else {
+        DivertedAnswer::Failed
+    }
+}
+
 /// `base_url` + the request's path and query, for the redirect mode.
 pub fn redirect_location(base_url: &str, path: &str) -> String {
     let base = base_url.trim_end_matches('/');
@@ -216,6 +247,83 @@ mod tests {
         let probes = (0..1000).filter(|n| is_probe(*n, 5)).count();
         assert_eq!(probes, 50);
         assert!(!(0..1000).any(|n| is_probe(n, 0)));
+    }
+
+    #[test]
+    fn a_failed_simple_page_gets_the_stale_copy_else_the_fallback() {
+        use DivertedAnswer::*;
+        for status in [200, 204, 304, 404, 429, 499] {
+            assert_eq!(diverted_answer(status, false, true, true), Good, "{status}");
+            assert_eq!(
+                diverted_answer(status, true, false, false),
+                Good,
+                "{status}"
+            );
+        }
+        for status in [0, 500, 502, 503, 504, 599, 999] {
+            assert_eq!(diverted_answer(status, false, true, true), StaleCopy);
+            assert_eq!(diverted_answer(status, false, true, false), StaleCopy);
+            // No body follows (a HEAD): no stale body can be put in; the fallback's status
+            // and headers can.
+            assert_eq!(diverted_answer(status, true, true, true), Fallback);
+            assert_eq!(diverted_answer(status, false, false, true), Fallback);
+            assert_eq!(diverted_answer(status, true, false, true), Fallback);
+            assert_eq!(diverted_answer(status, false, false, false), Failed);
+            assert_eq!(diverted_answer(status, true, true, false), Failed);
+        }
+    }
+
+    #[test]
+    fn fallback_defaults_null_and_refusals() {
+        let r = rule("");
+        let f = r.fallback.clone().unwrap();
+        assert_eq!(f.status, 503);
+        assert!(f
+            .headers
+            .contains(&("retry-after".to_string(), "5".to_string())));
+        assert!(f
+            .headers
+            .contains(&("cache-control".to_string(), "no-store".to_string())));
+        assert!(!f.body.is_empty());
+        assert_eq!(rule(r#","fallback":null"#).fallback, None);
+        let own = rule(r#","fallback":{"status":200,"headers":{"content-type":"text/html"},"body":"<p>busy</p>"}"#)
+            .fallback
+            .unwrap();
+        assert_eq!(
+            (own.status, own.headers, own.body),
+            (
+                200,
+                vec![("content-type".to_string(), "text/html".to_string())],
+                b"<p>busy</p>".to_vec()
+            )
+        );
+        for (bad, field) in [
+            (r#"{"status":99}"#, "fallback.status"),
+            (r#"{"status":600}"#, "fallback.status"),
+            (r#"{"headers":{"X-Up":"1"}}"#, "fallback.headers"),
+            (r#"{"headers":{":status":"1"}}"#, "fallback.headers"),
+            (r#"{"headers":{"content-length":"1"}}"#, "fallback.headers"),
+            (
+                r#"{"headers":{"x-spikeguard-simple-page":"x"}}"#,
+                "fallback.headers",
+            ),
+            (r#"{"headers":{"a":"x\ny"}}"#, "fallback.headers"),
+            (r#"{"nope":1}"#, "fallback"),
+        ] {
+            let cfg = format!(
+                r#"{{"rules":[{{"name":"r","triggers":{{"always":true}},"fallback":{bad}}}]}}"#
+            );
+            let e = Config::parse(cfg.as_bytes()).err().map(|e| e.to_string());
+            assert!(
+                e.as_deref().is_some_and(|e| e.contains(field)),
+                "{bad}: {e:?}"
+            );
+        }
+        let big = format!(
+            r#"{{"rules":[{{"name":"r","triggers":{{"always":true}},"fallback":{{"body":"{}"}}}}]}}"#,
+            "x".repeat(crate::config::MAX_FALLBACK_BODY + 1)
+        );
+        assert!(Config::parse(big.as_bytes()).is_err());
     }
 
     #[test]

@@ -91,6 +91,8 @@ sg_core::metrics! {
         cache_wait_timeout: Counter = "cache_wait_timeout", "waiters sent on when the lock timed out";
         cache_wait_released: Counter = "cache_wait_released", "waiters sent on when the fetch ended uncached";
         overload_events: Counter = "overload_events", "overload episodes started";
+        divert_failed: Counter = "divert_failed", "diverted requests the simple-page backend failed (5xx, reset, no answer)";
+        divert_fallback: Counter = "divert_fallback", "of those, answered with the rule's fallback page";
         cache_bytes: Gauge = "cache_bytes", "bytes held in the cache slots";
         overloaded_rules: Gauge = "overloaded_rules", "rules whose overload trigger is on";
     }

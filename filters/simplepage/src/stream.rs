@@ -6,7 +6,10 @@
 
 use crate::cache::{self, Entry, Lock, State};
 use crate::config::{CachePlan, DivertConfig, Rule};
-use crate::decide::{eligible, is_probe, redirect_location, trigger, Signals, Trigger};
+use crate::decide::{
+    diverted_answer, eligible, is_probe, redirect_location, trigger, DivertedAnswer, Signals,
+    Trigger,
+};
 use crate::filter::{borrowed, reply_headers, Filter, Leader, Waiter, MAX_WAITERS};
 use crate::shadow;
 use sg_core::codec::{Reader, Writer};
@@ -24,6 +27,8 @@ pub struct Stream {
     pub id: u32,
     /// Diverted: the trigger (the response is tagged).
     diverted: Option<Trigger>,
+    /// The rule index of a diverted request.
+    rule: usize,
     /// Going to the main backend and timed: (rule index, start ms).
     timed: Option<(usize, u64)>,
     /// Cache work for the response: fill the slot, or fall back to a stale copy on error.
@@ -168,6 +173,7 @@ impl Plugin for Filter {
         m.inspect(|m| m.diverted(trig).inc());
         self.worker.borrow_mut().inbound.add(req.path());
         s.diverted = Some(trig);
+        s.rule = i;
         // Marked before the cache is asked: a request that waits for a fill and then times
         // out must still go to the simple page (the cache exists only in header mode).
         if let DivertConfig::Header { name } = &rule.divert {
@@ -208,33 +214,51 @@ impl Plugin for Filter {
             s.cache = None;
             return Flow::Continue;
         }
-        let Some(job) = s.cache.take() else {
+        let mut job = s.cache.take();
+        let stale = job
+            .as_mut()
+            .and_then(|j| j.stale.take())
+            .filter(|e| e.state(now) != State::Expired);
+        let fallback = plan.rules.get(s.rule).and_then(|r| r.fallback.as_ref());
+        let m = &self.m.filter;
+        match diverted_answer(status, eos, stale.is_some(), fallback.is_some()) {
+            DivertedAnswer::Good => {}
+            DivertedAnswer::StaleCopy => {
+                // A failing backend and a stale copy within stale-if-error: the copy.
+                m.divert_failed.inc();
+                if let Some(e) = stale {
+                    replace_response(host, 200, &e.headers);
+                    tag(&format!("{}; cache=stale-if-error", trig.as_str()));
+                    m.cache_stale_if_error.inc();
+                    s.replace_body = Some(e.body);
+                }
+                return Flow::Continue;
+            }
+            DivertedAnswer::Fallback => {
+                // The simple-page backend failed and no copy is at hand: the rule's fixed
+                // page (fail safe: the diverted request never goes back to the main app).
+                m.divert_failed.inc();
+                if let Some(f) = fallback {
+                    replace_response(host, f.status, &f.headers);
+                    host.set_header(Map::Response, "content-length", &f.body.len().to_string());
+                    tag(&format!("{}; fallback", trig.as_str()));
+                    m.divert_fallback.inc();
+                    if !eos {
+                        s.replace_body = Some(f.body.clone());
+                    }
+                }
+                return Flow::Continue;
+            }
+            DivertedAnswer::Failed => {
+                m.divert_failed.inc();
+                tag(trig.as_str());
+                return Flow::Continue;
+            }
+        }
+        let Some(job) = job else {
             tag(trig.as_str());
             return Flow::Continue;
         };
-        // A failing backend and a stale copy within stale-if-error: answer with the copy.
-        if status == 0 || status >= 500 {
-            match job.stale {
-                Some(e) if !eos && e.state(now) != State::Expired => {
-                    host.set_header(Map::Response, ":status", "200");
-                    for (k, _) in host.headers(Map::Response) {
-                        if !k.starts_with(':') {
-                            host.remove_header(Map::Response, &k);
-                        }
-                    }
-                    for (k, v) in &e.headers {
-                        host.set_header(Map::Response, k, v);
-                    }
-                    tag(&format!("{}; cache=stale-if-error", trig.as_str()));
-                    self.m.filter.cache_stale_if_error.inc();
-                    s.replace_body = Some(e.body);
-                }
-                _ => {
-                    tag(trig.as_str());
-                }
-            }
-            return Flow::Continue;
-        }
         tag(trig.as_str());
         let Some(c) = plan.rules.get(job.rule).and_then(|r| r.cache.as_ref()) else {
             return Flow::Continue;
@@ -324,6 +348,20 @@ impl Plugin for Filter {
         if s.timed.is_some() {
             self.record_timing(s, 0, host.now_ms());
         }
+    }
+}
+
+/// Replaces the response's status and every header but the pseudo-headers by `headers`
+/// (the body is replaced in the body callback).
+fn replace_response<H: Host + ?Sized>(host: &H, status: u16, headers: &[(String, String)]) {
+    host.set_header(Map::Response, ":status", &status.to_string());
+    for (k, _) in host.headers(Map::Response) {
+        if !k.starts_with(':') {
+            host.remove_header(Map::Response, &k);
+        }
+    }
+    for (k, v) in headers {
+        host.set_header(Map::Response, k, v);
     }
 }
 

@@ -646,3 +646,139 @@ fn shadow_overload_is_still_detected_from_the_main_backend_and_counted_never_div
     assert!(r.shadow_diverted_overload.get() > 0);
     assert_eq!(r.diverted_overload.get(), 0);
 }
+
+/// A rule diverting everything (`always`), no cache, with `extra` rule fields.
+fn always_no_cache(extra: &str) -> String {
+    format!(
+        r#"{{"tick_ms": 100, "rules": [{{"name": "pv", "match": {{"path_prefix": "/PostView"}},
+        "triggers": {{"always": true}}{extra}}}]}}"#
+    )
+}
+
+/// Envoy's own answer when the `simple_page` cluster refuses the connection (UF).
+const REFUSED: &[u8] =
+    b"upstream connect error or disconnect/reset before headers. reset reason: connection failure";
+
+#[test]
+fn a_failed_simple_page_is_answered_with_the_rules_fallback() {
+    let h = MemHost::new();
+    h.set_now(0);
+    let (f, _) = worker(&h, &always_no_cache(""));
+    let (flow, mut s) = request(&f, &h, 1, "/PostView?blogId=a");
+    assert_eq!(flow, Flow::Continue, "diverted to the simple page");
+    h.respond(
+        503,
+        &[("content-type", "text/plain"), ("x-debug", "1")],
+        REFUSED,
+    );
+    assert_eq!(f.on_response_headers(&h, &mut s, false), Flow::Continue);
+    assert_eq!(h.resp_header(":status").as_deref(), Some("503"));
+    assert_eq!(
+        h.resp_header("x-debug"),
+        None,
+        "the failure's headers are dropped"
+    );
+    assert_eq!(h.resp_header("retry-after").as_deref(), Some("5"));
+    assert_eq!(h.resp_header("cache-control").as_deref(), Some("no-store"));
+    assert_eq!(h.resp_header(HDR).as_deref(), Some("always; fallback"));
+    let body = b"This page is very busy right now. Please try again in a few seconds.\n";
+    assert_eq!(
+        h.resp_header("content-length"),
+        Some(body.len().to_string())
+    );
+    assert_eq!(f.on_response_body(&h, &mut s, 10, false), Flow::Pause);
+    f.on_response_body(&h, &mut s, REFUSED.len(), true);
+    assert_eq!(h.body(), body);
+    f.on_log(&h, &mut s);
+    assert_eq!(f.m.filter.divert_failed.get(), 1);
+    assert_eq!(f.m.filter.divert_fallback.get(), 1);
+
+    // No answer at all (status 0, a reset) and no body to follow (a HEAD): the fallback's
+    // status and headers.
+    let (_, mut s) = request(&f, &h, 2, "/PostView?blogId=b");
+    h.respond(0, &[], b"");
+    f.on_response_headers(&h, &mut s, true);
+    assert_eq!(h.resp_header(":status").as_deref(), Some("503"));
+    assert_eq!(h.resp_header(HDR).as_deref(), Some("always; fallback"));
+    assert_eq!(f.m.filter.divert_fallback.get(), 2);
+
+    // A good answer and a 4xx pass untouched.
+    for (id, status) in [(3, 200u16), (4, 404)] {
+        let (_, mut s) = request(&f, &h, id, "/PostView?blogId=c");
+        answer(&f, &h, &mut s, status, PAGE, b"page");
+        assert_eq!(h.resp_header(":status"), Some(status.to_string()));
+        assert_eq!(h.resp_header(HDR).as_deref(), Some("always"));
+        assert_eq!(h.body(), b"page");
+    }
+    assert_eq!(f.m.filter.divert_failed.get(), 2);
+}
+
+#[test]
+fn a_configured_fallback_and_a_null_one() {
+    let h = MemHost::new();
+    h.set_now(0);
+    let (f, _) = worker(
+        &h,
+        &always_no_cache(
+            r#","fallback": {"status": 200, "headers": {"content-type": "text/html"}, "body": "<p>later</p>"}"#,
+        ),
+    );
+    let (_, mut s) = request(&f, &h, 1, "/PostView?blogId=a");
+    h.respond(502, &[("content-type", "text/plain")], b"bad gateway");
+    f.on_response_headers(&h, &mut s, false);
+    f.on_response_body(&h, &mut s, 11, true);
+    assert_eq!(h.resp_header(":status").as_deref(), Some("200"));
+    assert_eq!(h.resp_header("content-type").as_deref(), Some("text/html"));
+    assert_eq!(
+        h.resp_header("retry-after"),
+        None,
+        "given headers replace the defaults"
+    );
+    assert_eq!(h.body(), b"<p>later</p>");
+
+    // `null`: the failure goes through as it is (tagged), and is counted.
+    let h = MemHost::new();
+    let (f, _) = worker(&h, &always_no_cache(r#","fallback": null"#));
+    let (_, mut s) = request(&f, &h, 1, "/PostView?blogId=a");
+    h.respond(503, &[("content-type", "text/plain")], REFUSED);
+    f.on_response_headers(&h, &mut s, false);
+    f.on_response_body(&h, &mut s, REFUSED.len(), true);
+    assert_eq!(h.resp_header(":status").as_deref(), Some("503"));
+    assert_eq!(h.resp_header(HDR).as_deref(), Some("always"));
+    assert_eq!(h.body(), REFUSED);
+    assert_eq!(f.m.filter.divert_failed.get(), 1);
+    assert_eq!(f.m.filter.divert_fallback.get(), 0);
+}
+
+#[test]
+fn a_stale_copy_wins_over_the_fallback() {
+    let h = MemHost::new();
+    h.set_now(0);
+    let (f, _) = worker(
+        &h,
+        &always(
+            r#"{"ttl_ms": 100, "stale_while_revalidate_ms": 0, "stale_if_error_ms": 60000, "lock_timeout_ms": 0}"#,
+        ),
+    );
+    let (_, mut s) = request(&f, &h, 1, "/PostView?blogId=a");
+    answer(&f, &h, &mut s, 200, PAGE, b"good");
+    h.advance(1_000);
+    let (_, mut s) = request(&f, &h, 2, "/PostView?blogId=a");
+    h.respond(503, &[], REFUSED);
+    f.on_response_headers(&h, &mut s, false);
+    f.on_response_body(&h, &mut s, REFUSED.len(), true);
+    assert_eq!(
+        h.resp_header(HDR).as_deref(),
+        Some("always; cache=stale-if-error")
+    );
+    assert_eq!(h.body(), b"good");
+    // A page never cached: the fallback.
+    let (_, mut s) = request(&f, &h, 3, "/PostView?blogId=new");
+    h.respond(503, &[], REFUSED);
+    f.on_response_headers(&h, &mut s, false);
+    f.on_response_body(&h, &mut s, REFUSED.len(), true);
+    assert_eq!(h.resp_header(HDR).as_deref(), Some("always; fallback"));
+    assert_eq!(f.m.filter.divert_failed.get(), 2);
+    assert_eq!(f.m.filter.divert_fallback.get(), 1);
+    assert_eq!(f.m.filter.cache_stale_if_error.get(), 1);
+}
