@@ -8,7 +8,8 @@
 //!   ratelimit counted, equal what the load generator got back, as does Envoy's own
 //!   `http.ingress.downstream_rq_completed`;
 //! - no answer is other than an intended one: 200 from the app or a simple page, a 429 of
-//!   ratelimit (it carries `ratelimit-policy`), a 503 the app did not send (a hotkey shed).
+//!   ratelimit (it carries `ratelimit-policy`), a 503 the app did not send (a hotkey shed),
+//!   a 503 of envoy.yaml's cluster limits (`x-envoy-overloaded`, counted by Envoy).
 //!
 //! The traffic of one segment (all streams run at once, open loop, see [`crate::loadgen`]):
 //! `PostView` pages of a Zipf-distributed set of blogs; `PostList` pages; a churn stream
@@ -156,6 +157,10 @@ pub struct Answers {
     pub rate_limited: u64,
     /// 503s the app did not send (hotkey shed).
     pub shed: u64,
+    /// 503s of envoy.yaml's cluster limits (`x-envoy-overloaded`: the app's connection pool
+    /// is full; a slow machine sees them in spikes).
+    #[serde(default)]
+    pub overflow: u64,
     /// Everything else: not an intended outcome.
     pub unintended: u64,
     /// A few of the unintended answers (status and headers), for the report.
@@ -180,6 +185,7 @@ impl Answers {
             200..=299 if has(SIMPLE_HDR) || upstream == Some("simple") => self.simple += 1,
             200..=299 if upstream == Some("main") => self.app += 1,
             429 if has("ratelimit-policy") => self.rate_limited += 1,
+            503 if has("x-envoy-overloaded") => self.overflow += 1,
             503 if upstream.is_none() => self.shed += 1,
             _ => {
                 self.unintended += 1;
@@ -201,6 +207,7 @@ impl Answers {
         self.simple += o.simple;
         self.rate_limited += o.rate_limited;
         self.shed += o.shed;
+        self.overflow += o.overflow;
         self.unintended += o.unintended;
         for e in &o.unintended_examples {
             if self.unintended_examples.len() < 10 {
@@ -457,6 +464,17 @@ fn drifts(e: &Envoy, a: &Answers) -> Vec<Drift> {
         counted: sli(&[("action", "shed")]),
         expected: i(a.shed),
     });
+    let overflow: i64 = e
+        .stats_matching("upstream_rq_pending_overflow")
+        .iter()
+        .filter(|(k, _)| k.starts_with("cluster."))
+        .map(|(_, v)| v)
+        .sum();
+    out.push(Drift {
+        what: "envoy cluster.*.upstream_rq_pending_overflow".into(),
+        counted: overflow,
+        expected: i(a.overflow),
+    });
     out.push(Drift {
         what: "sli action=ratelimit".into(),
         counted: sli(&[("action", "ratelimit")]),
@@ -593,8 +611,8 @@ pub fn markdown(r: &SoakReport, command: &str) -> String {
     let _ = writeln!(s, "| answers | {} |", a.completed);
     let _ = writeln!(
         s,
-        "| app / simple page / 429 / shed | {} / {} / {} / {} |",
-        a.app, a.simple, a.rate_limited, a.shed
+        "| app / simple page / 429 / shed / cluster-limit 503 | {} / {} / {} / {} / {} |",
+        a.app, a.simple, a.rate_limited, a.shed, a.overflow
     );
     let _ = writeln!(
         s,
@@ -721,6 +739,7 @@ mod tests {
         a.add(&rec(200, &[(SIMPLE_HDR, "hotkey")]));
         a.add(&rec(429, &[("ratelimit-policy", "1;w=1")]));
         a.add(&rec(503, &[]));
+        a.add(&rec(503, &[("x-envoy-overloaded", "true")]));
         a.add(&rec(503, &[("x-upstream", "main")]));
         a.add(&rec(429, &[]));
         a.add(&rec(0, &[]));
@@ -735,6 +754,6 @@ mod tests {
             ),
             (1, 2, 1, 1, 3, 1)
         );
-        assert_eq!(a.completed, 7);
+        assert_eq!((a.completed, a.overflow), (8, 1));
     }
 }
