@@ -10,12 +10,14 @@
 #![allow(clippy::indexing_slicing)] // a property check fails loudly; it is not a request path
 #![allow(clippy::panic)] // a violated property is a panic, which is what a fuzzer reports
 
+pub mod bundle;
 pub mod codecs;
 pub mod configs;
 pub mod oplist;
 pub mod ops;
 pub mod text;
 
+pub use bundle::bundle;
 pub use codecs::codecs;
 pub use configs::{
     config_breaker, config_combined, config_hotkey, config_ratelimit, config_simplepage, config_sli,
@@ -44,6 +46,7 @@ pub const TARGETS: &[Target] = &[
     ("codecs", codecs),
     ("sketch", sketch),
     ("window", window),
+    ("bundle", bundle),
 ];
 
 /// Text from fuzzer bytes as a filter sees it: header values and paths reach the filters as
