@@ -12,7 +12,7 @@ export ENVOY_BIN := $(abspath $(ENVOY))
 export DEBIAN_FRONTEND := noninteractive
 
 SOAK_ARGS ?=
-.PHONY: soak slo setup apt rust-target wasm testmods build images lint test test-steps test-native test-wasm test-e2e bench-smoke demo bench drill memory clean
+.PHONY: soak slo setup apt rust-target wasm testmods build images lint test test-steps test-native test-wasm test-e2e bench-smoke demo bench drill memory clean fuzz fuzz-smoke fuzz-tool fuzz-cmin
 
 setup: apt rust-target $(ENVOY)
 
@@ -158,3 +158,61 @@ soak: setup build
 .PHONY: compose-images
 compose-images: $(ENVOY) build
 	./target/release/compose-images
+
+# --- fuzzing (filters/fuzz, cargo-fuzz + libFuzzer on nightly) -----------------------------
+# Every target in filters/fuzz/fuzz_targets/ for FUZZ_SECONDS each (one process, no jobs,
+# rss limit), new inputs written into filters/fuzz/corpus/<target>/, which is minimised
+# afterwards (`cargo fuzz cmin`; FUZZ_CMIN=0 skips it); prints executions per target
+# (libFuzzer's final stats; logs in .work/fuzz/). A crash leaves its input in
+# filters/fuzz/artifacts/<target>/ and makes the run fail: copy it into
+# filters/fuzz/regressions/<target>/ (replayed by `make test`) with the fix and a named unit
+# test. Built without a sanitizer (`-s none`: the crates are safe Rust; panics, overflow
+# checks and debug assertions are what is caught), with debug assertions and overflow checks.
+# Not part of `make test`: its property bodies replay the committed corpora there
+# (integration/fuzzprops/tests/replay.rs). README, "Fuzzing".
+FUZZ_SECONDS ?= 60
+FUZZ_RSS_MB ?= 2048
+FUZZ_CMIN ?= 1
+FUZZ_NICE ?= nice -n 19
+FUZZ_TARGETS ?= $(basename $(notdir $(wildcard filters/fuzz/fuzz_targets/*.rs)))
+FUZZ_CARGO := $(FUZZ_NICE) $(CARGO) +nightly fuzz
+FUZZ_FLAGS := --fuzz-dir filters/fuzz -s none
+
+fuzz-tool:
+	@rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install cargo-fuzz --locked
+
+fuzz: fuzz-tool
+	$(FUZZ_CARGO) build $(FUZZ_FLAGS)
+	@mkdir -p .work/fuzz; failed=""; \
+	printf '%-18s %8s %12s %8s %8s  %s\n' target seconds executions exec/s corpus result > .work/fuzz/summary.txt; \
+	for t in $(FUZZ_TARGETS); do \
+	  mkdir -p filters/fuzz/corpus/$$t; \
+	  dict=""; [ -f filters/fuzz/dict/$$t.dict ] && dict="-dict=filters/fuzz/dict/$$t.dict"; \
+	  echo "fuzz: $$t for $(FUZZ_SECONDS) s"; \
+	  if $(FUZZ_CARGO) run $(FUZZ_FLAGS) $$t -- -max_total_time=$(FUZZ_SECONDS) \
+	      -rss_limit_mb=$(FUZZ_RSS_MB) -timeout=10 -max_len=8192 -print_final_stats=1 $$dict \
+	      > .work/fuzz/$$t.log 2>&1; then result=ok; else result="CRASH: $$(ls -t filters/fuzz/artifacts/$$t/* 2>/dev/null | head -1)"; failed="$$failed $$t"; fi; \
+	  if [ "$(FUZZ_CMIN)" = 1 ] && [ "$$result" = ok ]; then \
+	    $(FUZZ_CARGO) cmin $(FUZZ_FLAGS) $$t -- -rss_limit_mb=$(FUZZ_RSS_MB) -timeout=10 -use_counters=0 > .work/fuzz/$$t.cmin.log 2>&1 || true; fi; \
+	  execs=$$(awk '/stat::number_of_executed_units/ {n=$$2} /^Done [0-9]+ runs/ && !n {n=$$2} END {print n+0}' .work/fuzz/$$t.log); \
+	  printf '%-18s %8s %12s %8s %8s  %s\n' $$t $(FUZZ_SECONDS) $$execs $$((execs / $(FUZZ_SECONDS))) \
+	    $$(ls filters/fuzz/corpus/$$t | wc -l) "$$result" >> .work/fuzz/summary.txt; \
+	  tail -1 .work/fuzz/summary.txt; \
+	done; \
+	cat .work/fuzz/summary.txt; \
+	if [ -n "$$failed" ]; then echo "fuzz: crashes in:$$failed (logs in .work/fuzz/)"; exit 1; fi
+
+# Minimises every committed corpus (`cargo fuzz cmin`: the fewest inputs with the same
+# coverage); `make fuzz` does it per target after its run.
+fuzz-cmin: fuzz-tool
+	@for t in $(FUZZ_TARGETS); do \
+	  $(FUZZ_CARGO) cmin $(FUZZ_FLAGS) $$t -- -rss_limit_mb=$(FUZZ_RSS_MB) -timeout=10 -use_counters=0 > .work/fuzz/$$t.cmin.log 2>&1 \
+	    && echo "cmin: $$t: $$(ls filters/fuzz/corpus/$$t | wc -l) inputs" || { echo "cmin: $$t failed (.work/fuzz/$$t.cmin.log)"; exit 1; }; \
+	done
+
+# A short `make fuzz` (a few seconds per target, corpora not minimised): the targets build
+# on nightly and run. Not in `make test` (the nightly build alone takes minutes).
+FUZZ_SMOKE_SECONDS ?= 3
+fuzz-smoke:
+	$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(FUZZ_SMOKE_SECONDS) FUZZ_CMIN=0

@@ -102,7 +102,13 @@ impl Buckets {
     /// fills the window and buckets stay of similar size (little more than `calls` kept).
     pub fn trim_count(&mut self, calls: u64) {
         loop {
-            let rest: u64 = self.buckets.iter().skip(1).map(|(_, t)| t.calls).sum();
+            // Saturating: the counts may come from shared data, which any plugin of the VM
+            // can write (found by `make fuzz`, targets `codecs` and `window`).
+            let rest = self
+                .buckets
+                .iter()
+                .skip(1)
+                .fold(0u64, |a, (_, t)| a.saturating_add(t.calls));
             if self.buckets.len() > 1 && rest >= calls {
                 self.buckets.remove(0);
             } else {
@@ -244,6 +250,49 @@ mod tests {
             failures,
             slow,
         }
+    }
+
+    /// Regression (`make fuzz`, targets `codecs` and `window`, filters/fuzz/regressions/): a
+    /// count window read from shared data with call counts near u64::MAX; trimming sums
+    /// them without overflow, and the result is still a value `decode` accepts.
+    #[test]
+    fn trimming_counts_near_u64_max_does_not_overflow() {
+        let mut b = Buckets {
+            generation: 3,
+            buckets: vec![
+                (1, t(u64::MAX, 0, 0)),
+                (2, t(u64::MAX, 1, 1)),
+                (3, t(u64::MAX - 1, 0, 0)),
+            ],
+        };
+        assert_eq!(Buckets::decode(&b.encode()).as_ref(), Some(&b));
+        assert!(b.merge_gen(
+            3,
+            4,
+            &t(5, 1, 0),
+            WindowKind::Count { calls: 100 },
+            usize::MAX
+        ));
+        assert_eq!(
+            b.buckets,
+            vec![(3, t(u64::MAX - 1, 0, 0)), (4, t(5, 1, 0))],
+            "the oldest go once the newer hold the window's calls"
+        );
+        let mut c = Buckets {
+            generation: 0,
+            buckets: vec![
+                (1, t(10, 0, 0)),
+                (2, t(u64::MAX, 0, 0)),
+                (3, t(u64::MAX, 0, 0)),
+            ],
+        };
+        c.trim_count(u64::MAX);
+        assert_eq!(
+            c.buckets,
+            vec![(3, t(u64::MAX, 0, 0))],
+            "the newest holds u64::MAX calls"
+        );
+        assert_eq!(Buckets::decode(&c.encode()).as_ref(), Some(&c));
     }
 
     #[test]

@@ -176,6 +176,12 @@ impl MemStore {
     pub fn get_value(&self, key: &str) -> Option<Vec<u8>> {
         self.map.borrow().get(key).map(|v| v.0.clone())
     }
+    /// Every key held, sorted (tests that write into what the filters use).
+    pub fn keys(&self) -> Vec<String> {
+        let mut k: Vec<String> = self.map.borrow().keys().cloned().collect();
+        k.sort();
+        k
+    }
     pub fn total_bytes(&self) -> usize {
         self.map
             .borrow()

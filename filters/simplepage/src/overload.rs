@@ -69,16 +69,18 @@ impl Tally {
     }
 
     /// The 99th percentile as the upper bound of its histogram bucket (None without samples).
+    /// Summed in u128: the counts may come from shared data, which any plugin of the VM can
+    /// write (found by `make fuzz`, target `codecs`: a u64 sum overflowed).
     pub fn p99_ms(&self) -> Option<u64> {
-        let n: u64 = self.hist.iter().sum();
+        let n: u128 = self.hist.iter().map(|c| u128::from(*c)).sum();
         if n == 0 {
             return None;
         }
         // Rank of the 99th percentile, 1-based: ceil(0.99 n).
         let rank = (n * 99).div_ceil(100);
-        let mut seen = 0u64;
+        let mut seen = 0u128;
         for (c, b) in self.hist.iter().zip(HIST_BOUNDS_MS.iter()) {
-            seen += c;
+            seen += u128::from(*c);
             if seen >= rank {
                 return Some(*b);
             }
@@ -282,6 +284,22 @@ impl Detector {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (`make fuzz`, target `codecs`, filters/fuzz/regressions/codecs/): a load
+    /// window a neighbour wrote with histogram counts near u64::MAX; the p99 is defined.
+    #[test]
+    fn p99_of_counts_near_u64_max_does_not_overflow() {
+        let mut t = Tally::default();
+        t.hist[0] = u64::MAX - 1;
+        t.hist[3] = u64::MAX;
+        assert_eq!(t.p99_ms(), Some(HIST_BOUNDS_MS[3]));
+        t.hist = [u64::MAX / 10; 16];
+        assert!(t.p99_ms().is_some());
+        let w = LoadWindow {
+            buckets: vec![(1, t.clone()), (2, t)],
+        };
+        assert!(w.sum(2, 2).p99_ms().is_some());
+    }
 
     const S: Settings = Settings {
         capacity_rps: Some(100),

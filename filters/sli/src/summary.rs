@@ -34,15 +34,18 @@ impl PageSum {
 
     /// The smallest edge at or under which `q` (per mille) of the requests fell: an upper
     /// bound of that quantile (None: no requests, or it is in `+Inf`).
+    /// Summed in u128: the hits may come from shared data, which any plugin of the VM can
+    /// write (a u64 sum overflowed; the same fault `make fuzz` found in breaker and
+    /// simplepage).
     pub fn quantile_le(&self, per_mille: u64, edges: &[u64]) -> Option<u64> {
-        let total: u64 = self.hits.iter().sum();
+        let total: u128 = self.hits.iter().map(|h| u128::from(*h)).sum();
         if total == 0 {
             return None;
         }
-        let want = total.saturating_mul(per_mille).div_ceil(1000);
-        let mut seen = 0u64;
+        let want = total.saturating_mul(u128::from(per_mille)).div_ceil(1000);
+        let mut seen = 0u128;
         for (i, h) in self.hits.iter().enumerate() {
-            seen = seen.saturating_add(*h);
+            seen += u128::from(*h);
             if seen >= want {
                 return edges.get(i).copied();
             }
@@ -162,5 +165,27 @@ impl Summary {
 impl sg_core::store::Decode for Summary {
     fn decode(b: &[u8]) -> Option<Self> {
         Summary::decode(b)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression (filters/fuzz/regressions/codecs/): a summary read from shared data with
+    /// hit counts near u64::MAX; the quantile is defined, and exact.
+    #[test]
+    fn quantile_of_hits_near_u64_max_does_not_overflow() {
+        let p = PageSum {
+            name: "page".into(),
+            hits: vec![u64::MAX, u64::MAX, u64::MAX],
+            ..PageSum::default()
+        };
+        let s = Summary { pages: vec![p] };
+        let p = &Summary::decode(&s.encode()).expect("decodes").pages[0];
+        let edges = [10, 100];
+        assert_eq!(p.quantile_le(500, &edges), Some(100));
+        assert_eq!(p.quantile_le(300, &edges), Some(10));
+        assert_eq!(p.quantile_le(1000, &edges), None, "in +Inf");
     }
 }
