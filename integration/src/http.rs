@@ -185,3 +185,242 @@ fn parse_raw(raw: &[u8], eof: bool) -> io::Result<Option<Response>> {
         body: String::from_utf8_lossy(body.get(..end).unwrap_or_default()).into_owned(),
     }))
 }
+
+/// What an HTTP/2 server did with the one request [`h2_raw`] sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum H2Outcome {
+    /// Response headers on the request's stream, with their `:status`.
+    Status(u16),
+    /// The stream was reset (`RST_STREAM`) with this error code (2: `INTERNAL_ERROR`).
+    Reset(u32),
+    /// The connection ended without an answer on the stream, after a `GOAWAY` with this
+    /// error code.
+    GoAway(u32),
+    /// The connection was closed without an answer on the stream and without `GOAWAY`.
+    Closed,
+}
+
+/// HPACK integer (RFC 7541 5.1) with an `n`-bit prefix, the prefix's other bits `flags`.
+fn hpack_int(out: &mut Vec<u8>, flags: u8, n: u32, mut v: usize) {
+    let max = (1usize << n) - 1;
+    if v < max {
+        out.push(flags | v as u8);
+        return;
+    }
+    out.push(flags | max as u8);
+    v -= max;
+    while v >= 128 {
+        out.push((v % 128) as u8 | 0x80);
+        v /= 128;
+    }
+    out.push(v as u8);
+}
+
+/// One HPACK "literal header field without indexing, new name", no Huffman coding.
+fn hpack_literal(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.push(0);
+    hpack_int(out, 0, 7, name.len());
+    out.extend_from_slice(name);
+    hpack_int(out, 0, 7, value.len());
+    out.extend_from_slice(value);
+}
+
+fn h2_frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    let len = payload.len() as u32;
+    out.extend_from_slice(&len.to_be_bytes()[1..]);
+    out.push(kind);
+    out.push(flags);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+}
+
+/// `:status` from the first field of a response header block: a static-table entry, or a
+/// literal with the `:status` name index and a plain or Huffman-coded (digits only) value.
+fn h2_status(block: &[u8]) -> Option<u16> {
+    const STATIC: [u16; 7] = [200, 204, 206, 304, 400, 404, 500];
+    let first = *block.first()?;
+    if (0x88..=0x8e).contains(&first) {
+        return STATIC.get(usize::from(first - 0x88)).copied();
+    }
+    // 0x48: incremental indexing, 0x08: without indexing, 0x18: never indexed; name index 8.
+    if !matches!(first, 0x48 | 0x08 | 0x18) {
+        return None;
+    }
+    let len_byte = *block.get(1)?;
+    let value = block.get(2..2 + usize::from(len_byte & 0x7f))?;
+    let digits: Vec<u8> = if len_byte & 0x80 == 0 {
+        value.to_vec()
+    } else {
+        // Huffman codes of the digits (RFC 7541 Appendix B): '0'-'2' are 5 bits
+        // (00000-00010), '3'-'9' 6 bits (011001-011111); the padding is 1s.
+        let mut bits: Vec<bool> = Vec::new();
+        for b in value {
+            bits.extend((0..8).rev().map(|i| b >> i & 1 == 1));
+        }
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i + 5 <= bits.len() {
+            let five = bits
+                .get(i..i + 5)?
+                .iter()
+                .fold(0u8, |a, b| a << 1 | u8::from(*b));
+            if five <= 2 {
+                out.push(b'0' + five);
+                i += 5;
+            } else if i + 6 <= bits.len() && (0b01100..=0b01111).contains(&five) {
+                let six = five << 1 | u8::from(*bits.get(i + 5)?);
+                if !(0b011001..=0b011111).contains(&six) {
+                    return None;
+                }
+                out.push(b'0' + six - 0b011001 + 3);
+                i += 6;
+            } else {
+                break;
+            }
+        }
+        if bits.get(i..)?.iter().any(|b| !b) {
+            return None;
+        }
+        out
+    };
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+/// Sends ONE HTTP/2 request over cleartext with prior knowledge to 127.0.0.1:port: the
+/// connection preface, an empty `SETTINGS`, then `fields` as the request's header block on
+/// stream 1, exactly as given (pseudo-headers included or left out: a conforming client can
+/// not leave out `:path`), HPACK literals without indexing, split into `CONTINUATION`
+/// frames of at most 16 KiB, with `END_STREAM`. Returns what the server did with the stream.
+/// For malformed-request tests only, like [`raw`].
+pub fn h2_raw(port: u16, fields: &[(&[u8], &[u8])]) -> io::Result<H2Outcome> {
+    const MAX_FRAME: usize = 16_384;
+    let mut block = Vec::new();
+    for (k, v) in fields {
+        hpack_literal(&mut block, k, v);
+    }
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    h2_frame(&mut out, 4, 0, 0, &[]);
+    let chunks: Vec<&[u8]> = block.chunks(MAX_FRAME).collect();
+    let last = chunks.len().saturating_sub(1);
+    for (i, c) in chunks.iter().enumerate() {
+        let end_headers = if i == last { 0x4 } else { 0 };
+        match i {
+            0 => h2_frame(&mut out, 1, 0x1 | end_headers, 1, c),
+            _ => h2_frame(&mut out, 9, end_headers, 1, c),
+        }
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_write_timeout(Some(TIMEOUT))?;
+    s.write_all(&out)?;
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 16384];
+    let mut goaway = None;
+    let mut headers: Option<Vec<u8>> = None;
+    loop {
+        // Every complete frame in the buffer.
+        while buf.len() >= 9 {
+            let len = usize::from(buf[0]) << 16 | usize::from(buf[1]) << 8 | usize::from(buf[2]);
+            if buf.len() < 9 + len {
+                break;
+            }
+            let (kind, flags) = (buf[3], buf[4]);
+            let stream = u32::from_be_bytes([buf[5], buf[6], buf[7], buf[8]]) & 0x7fff_ffff;
+            let payload: Vec<u8> = buf[9..9 + len].to_vec();
+            buf.drain(..9 + len);
+            let code = || {
+                payload
+                    .get(..4)
+                    .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+                    .unwrap_or(0)
+            };
+            match (kind, stream) {
+                // SETTINGS from the server: acknowledge (nothing else is sent).
+                (4, 0) if flags & 1 == 0 => {
+                    let mut ack = Vec::new();
+                    h2_frame(&mut ack, 4, 1, 0, &[]);
+                    let _ = s.write_all(&ack);
+                }
+                (1, 1) | (9, 1) => {
+                    let mut p = payload.as_slice();
+                    if kind == 1 {
+                        // PADDED (0x8) and PRIORITY (0x20) fields before the block.
+                        let pad = if flags & 0x8 != 0 {
+                            usize::from(p[0])
+                        } else {
+                            0
+                        };
+                        p = &p[usize::from(flags & 0x8 != 0)..p.len() - pad];
+                        if flags & 0x20 != 0 {
+                            p = &p[5..];
+                        }
+                    }
+                    let h = headers.get_or_insert_with(Vec::new);
+                    h.extend_from_slice(p);
+                    if flags & 0x4 != 0 {
+                        return h2_status(h).map(H2Outcome::Status).ok_or_else(|| {
+                            invalid(format!(
+                                "no readable :status in {:02x?}",
+                                &h[..h.len().min(16)]
+                            ))
+                        });
+                    }
+                }
+                (3, 1) => return Ok(H2Outcome::Reset(code())),
+                (7, 0) => {
+                    goaway = Some(u32::from_be_bytes([
+                        payload.get(4).copied().unwrap_or(0),
+                        payload.get(5).copied().unwrap_or(0),
+                        payload.get(6).copied().unwrap_or(0),
+                        payload.get(7).copied().unwrap_or(0),
+                    ]))
+                }
+                _ => {}
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(timed_out("HTTP/2 request"));
+        }
+        s.set_read_timeout(Some(left))?;
+        let n = match s.read(&mut chunk) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => 0,
+            Err(e) => return Err(e),
+        };
+        if n == 0 {
+            return Ok(goaway.map_or(H2Outcome::Closed, H2Outcome::GoAway));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hpack_integers_follow_rfc_7541_examples() {
+        let mut out = Vec::new();
+        hpack_int(&mut out, 0, 5, 10);
+        assert_eq!(out, [10]);
+        out.clear();
+        hpack_int(&mut out, 0, 5, 1337);
+        assert_eq!(out, [31, 154, 10]);
+        out.clear();
+        hpack_int(&mut out, 0x80, 7, 127);
+        assert_eq!(out, [0xff, 0]);
+    }
+
+    #[test]
+    fn status_is_read_from_static_plain_and_huffman_fields() {
+        assert_eq!(h2_status(&[0x88]), Some(200));
+        assert_eq!(h2_status(&[0x8d]), Some(404));
+        assert_eq!(h2_status(b"\x48\x03503"), Some(503));
+        // RFC 7541 C.4.1-style Huffman: "302" is 0x64 0x02 (C.6.1 uses it for :status 302).
+        assert_eq!(h2_status(&[0x48, 0x82, 0x64, 0x02]), Some(302));
+        // "201": 00010 00000 00001 + 1 bit of padding = 0x10 0x03.
+        assert_eq!(h2_status(&[0x48, 0x82, 0x10, 0x03]), Some(201));
+        assert_eq!(h2_status(&[0x40]), None);
+    }
+}

@@ -127,8 +127,13 @@ async fn accept_loop<S, F, Fut>(
                 let fut = handle(sh.clone(), req);
                 async move { Ok::<_, Infallible>(fut.await) }
             });
+            // Request heads up to 8 MiB (hyper's default is ~400 KiB): Envoy's own header
+            // limit (60 KiB in the bundle, at most 8 MiB) decides what reaches an app, and a
+            // test that raises it must not be refused by the test's servers instead. The
+            // buffer grows only as a request needs it.
             let conn = hyper::server::conn::http1::Builder::new()
                 .keep_alive(true)
+                .max_buf_size(8 << 20)
                 .serve_connection(TokioIo::new(stream), svc);
             tokio::select! {
                 _ = conn => {}
