@@ -41,21 +41,9 @@ const BLOCK_BODY: &str = "blocked by hotkey\n";
 /// ratelimit `guard` (`/guard-limit`, key: query `k` else header `x-k`, 1r/m, burst 0), hotkey
 /// `guard_hot` (`/guard-hot`, the same key, hot at 2 r/s, 503).
 fn probe_bundle(sli_tick_ms: u64) -> Vec<(&'static str, Value)> {
-    let mut b = Bundle::load().unwrap_or_else(|e| panic!("{e}"));
-    let names = [
-        "sli",
-        "hotkey",
-        "simplepage",
-        "ratelimit",
-        "sli_egress",
-        "breaker",
-    ];
-    names
+    sg_e2e::shipped()
         .into_iter()
-        .map(|f| {
-            let mut cfg = b
-                .filter_config(f)
-                .unwrap_or_else(|| panic!("no config of {f} in envoy.yaml"));
+        .map(|(f, mut cfg)| {
             let rules = |c: &mut Value| -> Vec<Value> {
                 c["rules"].as_array().cloned().unwrap_or_default()
             };
