@@ -33,6 +33,29 @@ fn one_key(key: &str) -> KeyMix {
 }
 
 /// Requests for a blog key the simple-page backend received.
+/// 2.5 s of pages at `rps`, half of them for blog `hot`, the rest over 1,000 Zipf-ranked cold
+/// blogs; every answer a 200.
+fn hot_half(url: &str, rps: f64) -> Report {
+    let r = load(
+        url,
+        rps,
+        2500,
+        KeyMix {
+            hot: vec![("hot".into(), 0.5)],
+            zipf_n: 1000,
+            key_prefix: "cold".into(),
+            ..KeyMix::default()
+        },
+    );
+    assert_eq!(
+        r.by_status.get(&200).copied(),
+        Some(r.sent),
+        "{:?}",
+        r.by_status
+    );
+    r
+}
+
 fn simple_count(s: &Stack, key: &str) -> u64 {
     s.simple.stats().by_key.get(key).copied().unwrap_or(0)
 }
@@ -81,23 +104,7 @@ fn a_hot_key_from_hotkey_goes_to_the_simple_page_others_and_posts_to_the_app() {
     std::thread::sleep(Duration::from_millis(1300));
     assert!(!s.envoy.log().contains("simple page inbound"));
     let url = s.envoy.url();
-    let r = load(
-        &url,
-        400.0,
-        2500,
-        KeyMix {
-            hot: vec![("hot".into(), 0.5)],
-            zipf_n: 1000,
-            key_prefix: "cold".into(),
-            ..KeyMix::default()
-        },
-    );
-    assert_eq!(
-        r.by_status.get(&200).copied(),
-        Some(r.sent),
-        "{:?}",
-        r.by_status
-    );
+    let r = hot_half(&url, 400.0);
     let simple = s.simple.stats();
     let app = s.app.stats();
     let hot_simple = simple_count(&s, "hot");
@@ -815,23 +822,7 @@ fn shadow_mode_sends_a_hot_key_to_the_app_and_counts_what_it_would_have_diverted
         {"name": "post_list", "match": {"path_prefix": "/PostList"}, "triggers": {"always": true}}]);
     let s = Stack::start(&[("hotkey", hk), ("simplepage", sp(rules, json!({})))], 2);
     let url = s.envoy.url();
-    let r = load(
-        &url,
-        300.0,
-        2500,
-        KeyMix {
-            hot: vec![("hot".into(), 0.5)],
-            zipf_n: 1000,
-            key_prefix: "cold".into(),
-            ..KeyMix::default()
-        },
-    );
-    assert_eq!(
-        r.by_status.get(&200).copied(),
-        Some(r.sent),
-        "{:?}",
-        r.by_status
-    );
+    let r = hot_half(&url, 300.0);
     let hot_sent = r.records.iter().filter(|x| x.key == "hot").count() as u64;
     let shadow = "wasmcustom.sg.simplepage.post_view.shadow_diverted_hotkey";
     let would = s.envoy.wait_stat(shadow, STATS, |v| v > 0);

@@ -164,8 +164,9 @@ fn every_url_form_of_one_page_is_one_cache_entry_and_other_pages_are_not() {
     );
 }
 
-#[test]
-fn a_backend_error_is_replaced_by_the_stale_copy_within_stale_if_error() {
+/// An always-diverting worker that cached "good" for `/PostView?blogId=a` 1 s ago: past its
+/// 100 ms TTL, within its 60 s stale-if-error.
+fn stale_copy_cached() -> (MemHost, Filter) {
     let h = MemHost::new();
     h.set_now(0);
     let (f, _) = worker(
@@ -177,6 +178,12 @@ fn a_backend_error_is_replaced_by_the_stale_copy_within_stale_if_error() {
     let (_, mut s) = request(&f, &h, 1, "/PostView?blogId=a");
     answer(&f, &h, &mut s, 200, PAGE, b"good");
     h.advance(1_000);
+    (h, f)
+}
+
+#[test]
+fn a_backend_error_is_replaced_by_the_stale_copy_within_stale_if_error() {
+    let (h, f) = stale_copy_cached();
     let (flow, mut s) = request(&f, &h, 2, "/PostView?blogId=a");
     assert_eq!(flow, Flow::Continue);
     h.respond(
@@ -752,17 +759,7 @@ fn a_configured_fallback_and_a_null_one() {
 
 #[test]
 fn a_stale_copy_wins_over_the_fallback() {
-    let h = MemHost::new();
-    h.set_now(0);
-    let (f, _) = worker(
-        &h,
-        &always(
-            r#"{"ttl_ms": 100, "stale_while_revalidate_ms": 0, "stale_if_error_ms": 60000, "lock_timeout_ms": 0}"#,
-        ),
-    );
-    let (_, mut s) = request(&f, &h, 1, "/PostView?blogId=a");
-    answer(&f, &h, &mut s, 200, PAGE, b"good");
-    h.advance(1_000);
+    let (h, f) = stale_copy_cached();
     let (_, mut s) = request(&f, &h, 2, "/PostView?blogId=a");
     h.respond(503, &[], REFUSED);
     f.on_response_headers(&h, &mut s, false);
