@@ -18,7 +18,8 @@ setup: apt rust-target $(ENVOY)
 
 # Debian peers used by tests and benchmarks (nginx for the parity test, wrk/h2load to
 # cross-check the load generator, prometheus/promtool and alertmanager/amtool for the
-# observability test, docker-registry/skopeo for the OCI image round trip). One `apt-get update`, then install what is missing.
+# observability test, docker-registry/skopeo for the OCI image round trip, redis-server/webdis for the fleet
+# sync). One `apt-get update`, then install what is missing.
 apt:
 	@missing=""; \
 	command -v nginx >/dev/null || missing="$$missing nginx"; \
@@ -29,6 +30,8 @@ apt:
 	command -v prometheus-alertmanager >/dev/null || missing="$$missing prometheus-alertmanager"; \
 	command -v docker-registry >/dev/null || missing="$$missing docker-registry"; \
 	command -v skopeo >/dev/null || missing="$$missing skopeo"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v webdis >/dev/null || missing="$$missing webdis"; \
 	if [ -n "$$missing" ]; then \
 	  echo "apt-get install:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::header::{HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, HOST};
+use hyper::header::{HeaderName, HeaderValue, CONTENT_LENGTH, HOST};
 use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 
@@ -39,10 +39,10 @@ fn invalid(e: impl std::fmt::Display) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, e.to_string())
 }
 
-fn timed_out(what: &str) -> io::Error {
+fn timed_out(what: &str, timeout: Duration) -> io::Error {
     io::Error::new(
         io::ErrorKind::TimedOut,
-        format!("{what}: no answer within {TIMEOUT:?}"),
+        format!("{what}: no answer within {timeout:?}"),
     )
 }
 
@@ -56,11 +56,27 @@ pub fn request(
     headers: &[(&str, &[u8])],
     body: &[u8],
 ) -> io::Result<Response> {
+    let mut all = vec![("connection", b"close".as_slice())];
+    all.extend_from_slice(headers);
+    request_within(port, method, path, &all, body, TIMEOUT)
+}
+
+/// [`request`] with its own timeout (an error of kind `TimedOut` when no answer came), and
+/// without `connection: close` (the connection is dropped after the answer all the same), as
+/// Envoy's pooled connections send: webdis 0.1.9 never answers a `connection: close` request
+/// whose body is over 4 KiB.
+pub fn request_within(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+    body: &[u8],
+    timeout: Duration,
+) -> io::Result<Response> {
     let mut req = Request::builder()
         .method(Method::from_bytes(method.as_bytes()).map_err(invalid)?)
         .uri(path)
         .header(HOST, "localhost")
-        .header(CONNECTION, "close")
         .body(Full::new(Bytes::copy_from_slice(body)))
         .map_err(invalid)?;
     for (k, v) in headers {
@@ -77,9 +93,9 @@ pub fn request(
         .build()?;
     let what = format!("{method} 127.0.0.1:{port}{path}");
     rt.block_on(async {
-        tokio::time::timeout(TIMEOUT, exchange(port, req))
+        tokio::time::timeout(timeout, exchange(port, req))
             .await
-            .unwrap_or_else(|_| Err(timed_out(&what)))
+            .unwrap_or_else(|_| Err(timed_out(&what, timeout)))
     })
 }
 
@@ -133,7 +149,7 @@ pub fn raw(port: u16, bytes: &[u8]) -> io::Result<Response> {
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(timed_out("raw request"));
+            return Err(timed_out("raw request", TIMEOUT));
         }
         s.set_read_timeout(Some(left))?;
         let n = s.read(&mut buf)?;
@@ -380,7 +396,7 @@ pub fn h2_raw(port: u16, fields: &[(&[u8], &[u8])]) -> io::Result<H2Outcome> {
         }
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(timed_out("HTTP/2 request"));
+            return Err(timed_out("HTTP/2 request", TIMEOUT));
         }
         s.set_read_timeout(Some(left))?;
         let n = match s.read(&mut chunk) {

@@ -9,6 +9,7 @@ pub mod codec;
 pub mod config;
 pub mod error;
 pub mod flags;
+pub mod fleet;
 pub mod hash;
 pub mod host;
 pub mod key;
