@@ -6,12 +6,52 @@
 
 use crate::http;
 use sg_core::fleet::{self, Change, Deltas, FleetConfig, FleetLimit, Health, SyncError};
+use std::cell::Cell;
 use std::io;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
+
+/// A clock in ms: the real one, or a virtual one a simulation moves.
+#[derive(Clone)]
+pub enum Clock {
+    Real(Instant),
+    Virtual(Rc<Cell<u64>>),
+}
+
+impl Clock {
+    pub fn now_ms(&self) -> u64 {
+        match self {
+            Clock::Real(t) => t.elapsed().as_millis() as u64,
+            Clock::Virtual(c) => c.get(),
+        }
+    }
+}
 
 /// The one fleet-scoped limit rule and hot-key rule of a [`SimEnvoy`].
 pub const LIMIT_RULE: &str = "per_blog";
 pub const HOT_RULE: &str = "post_view";
+
+/// How a sync reaches the engine: real webdis over HTTP, or [`MemEngine`] in a simulation.
+pub trait Transport {
+    /// One call: (status, body), or `Timeout` when no answer came in time.
+    fn call(&mut self, method: &str, path: &str, body: &[u8]) -> Result<(u32, Vec<u8>), SyncError>;
+}
+
+/// webdis on 127.0.0.1:port, each call bounded by `timeout`.
+pub struct WebdisHttp {
+    pub port: u16,
+    pub timeout: Duration,
+}
+
+impl Transport for WebdisHttp {
+    fn call(&mut self, method: &str, path: &str, body: &[u8]) -> Result<(u32, Vec<u8>), SyncError> {
+        match http::request_within(self.port, method, path, &[], body, self.timeout) {
+            Ok(r) => Ok((u32::from(r.status), r.body.into_bytes())),
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(SyncError::Timeout),
+            Err(_) => Err(SyncError::Timeout),
+        }
+    }
+}
 
 pub struct SimEnvoy {
     pub id: String,
@@ -25,16 +65,43 @@ pub struct SimEnvoy {
     /// Fleet-wide rates (r/s) of the last good sync, the highest first.
     pub hot_rates: Vec<(String, f64)>,
     pub webdis: u16,
+    transport: Box<dyn Transport>,
     sha: Option<String>,
-    clock: Instant,
+    clock: Clock,
     /// Syncs that failed, by kind of error (the last one kept).
     pub failures: u64,
     pub last_error: Option<SyncError>,
 }
 
 impl SimEnvoy {
+    /// An Envoy syncing with the real webdis on `webdis`, on the real clock.
     pub fn new(id: &str, webdis: u16, cfg: FleetConfig, limit: u64, window_ms: u64) -> SimEnvoy {
-        let clock = Instant::now();
+        let timeout = Duration::from_millis(cfg.timeout_ms);
+        let t = WebdisHttp {
+            port: webdis,
+            timeout,
+        };
+        let mut e = SimEnvoy::with(
+            id,
+            Box::new(t),
+            Clock::Real(Instant::now()),
+            cfg,
+            limit,
+            window_ms,
+        );
+        e.webdis = webdis;
+        e
+    }
+
+    /// An Envoy on any transport and clock (the simulation: [`MemEngine`], virtual time).
+    pub fn with(
+        id: &str,
+        transport: Box<dyn Transport>,
+        clock: Clock,
+        cfg: FleetConfig,
+        limit: u64,
+        window_ms: u64,
+    ) -> SimEnvoy {
         SimEnvoy {
             id: id.to_string(),
             health: Health::new(0),
@@ -44,7 +111,8 @@ impl SimEnvoy {
             hot_top: 10,
             hot_rates: Vec::new(),
             cfg,
-            webdis,
+            webdis: 0,
+            transport,
             sha: None,
             clock,
             failures: 0,
@@ -53,7 +121,7 @@ impl SimEnvoy {
     }
 
     pub fn now_ms(&self) -> u64 {
-        self.clock.elapsed().as_millis() as u64
+        self.clock.now_ms()
     }
 
     /// One request of the limit rule: decided locally, counted for the next sync.
@@ -71,13 +139,8 @@ impl SimEnvoy {
         self.deltas.hot(HOT_RULE, w, top, key, n);
     }
 
-    fn call(&self, method: &str, path: &str, body: &[u8]) -> Result<(u32, Vec<u8>), SyncError> {
-        let timeout = Duration::from_millis(self.cfg.timeout_ms);
-        match http::request_within(self.webdis, method, path, &[], body, timeout) {
-            Ok(r) => Ok((u32::from(r.status), r.body.into_bytes())),
-            Err(e) if e.kind() == io::ErrorKind::TimedOut => Err(SyncError::Timeout),
-            Err(_) => Err(SyncError::Timeout),
-        }
+    fn call(&mut self, method: &str, path: &str, body: &[u8]) -> Result<(u32, Vec<u8>), SyncError> {
+        self.transport.call(method, path, body)
     }
 
     fn load(&mut self) -> Result<String, SyncError> {

@@ -6,6 +6,7 @@ pub mod control;
 pub mod drill;
 pub mod envoy;
 pub mod fleet;
+pub mod fleetsim;
 pub mod http;
 pub mod loadgen;
 pub mod memory;

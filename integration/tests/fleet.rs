@@ -269,3 +269,69 @@ fn webdis_hanging_times_the_sync_out_and_requests_are_still_decided() {
     assert_eq!(change, Change::Recovered, "{:?}", e.last_error);
     drop(redis);
 }
+
+#[test]
+fn the_in_memory_engine_answers_what_the_script_in_redis_answers() {
+    // The simulation's engine is only as good as its likeness to the script: the same calls,
+    // run at the time Redis ran them, give the same replies.
+    let redis = Redis::start().unwrap();
+    let webdis = Webdis::start(redis.port).unwrap();
+    let sha = load(webdis.port);
+    let mut mem = sg_integration::fleetsim::MemEngine::default();
+    let bodies = [
+        json!({"e": "a", "l": [{"r": "per_blog", "w": 1000, "n": 5, "k": [["x", 3], ["y/z", 2]]}],
+            "h": [{"r": "pv", "w": 1000, "top": 2, "k": [["x", 9], ["q", 9], ["w", 1]]}]}),
+        json!({"e": "b", "l": [{"r": "per_blog", "w": 1000, "n": 7, "k": [["x", 4]]}],
+            "h": [{"r": "pv", "w": 1000, "top": 2, "k": []}]}),
+        json!({"e": "a", "l": [{"r": "per_blog", "w": 1000, "n": 0, "k": []}], "h": []}),
+        json!({"e": "c", "l": [], "h": [{"r": "pv", "w": 1000, "top": 5, "k": [["x", 1]]}]}),
+    ];
+    for round in 0..3 {
+        for b in &bodies {
+            let r = call(
+                webdis.port,
+                "PUT",
+                &sg_core::fleet::sync_path(&sha),
+                b.to_string().as_bytes(),
+            );
+            let real = sg_core::fleet::decode(u32::from(r.status), r.body.as_bytes()).unwrap();
+            let sim = mem.eval(real.t, b.to_string().as_bytes()).unwrap();
+            let sim = sg_core::fleet::decode(200, json!({"EVALSHA": sim}).to_string().as_bytes())
+                .unwrap();
+            assert_eq!(sim, real, "round {round}, body {b}");
+        }
+        // The next window, where `prev` is read.
+        std::thread::sleep(Duration::from_millis(400));
+    }
+}
+
+#[test]
+fn simulation_of_ten_envoys_stays_within_the_bound_and_detects_what_local_cannot() {
+    // Virtual time: the same figures on any machine.
+    let mut c = sg_integration::fleetsim::SimConfig::new(10);
+    c.seconds = 6;
+    let r = sg_integration::fleetsim::run(&c);
+    eprintln!(
+        "{}\n{}",
+        sg_integration::fleetsim::HEADER,
+        sg_integration::fleetsim::row(&r)
+    );
+    assert!(r.synced_max as f64 <= c.limit as f64 + r.bound, "{r:?}");
+    assert!(
+        r.synced_mean >= 0.9 * c.limit as f64,
+        "the budget is used: {r:?}"
+    );
+    assert!(
+        r.whole_max >= 5 * c.limit,
+        "local limits admit several times it: {r:?}"
+    );
+    assert_eq!(
+        r.detected_local, 0,
+        "a third of the threshold on each: {r:?}"
+    );
+    assert_eq!(r.detected_synced, 10, "{r:?}");
+    assert!(
+        r.detect_max_ms.unwrap_or(u64::MAX) <= 1000 + c.sync_ms,
+        "{r:?}"
+    );
+}

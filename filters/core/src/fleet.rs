@@ -418,8 +418,9 @@ pub fn allowance(fleet_limit: u64, fleet_admitted: u64, share: f64) -> u64 {
 
 /// One fleet-scoped fixed-window limit at one Envoy (the decision on the request path: no
 /// call, only this state). Each key has an allowance left for the current fleet window: from
-/// the last sync, the fleet's budget left times this Envoy's share (less what was admitted
-/// since that sync was sent); for a key no sync has named yet, the limit times the share; on
+/// the last sync, the lesser of the fleet's budget left times this Envoy's share (less what
+/// was admitted since that sync was sent) and its quota (limit times share, less what it
+/// admitted this window); for a key no sync has named yet, the limit times the share; on
 /// the fallback, `fallback` per key and local window. Bounded: at most `max_keys` keys per
 /// window; keys beyond share one overflow allowance (`overflowed` counts them).
 #[derive(Debug, Clone)]
@@ -431,11 +432,13 @@ pub struct FleetLimit {
     /// End of the current fleet window on this Envoy's clock (Redis' window edge, learned
     /// from `left_ms`), once known.
     win_end_ms: Option<u64>,
-    /// The fleet window of the last reply.
+    /// The fleet window (Redis' index) the allowances belong to, once a reply named it.
     win: Option<u64>,
     left: BTreeMap<String, u64>,
     overflow_left: Option<u64>,
     since_send: BTreeMap<String, u64>,
+    /// Admitted this window per key (for the quota: share x limit).
+    used: BTreeMap<String, u64>,
     pub overflowed: u64,
 }
 
@@ -451,6 +454,7 @@ impl FleetLimit {
             left: BTreeMap::new(),
             overflow_left: None,
             since_send: BTreeMap::new(),
+            used: BTreeMap::new(),
             overflowed: 0,
         }
     }
@@ -461,7 +465,9 @@ impl FleetLimit {
             Some(end) if now_ms >= end => {
                 let behind = (now_ms - end) / self.window_ms + 1;
                 self.win_end_ms = Some(end.saturating_add(behind.saturating_mul(self.window_ms)));
+                self.win = self.win.map(|w| w.saturating_add(behind));
                 self.left.clear();
+                self.used.clear();
                 self.overflow_left = None;
             }
             Some(_) => {}
@@ -494,9 +500,11 @@ impl FleetLimit {
             return false;
         }
         *slot -= 1;
-        if self.since_send.len() < self.max_keys || self.since_send.contains_key(key) {
-            let n = self.since_send.entry(key.to_string()).or_default();
-            *n = n.saturating_add(1);
+        for m in [&mut self.since_send, &mut self.used] {
+            if m.len() < self.max_keys || m.contains_key(key) {
+                let n = m.entry(key.to_string()).or_default();
+                *n = n.saturating_add(1);
+            }
         }
         true
     }
@@ -509,17 +517,30 @@ impl FleetLimit {
     /// A sync's reply for this rule, received at `now_ms`.
     pub fn apply(&mut self, now_ms: u64, reply: &LimitReply, expected_envoys: u32) {
         self.share = reply.share(expected_envoys);
-        // Redis' window edge, on this Envoy's clock; a reply for a later fleet window than
-        // the last one starts the allowances again.
-        self.win_end_ms = Some(now_ms.saturating_add(reply.left_ms.min(self.window_ms)));
-        if self.win.is_some_and(|w| reply.win > w) {
-            self.left.clear();
-            self.overflow_left = None;
+        // Redis' window edge, on this Envoy's clock. The allowances belong to fleet window
+        // `win`: a reply for a later one starts them again; a late reply for one this Envoy
+        // has already left brings its share only.
+        match self.win {
+            Some(w) if reply.win < w => return,
+            Some(w) if reply.win > w => {
+                self.left.clear();
+                self.used.clear();
+                self.overflow_left = None;
+            }
+            _ => {}
         }
         self.win = Some(reply.win);
+        self.win_end_ms = Some(now_ms.saturating_add(reply.left_ms.min(self.window_ms)));
         for (key, total) in &reply.k {
+            // The lesser of: this Envoy's part of what the fleet left (less what it admitted
+            // since the totals were taken), and what is left of its quota (share x limit)
+            // this window. The quota keeps Envoys that have not reported yet from being
+            // overrun by ones that see the budget as still open.
             let after = self.since_send.get(key).copied().unwrap_or(0);
-            let a = allowance(self.limit, *total, self.share).saturating_sub(after);
+            let used = self.used.get(key).copied().unwrap_or(0);
+            let fleet_left = allowance(self.limit, *total, self.share).saturating_sub(after);
+            let quota_left = allowance(self.limit, 0, self.share).saturating_sub(used);
+            let a = fleet_left.min(quota_left);
             if self.left.contains_key(key) || self.left.len() < self.max_keys {
                 self.left.insert(key.clone(), a);
             }
@@ -811,6 +832,34 @@ mod tests {
             (0..100).filter(|_| f.decide(11, "k", true, 100)).count(),
             65
         );
+    }
+
+    #[test]
+    fn the_quota_holds_across_a_window_roll() {
+        // 10 Envoys, this one a sixth of the traffic: its quota is 160 of 1,000 per window.
+        let mut f = FleetLimit::new(1000, 1000, 10, 100);
+        let reply = |win, left_ms, total| LimitReply {
+            r: "x".into(),
+            win,
+            left_ms,
+            mine: 16,
+            all: 100,
+            k: vec![("b".into(), total)],
+        };
+        f.decide(4000, "b", true, 100);
+        f.sent();
+        f.apply(4025, &reply(4, 975, 500), 10);
+        // The next window (Redis' edge at 5000): the quota, then a reply for the same window
+        // that must not hand it out again.
+        let first = (0..1000).filter(|_| f.decide(5000, "b", true, 100)).count();
+        f.sent();
+        f.apply(5025, &reply(5, 975, 300), 10);
+        let then = (0..1000).filter(|_| f.decide(5030, "b", true, 100)).count();
+        assert_eq!((first, then), (160, 0));
+        // A late reply for window 4 changes nothing, not even the window's edge.
+        f.apply(5040, &reply(4, 10, 0), 10);
+        assert!(!f.decide(5999, "b", true, 100));
+        assert!(f.decide(6000, "b", true, 100));
     }
 
     #[test]
