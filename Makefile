@@ -12,7 +12,7 @@ export ENVOY_BIN := $(abspath $(ENVOY))
 export DEBIAN_FRONTEND := noninteractive
 
 SOAK_ARGS ?=
-.PHONY: soak slo setup apt rust-target wasm testmods build images lint test test-steps test-native test-wasm test-e2e bench-smoke demo bench drill memory clean fuzz fuzz-smoke fuzz-tool fuzz-cmin
+.PHONY: fleet-sim soak slo setup apt rust-target wasm testmods build images lint test test-steps test-native test-wasm test-e2e bench-smoke demo bench drill memory clean fuzz fuzz-smoke fuzz-tool fuzz-cmin
 
 setup: apt rust-target $(ENVOY)
 
@@ -149,6 +149,11 @@ memory: setup build
 # intended one. Appends its section to docs/BENCHMARKS.md and writes docs/soak.json; exits 1
 # on drift or an unintended answer. SOAK_ARGS adds flags (`--minutes 5`). Not part of
 # `make test` (tests/soak.rs, a 24 s run, is).
+# The fleet simulation (virtual clock; docs/BENCHMARKS.md "Fleet simulation"). FLEET_SIM_ARGS,
+# e.g. "--offered-rps 2000 --sync-ms 100".
+fleet-sim:
+	$(CARGO) run --release -q -p sg-integration --bin fleet-sim -- $(FLEET_SIM_ARGS)
+
 soak: setup build
 	./target/release/soak --json docs/soak.json --out docs/BENCHMARKS.md $(SOAK_ARGS)
 
