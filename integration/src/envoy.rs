@@ -328,6 +328,16 @@ impl Bundle {
         Ok(())
     }
 
+    /// Every listener on `ip` (a loopback address, 127.0.0.x) instead of envoy.yaml's: several
+    /// Envoys on one machine, each on its own address, as pods are ([11/11]).
+    pub fn set_listen_ip(&mut self, ip: &str) {
+        if let Some(ls) = self.doc["static_resources"]["listeners"].as_array_mut() {
+            for l in ls {
+                l["address"]["socket_address"]["address"] = json!(ip);
+            }
+        }
+    }
+
     /// Ephemeral ports for admin and listeners; absolute wasm paths.
     fn render(&self) -> Value {
         let mut doc = self.doc.clone();

@@ -73,6 +73,26 @@ pub fn request_within(
     body: &[u8],
     timeout: Duration,
 ) -> io::Result<Response> {
+    request_at("127.0.0.1", port, method, path, headers, body, timeout)
+}
+
+/// A GET to `ip:port` (a listener on another loopback address, 127.0.0.x), with
+/// `connection: close`.
+pub fn get_at(ip: &str, port: u16, path: &str) -> io::Result<Response> {
+    let close = [("connection", b"close".as_slice())];
+    request_at(ip, port, "GET", path, &close, &[], TIMEOUT)
+}
+
+/// [`request_within`] to `ip:port`.
+pub fn request_at(
+    ip: &str,
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &[u8])],
+    body: &[u8],
+    timeout: Duration,
+) -> io::Result<Response> {
     let mut req = Request::builder()
         .method(Method::from_bytes(method.as_bytes()).map_err(invalid)?)
         .uri(path)
@@ -91,16 +111,16 @@ pub fn request_within(
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    let what = format!("{method} 127.0.0.1:{port}{path}");
+    let what = format!("{method} {ip}:{port}{path}");
     rt.block_on(async {
-        tokio::time::timeout(timeout, exchange(port, req))
+        tokio::time::timeout(timeout, exchange(ip, port, req))
             .await
             .unwrap_or_else(|_| Err(timed_out(&what, timeout)))
     })
 }
 
-async fn exchange(port: u16, req: Request<Full<Bytes>>) -> io::Result<Response> {
-    let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+async fn exchange(ip: &str, port: u16, req: Request<Full<Bytes>>) -> io::Result<Response> {
+    let stream = tokio::net::TcpStream::connect((ip, port)).await?;
     stream.set_nodelay(true)?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
