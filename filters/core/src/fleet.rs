@@ -774,6 +774,18 @@ mod tests {
         assert_eq!(r[2], ("b".to_string(), 10.0));
     }
 
+    /// A reply for rule `x` naming one key.
+    fn reply_of(win: u64, left_ms: u64, mine: u64, all: u64, key: &str, total: u64) -> LimitReply {
+        LimitReply {
+            r: "x".into(),
+            win,
+            left_ms,
+            mine,
+            all,
+            k: vec![(key.into(), total)],
+        }
+    }
+
     #[test]
     fn a_fleet_limit_admits_its_share_then_what_the_fleet_left() {
         // 3 Envoys expected, 90 per 1 s window.
@@ -783,14 +795,7 @@ mod tests {
         f.sent();
         assert!(!f.decide(10, "b", true, 30));
         // The fleet admitted 60 of 90 this window; this Envoy saw half the traffic: 15 left.
-        let reply = LimitReply {
-            r: "x".into(),
-            win: 7,
-            left_ms: 500,
-            mine: 50,
-            all: 100,
-            k: vec![("b".into(), 60)],
-        };
+        let reply = reply_of(7, 500, 50, 100, "b", 60);
         f.apply(20, &reply, 3);
         assert!((f.share() - 0.5).abs() < 1e-9);
         assert_eq!((0..50).filter(|_| f.decide(30, "b", true, 30)).count(), 15);
@@ -819,14 +824,7 @@ mod tests {
             assert!(f.decide(5, "k", true, 100));
         }
         // The reply counts the 10 sent (and 20 from elsewhere): 70 left, 5 of them spent.
-        let reply = LimitReply {
-            r: "x".into(),
-            win: 0,
-            left_ms: 900,
-            mine: 1,
-            all: 1,
-            k: vec![("k".into(), 30)],
-        };
+        let reply = reply_of(0, 900, 1, 1, "k", 30);
         f.apply(10, &reply, 1);
         assert_eq!(
             (0..100).filter(|_| f.decide(11, "k", true, 100)).count(),
@@ -836,16 +834,9 @@ mod tests {
 
     #[test]
     fn the_quota_holds_across_a_window_roll() {
-        // 10 Envoys, this one a sixth of the traffic: its quota is 160 of 1,000 per window.
+        // 10 Envoys, this one 16% of the traffic: its quota is 160 of 1,000 per window.
         let mut f = FleetLimit::new(1000, 1000, 10, 100);
-        let reply = |win, left_ms, total| LimitReply {
-            r: "x".into(),
-            win,
-            left_ms,
-            mine: 16,
-            all: 100,
-            k: vec![("b".into(), total)],
-        };
+        let reply = |win, left_ms, total| reply_of(win, left_ms, 16, 100, "b", total);
         f.decide(4000, "b", true, 100);
         f.sent();
         f.apply(4025, &reply(4, 975, 500), 10);
