@@ -57,14 +57,34 @@ fn join_in_a_fresh_window(envoys: &mut [SimEnvoy]) {
 fn probe(e: &mut SimEnvoy) -> (u64, u64) {
     let body = json!({"e": "probe", "l": [{"r": "probe", "w": WINDOW_MS, "n": 0, "k": []}]});
     let sha = load(e.webdis);
-    let r = call(
-        e.webdis,
-        "PUT",
-        &sg_core::fleet::sync_path(&sha),
-        body.to_string().as_bytes(),
-    );
-    let reply = sg_core::fleet::decode(u32::from(r.status), r.body.as_bytes()).unwrap();
+    let reply = evalsha(e.webdis, &sha, &body);
     (reply.l[0].win, reply.l[0].left_ms)
+}
+
+/// One sync call with `body` as it is, decoded.
+fn evalsha(webdis: u16, sha: &str, body: &serde_json::Value) -> sg_core::fleet::Reply {
+    let path = sg_core::fleet::sync_path(sha);
+    let r = call(webdis, "PUT", &path, body.to_string().as_bytes());
+    sg_core::fleet::decode(u32::from(r.status), r.body.as_bytes()).unwrap()
+}
+
+/// Redis' key names matching `pattern`, through webdis.
+fn fleet_keys(webdis: u16, pattern: &str) -> String {
+    sg_integration::http::get(webdis, &format!("/KEYS/{pattern}"))
+        .unwrap()
+        .body
+}
+
+/// Syncs until the health changes (at most 20 tries, 100 ms apart); the change.
+fn sync_until_change(e: &mut SimEnvoy) -> Change {
+    for _ in 0..20 {
+        let change = e.sync();
+        if change != Change::None {
+            return change;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Change::None
 }
 
 fn load(webdis: u16) -> String {
@@ -108,9 +128,7 @@ fn the_script_loads_through_webdis_and_evalsha_before_load_is_noscript() {
     }
     assert_eq!(e.sync(), Change::None);
     assert!(e.health.synced());
-    let stored = sg_integration::http::get(webdis.port, "/KEYS/sg:fleet:*")
-        .unwrap()
-        .body;
+    let stored = fleet_keys(webdis.port, "sg:fleet:*");
     assert!(stored.contains("sg:fleet:l:per_blog:"), "{stored}");
 }
 
@@ -232,18 +250,9 @@ fn redis_killed_falls_back_at_the_next_sync_and_recovers_after_restart() {
     redis.restart().unwrap();
     // Redis came back empty: NOSCRIPT, the script loaded again, the deltas held while it was
     // away delivered.
-    let mut change = Change::None;
-    for _ in 0..20 {
-        change = e.sync();
-        if change != Change::None {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let change = sync_until_change(&mut e);
     assert_eq!(change, Change::Recovered, "{:?}", e.last_error);
-    let held = sg_integration::http::get(webdis.port, "/KEYS/sg:fleet:l:per_blog:*")
-        .unwrap()
-        .body;
+    let held = fleet_keys(webdis.port, "sg:fleet:l:per_blog:*");
     assert!(held.contains("sg:fleet:l:per_blog:"), "{held}");
 }
 
@@ -259,13 +268,7 @@ fn webdis_hanging_times_the_sync_out_and_requests_are_still_decided() {
     // Decisions need no call: the fallback's 30.
     assert_eq!(offer(&mut e, "k", 100), 30);
     webdis.resume();
-    let mut change = Change::None;
-    for _ in 0..20 {
-        change = e.sync();
-        if change != Change::None {
-            break;
-        }
-    }
+    let change = sync_until_change(&mut e);
     assert_eq!(change, Change::Recovered, "{:?}", e.last_error);
     drop(redis);
 }
@@ -288,13 +291,7 @@ fn the_in_memory_engine_answers_what_the_script_in_redis_answers() {
     ];
     for round in 0..3 {
         for b in &bodies {
-            let r = call(
-                webdis.port,
-                "PUT",
-                &sg_core::fleet::sync_path(&sha),
-                b.to_string().as_bytes(),
-            );
-            let real = sg_core::fleet::decode(u32::from(r.status), r.body.as_bytes()).unwrap();
+            let real = evalsha(webdis.port, &sha, b);
             let sim = mem.eval(real.t, b.to_string().as_bytes()).unwrap();
             let sim = sg_core::fleet::decode(200, json!({"EVALSHA": sim}).to_string().as_bytes())
                 .unwrap();

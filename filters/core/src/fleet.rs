@@ -101,6 +101,36 @@ struct HotDeltas {
     keys: BTreeMap<String, u64>,
 }
 
+/// Adds `n` to `key` in `map`, inserting it (the only allocation) while the map holds fewer
+/// than `max` keys; false when it was full and `key` was not in it.
+fn bump(map: &mut BTreeMap<String, u64>, max: usize, key: &str, n: u64) -> bool {
+    if let Some(v) = map.get_mut(key) {
+        *v = v.saturating_add(n);
+        true
+    } else if map.len() < max {
+        map.insert(key.to_string(), n);
+        true
+    } else {
+        false
+    }
+}
+
+/// `map[rule]`, created on first use: the rule's name is copied once, not per request.
+/// (Always `Some`; an Option, not a lookup that could panic.)
+fn rule_entry<'a, T: Default>(map: &'a mut BTreeMap<String, T>, rule: &str) -> Option<&'a mut T> {
+    if !map.contains_key(rule) {
+        map.insert(rule.to_string(), T::default());
+    }
+    map.get_mut(rule)
+}
+
+/// Adds every key of `from` into `into` (bounded by `max`); returns how many did not fit.
+fn merge_keys(into: &mut BTreeMap<String, u64>, max: usize, from: BTreeMap<String, u64>) -> u64 {
+    from.into_iter()
+        .filter(|(k, n)| !bump(into, max, k, *n))
+        .count() as u64
+}
+
 /// What this Envoy has to report since its last sync. Bounded: at most `max_keys` keys per
 /// rule; a key beyond that is still in the rule's `seen` and counted in `dropped`.
 #[derive(Debug, Clone, PartialEq)]
@@ -126,52 +156,45 @@ impl Deltas {
         self.limits.is_empty() && self.hot.is_empty()
     }
 
-    fn bump(map: &mut BTreeMap<String, u64>, max: usize, key: &str, n: u64) -> bool {
-        if let Some(v) = map.get_mut(key) {
-            *v = v.saturating_add(n);
-            true
-        } else if map.len() < max {
-            map.insert(key.to_string(), n);
-            true
-        } else {
-            false
-        }
-    }
-
     /// Names a fleet-scoped limit rule in the next sync even when it has no requests (its
     /// reply carries the fleet's shares and totals all the same).
     pub fn touch_limit(&mut self, rule: &str, window_ms: u64) {
-        self.limits.entry(rule.to_string()).or_default().window_ms = window_ms;
+        if let Some(r) = rule_entry(&mut self.limits, rule) {
+            r.window_ms = window_ms;
+        }
     }
 
     /// Names a fleet-scoped hot-key rule in the next sync (its reply carries the fleet's
     /// top keys).
     pub fn touch_hot(&mut self, rule: &str, window_ms: u64, top: u32) {
-        let r = self.hot.entry(rule.to_string()).or_default();
-        r.window_ms = window_ms;
-        r.top = top;
+        if let Some(r) = rule_entry(&mut self.hot, rule) {
+            r.window_ms = window_ms;
+            r.top = top;
+        }
     }
 
     /// One request of a fleet-scoped limit rule: `admitted` says whether it was let through
     /// (the fleet totals count admitted requests; the share counts every request seen).
     pub fn limit(&mut self, rule: &str, window_ms: u64, key: &str, admitted: bool) {
         let max = self.max_keys;
-        let r = self.limits.entry(rule.to_string()).or_default();
-        r.window_ms = window_ms;
-        r.seen = r.seen.saturating_add(1);
-        if admitted && !Self::bump(&mut r.keys, max, key, 1) {
-            self.dropped = self.dropped.saturating_add(1);
+        if let Some(r) = rule_entry(&mut self.limits, rule) {
+            r.window_ms = window_ms;
+            r.seen = r.seen.saturating_add(1);
+            if admitted && !bump(&mut r.keys, max, key, 1) {
+                self.dropped = self.dropped.saturating_add(1);
+            }
         }
     }
 
     /// `n` requests for `key` of a fleet-scoped hot-key rule.
     pub fn hot(&mut self, rule: &str, window_ms: u64, top: u32, key: &str, n: u64) {
         let max = self.max_keys;
-        let r = self.hot.entry(rule.to_string()).or_default();
-        r.window_ms = window_ms;
-        r.top = top;
-        if !Self::bump(&mut r.keys, max, key, n) {
-            self.dropped = self.dropped.saturating_add(1);
+        if let Some(r) = rule_entry(&mut self.hot, rule) {
+            r.window_ms = window_ms;
+            r.top = top;
+            if !bump(&mut r.keys, max, key, n) {
+                self.dropped = self.dropped.saturating_add(1);
+            }
         }
     }
 
@@ -185,27 +208,20 @@ impl Deltas {
     /// not at all). Bounded like any other report.
     pub fn merge(&mut self, other: Deltas) {
         let max = self.max_keys;
+        let mut dropped = other.dropped;
         for (rule, d) in other.limits {
             let r = self.limits.entry(rule).or_default();
             r.window_ms = d.window_ms;
             r.seen = r.seen.saturating_add(d.seen);
-            for (k, n) in d.keys {
-                if !Self::bump(&mut r.keys, max, &k, n) {
-                    self.dropped = self.dropped.saturating_add(1);
-                }
-            }
+            dropped = dropped.saturating_add(merge_keys(&mut r.keys, max, d.keys));
         }
         for (rule, d) in other.hot {
             let r = self.hot.entry(rule).or_default();
             r.window_ms = d.window_ms;
             r.top = d.top;
-            for (k, n) in d.keys {
-                if !Self::bump(&mut r.keys, max, &k, n) {
-                    self.dropped = self.dropped.saturating_add(1);
-                }
-            }
+            dropped = dropped.saturating_add(merge_keys(&mut r.keys, max, d.keys));
         }
-        self.dropped = self.dropped.saturating_add(other.dropped);
+        self.dropped = self.dropped.saturating_add(dropped);
     }
 
     /// The body of the sync call (`PUT /EVALSHA/<sha>/0`: webdis appends it as `ARGV[1]`).
@@ -500,12 +516,8 @@ impl FleetLimit {
             return false;
         }
         *slot -= 1;
-        for m in [&mut self.since_send, &mut self.used] {
-            if m.len() < self.max_keys || m.contains_key(key) {
-                let n = m.entry(key.to_string()).or_default();
-                *n = n.saturating_add(1);
-            }
-        }
+        bump(&mut self.since_send, self.max_keys, key, 1);
+        bump(&mut self.used, self.max_keys, key, 1);
         true
     }
 
