@@ -176,12 +176,20 @@ impl Deltas {
     /// One request of a fleet-scoped limit rule: `admitted` says whether it was let through
     /// (the fleet totals count admitted requests; the share counts every request seen).
     pub fn limit(&mut self, rule: &str, window_ms: u64, key: &str, admitted: bool) {
+        self.limit_n(rule, window_ms, 1, Some((key, u64::from(admitted))));
+    }
+
+    /// `seen` requests of a fleet-scoped limit rule, and `admitted` of them for `key` (a
+    /// key that does not fit adds its admissions to `dropped`).
+    pub fn limit_n(&mut self, rule: &str, window_ms: u64, seen: u64, key: Option<(&str, u64)>) {
         let max = self.max_keys;
         if let Some(r) = rule_entry(&mut self.limits, rule) {
             r.window_ms = window_ms;
-            r.seen = r.seen.saturating_add(1);
-            if admitted && !bump(&mut r.keys, max, key, 1) {
-                self.dropped = self.dropped.saturating_add(1);
+            r.seen = r.seen.saturating_add(seen);
+            if let Some((key, n)) = key.filter(|(_, n)| *n > 0) {
+                if !bump(&mut r.keys, max, key, n) {
+                    self.dropped = self.dropped.saturating_add(n);
+                }
             }
         }
     }

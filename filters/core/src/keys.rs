@@ -20,6 +20,23 @@ pub fn rl_slot(rule: &str, slot: u32) -> String {
     format!("sg:rl:{rule}:{slot}")
 }
 
+/// A fleet-scoped rule's slot of 4 keys (`fleetslot::Slot`).
+pub fn fl_slot(rule: &str, slot: u32) -> String {
+    format!("sg:fl:{rule}:{slot}")
+}
+/// A fleet-scoped rule's sync state (`fleetslot::Meta`; the sync's lease holder writes).
+pub fn fl_meta(rule: &str) -> String {
+    format!("sg:fl:{rule}:m")
+}
+/// A fleet-scoped rule's requests seen that no sync carried yet (every worker adds).
+pub fn fl_seen(rule: &str) -> String {
+    format!("sg:fl:{rule}:n")
+}
+/// This Envoy's name in the fleet (chosen once by the first sync holder).
+pub const FL_ENVOY: &str = "sg:fl:envoy";
+/// The lease task of ratelimit's fleet sync (`sg:lead:ratelimit-fleet`).
+pub const RL_FLEET_TASK: &str = "ratelimit-fleet";
+
 // ---- hotkey ---------------------------------------------------------------------------------
 /// A rule's windowed view (every worker merges into it).
 pub fn hk_view(rule: &str) -> String {
@@ -96,6 +113,11 @@ mod tests {
             LEAD_IDS.to_string(),
             lease("hotkey"),
             rl_slot("r", 0),
+            fl_slot("r", 0),
+            fl_meta("r"),
+            fl_seen("r"),
+            lease(RL_FLEET_TASK),
+            FL_ENVOY.into(),
             hk_view("r"),
             HK_SHED.into(),
             HK_BLOCKLIST.into(),

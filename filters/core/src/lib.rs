@@ -10,6 +10,7 @@ pub mod config;
 pub mod error;
 pub mod flags;
 pub mod fleet;
+pub mod fleetslot;
 pub mod hash;
 pub mod host;
 pub mod key;

@@ -42,6 +42,21 @@ pub struct Config {
     /// `include_diverted`.
     #[serde(default = "default_divert_header")]
     pub divert_header: String,
+    /// Where the fleet's engine is (webdis in front of Redis) and how often to sync: needed
+    /// by rules with `"scope": "fleet"` (README "Fleet").
+    #[serde(default)]
+    pub fleet: Option<FleetConfig>,
+}
+
+pub use sg_core::fleet::FleetConfig;
+
+/// `scope` of a rule: this Envoy's own limit (the default), or one limit across the fleet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    #[default]
+    Local,
+    Fleet,
 }
 
 fn default_divert_header() -> String {
@@ -113,6 +128,11 @@ sg_core::rule_config! {
         /// the error bound.
         #[serde(default)]
         pub lease: Option<LeaseConfig>,
+        /// `"local"` (the default) or `"fleet"`: `rate` requests per window (1 s for r/s,
+        /// 1 min for r/m) across every Envoy syncing with the same Redis (top-level
+        /// `fleet`). Decided locally; bound and fallback in README "Fleet".
+        #[serde(default)]
+        pub scope: Scope,
     }
 }
 
@@ -150,7 +170,11 @@ pub struct Rule {
     pub sets: u32,
     /// Leased mode (None: every request is charged in shared data).
     pub lease: Option<Lease>,
+    /// Fleet scope: the fleet's budget (None: a local rule).
+    pub fleet: Option<Budget>,
 }
+
+pub use sg_core::fleetslot::Budget;
 
 #[derive(Debug, Clone)]
 pub struct Plan {
@@ -163,6 +187,8 @@ pub struct Plan {
     pub divert_header: String,
     pub needs_route: bool,
     pub delays: bool,
+    /// Set when a rule has fleet scope.
+    pub fleet: Option<FleetConfig>,
 }
 
 /// A rule's rate, compiled: nginx's `ctx->rate` for the arithmetic and the `N r/s` or
@@ -326,6 +352,46 @@ impl Compile for Config {
                     })
                 }
             };
+            let fleet = match (r.scope, &self.fleet) {
+                (Scope::Local, _) => None,
+                (Scope::Fleet, None) => {
+                    return Err(ConfigError::new(
+                        format!("{path}.scope"),
+                        "\"fleet\" needs the top-level \"fleet\" block (where webdis is)",
+                    ))
+                }
+                (Scope::Fleet, Some(f)) => {
+                    let why = if !sg_core::fleet::valid_rule_name(&r.name) {
+                        Some((
+                            "name",
+                            "a fleet rule's name is a Redis key part: letters, digits, _ or -",
+                        ))
+                    } else if r.burst != 0 {
+                        Some(("burst", "a fleet rule is a fixed window of `rate` per second or minute: burst does not apply"))
+                    } else if r.mode != ModeConfig::NoDelay {
+                        Some((
+                            "mode",
+                            "a fleet rule rejects past its window's budget: set \"nodelay\"",
+                        ))
+                    } else if r.lease.is_some() {
+                        Some((
+                            "lease",
+                            "not with scope \"fleet\" (the fleet rule is already local)",
+                        ))
+                    } else {
+                        None
+                    };
+                    if let Some((field, why)) = why {
+                        return Err(ConfigError::new(format!("{path}.{field}"), why));
+                    }
+                    let limit = rate.quota;
+                    Some(Budget {
+                        limit,
+                        window_ms: rate.window_s * 1000,
+                        fallback: f.fallback_limit(limit),
+                    })
+                }
+            };
             rules.push(Rule {
                 lease,
                 name: r.name.clone(),
@@ -339,10 +405,33 @@ impl Compile for Config {
                 rate,
                 dry_run: r.dry_run,
                 include_diverted: r.include_diverted,
-                sets: r.max_keys.div_ceil(crate::limiter::WAYS as u32),
+                // A fleet rule tracks at most the fleet's `max_keys` (its slots are read on
+                // every sync).
+                sets: match (&fleet, &self.fleet) {
+                    (Some(_), Some(f)) => r
+                        .max_keys
+                        .min(u32::try_from(f.max_keys).unwrap_or(u32::MAX))
+                        .div_ceil(sg_core::fleetslot::WAYS as u32),
+                    _ => r.max_keys.div_ceil(crate::limiter::WAYS as u32),
+                },
+                fleet,
             });
         }
+        let fleet = match &self.fleet {
+            None => None,
+            Some(_) if !rules.iter().any(|r| r.fleet.is_some()) => {
+                return Err(ConfigError::new(
+                    "fleet",
+                    "no rule has \"scope\": \"fleet\" (remove the block or scope a rule)",
+                ))
+            }
+            Some(f) => {
+                f.validate("fleet")?;
+                Some(f.clone())
+            }
+        };
         Ok(Plan {
+            fleet,
             needs_route: rules.iter().any(|r| r.matcher.needs_route()),
             delays: rules
                 .iter()

@@ -8,6 +8,7 @@
 
 use crate::config::{FailMode, Plan, Rule};
 use crate::limiter::{delay_ms, give_back, reset_s, retry_after_s, take, Probe, Slot};
+use sg_core::fleetslot::{self, Budget, Meta, View};
 use sg_core::hash::{hash64, slot_of};
 use sg_core::key::RequestView;
 use sg_core::shared::{update_from, SharedStore, Step, Update, Versioned};
@@ -61,6 +62,51 @@ pub struct Verdict {
 
 /// Leases a worker holds at most (a key beyond them is charged per request).
 pub const MAX_LEASES: usize = 4096;
+
+/// What fleet-scoped rules decide on besides their slots: each rule's sync state as this
+/// worker last read it (`sg:fl:<rule>:m`, refreshed on its tick), by rule index. Empty (the
+/// default): every fleet rule is on its fallback.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FleetCtx<'a> {
+    pub metas: &'a [Option<Meta>],
+    /// A holder's answer older than this is not trusted (`Health`'s staleness).
+    pub stale_ms: u64,
+}
+
+impl FleetCtx<'_> {
+    fn meta(&self, idx: usize) -> Option<&Meta> {
+        self.metas.get(idx).and_then(Option::as_ref)
+    }
+
+    pub fn view(&self, idx: usize, now: u64, b: &Budget) -> View {
+        Meta::view(self.meta(idx), now, b.window_ms, self.stale_ms)
+    }
+
+    /// Seconds to the end of the fleet window (at least 1): a rejected client's Retry-After.
+    pub fn retry_after_s(&self, idx: usize, now: u64, b: &Budget) -> u64 {
+        let w = b.window_ms.max(1);
+        let win = self
+            .meta(idx)
+            .map_or(now / w, |m| m.window(now, b.window_ms));
+        let offset = self.meta(idx).map_or(0, |m| m.offset_ms);
+        let end = i128::from(win.saturating_add(1)) * i128::from(w) - i128::from(offset);
+        let left = u64::try_from(end - i128::from(now)).unwrap_or(w);
+        left.div_ceil(1000).max(1)
+    }
+}
+
+/// Shared-data key of a fleet rule's slot: `sg:fl:<rule>:<slot>`.
+pub use sg_core::keys::fl_slot;
+
+fn decode_fleet(v: Option<&[u8]>, bad: &mut u32) -> fleetslot::Slot {
+    match v {
+        None => fleetslot::Slot::default(),
+        Some(b) => fleetslot::Slot::decode(b).unwrap_or_else(|| {
+            *bad += 1;
+            fleetslot::Slot::default()
+        }),
+    }
+}
 
 /// What a worker may still admit locally for one key of a leased rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,6 +222,8 @@ struct Pending<'a> {
     probe: Probe,
     /// Admitted from this worker's lease: no shared-data call.
     local: bool,
+    /// A fleet rule: its slot as read, the view it was decided on, its budget.
+    fleet: Option<(fleetslot::Slot, View, Budget)>,
 }
 
 fn decode(v: Option<&[u8]>, bad: &mut u32) -> Slot {
@@ -203,7 +251,15 @@ pub fn check<S: SharedStore + ?Sized, R: RequestView + ?Sized>(
     clock: impl FnOnce() -> u64,
 ) -> Verdict {
     let mut leases = Leases::default();
-    let v = check_leased(plan, store, req, route, clock, &mut leases);
+    let v = check_leased(
+        plan,
+        store,
+        req,
+        route,
+        clock,
+        &mut leases,
+        FleetCtx::default(),
+    );
     // Without a worker to keep them, leases are given back at once.
     for (idx, fp, unused) in leases.take_all() {
         if let Some(rule) = plan.rules.get(idx) {
@@ -222,6 +278,7 @@ pub fn check_leased<S: SharedStore + ?Sized, R: RequestView + ?Sized>(
     route: Option<&str>,
     clock: impl FnOnce() -> u64,
     leases: &mut Leases,
+    fleet: FleetCtx,
 ) -> Verdict {
     let mut clock = Some(clock);
     let mut now_cell: Option<u64> = None;
@@ -263,6 +320,62 @@ pub fn check_leased<S: SharedStore + ?Sized, R: RequestView + ?Sized>(
             continue;
         };
         let fp = hash64(rule.name.as_bytes(), &key_bytes);
+        if let Some(b) = rule.fleet {
+            let key = fl_slot(&rule.name, slot_of(fp, rule.sets));
+            let t = now();
+            let view = fleet.view(idx, t, &b);
+            let read = match store.get(&key) {
+                Ok(r) => r,
+                Err(_) => {
+                    v.rules
+                        .push((idx, RuleOutcome::StoreTrouble { gave_up: false }));
+                    if plan.on_store_error == FailMode::Reject && !rule.dry_run {
+                        v.action = Action::Reject {
+                            rule: idx,
+                            retry_after_s: 1,
+                        };
+                        return v;
+                    }
+                    continue;
+                }
+            };
+            let slot = decode_fleet(read.value.as_deref(), &mut v.bad_state);
+            if !slot.would_admit(fp, view, &b) {
+                if rule.dry_run {
+                    v.rules.push((idx, RuleOutcome::DryRunRejected));
+                    continue;
+                }
+                let retry = fleet.retry_after_s(idx, t, &b);
+                v.rules.retain(|(_, o)| !matches!(o, RuleOutcome::Allowed));
+                v.rules.push((idx, RuleOutcome::Rejected));
+                v.action = Action::Reject {
+                    rule: idx,
+                    retry_after_s: retry,
+                };
+                v.quota = Some(Quota {
+                    rule: idx,
+                    remaining: 0,
+                    reset_s: retry,
+                });
+                return v;
+            }
+            pending.push(Pending {
+                idx,
+                rule,
+                key,
+                fp,
+                read: Some(read),
+                slot: None,
+                probe: Probe {
+                    excess: 0,
+                    busy: false,
+                    charged: Default::default(),
+                },
+                local: false,
+                fleet: Some((slot, view, b)),
+            });
+            continue;
+        }
         let key = slot_key(&rule.name, slot_of(fp, rule.sets));
         if rule.lease.is_some() && leases.can_spend(idx, fp, now()) {
             pending.push(Pending {
@@ -278,6 +391,7 @@ pub fn check_leased<S: SharedStore + ?Sized, R: RequestView + ?Sized>(
                     charged: Default::default(),
                 },
                 local: true,
+                fleet: None,
             });
             continue;
         }
@@ -326,6 +440,7 @@ pub fn check_leased<S: SharedStore + ?Sized, R: RequestView + ?Sized>(
             slot: Some(slot),
             probe,
             local: false,
+            fleet: None,
         });
     }
 
@@ -340,6 +455,60 @@ pub fn check_leased<S: SharedStore + ?Sized, R: RequestView + ?Sized>(
             leases.spend(p.idx, p.fp);
             charged_any = true;
             v.rules.push((p.idx, RuleOutcome::Allowed));
+            continue;
+        }
+        if let Some((slot, view, b)) = p.fleet.take() {
+            let mut first = Some(slot);
+            let mut bad = 0u32;
+            let fp = p.fp;
+            let res = update_from(store, &p.key, p.read.take(), plan.cas_attempts, |cur| {
+                let mut slot = first.take().unwrap_or_else(|| decode_fleet(cur, &mut bad));
+                if slot.admit(fp, view, &b) {
+                    Step::Write(slot.encode(), true)
+                } else {
+                    Step::Keep(false)
+                }
+            });
+            v.bad_state += bad;
+            match res {
+                Update::Done { result: true, .. } => {
+                    charged_any = true;
+                    v.rules.push((p.idx, RuleOutcome::Allowed));
+                }
+                // Spent meanwhile by another worker (a lost race): rejected while nothing
+                // else is charged; else let through uncounted, as nginx's account step.
+                Update::Done { result: false, .. } if rule.dry_run => {
+                    v.rules.push((p.idx, RuleOutcome::DryRunRejected));
+                }
+                Update::Done { result: false, .. } if !charged_any => {
+                    let retry = fleet.retry_after_s(p.idx, now, &b);
+                    v.rules.push((p.idx, RuleOutcome::Rejected));
+                    v.action = Action::Reject {
+                        rule: p.idx,
+                        retry_after_s: retry,
+                    };
+                    v.quota = Some(Quota {
+                        rule: p.idx,
+                        remaining: 0,
+                        reset_s: retry,
+                    });
+                    return v;
+                }
+                Update::Done { result: false, .. } => {
+                    v.rules.push((p.idx, RuleOutcome::Allowed));
+                }
+                Update::GaveUp { .. } | Update::Failed(_) => {
+                    let gave_up = matches!(res, Update::GaveUp { .. });
+                    v.rules.push((p.idx, RuleOutcome::StoreTrouble { gave_up }));
+                    if plan.on_store_error == FailMode::Reject && !rule.dry_run {
+                        v.action = Action::Reject {
+                            rule: p.idx,
+                            retry_after_s: 1,
+                        };
+                        return v;
+                    }
+                }
+            }
             continue;
         }
         let want = rule.lease.map_or(1, |l| l.tokens);

@@ -4,9 +4,12 @@
 //! proxy-wasm callbacks here.
 
 use crate::config::{Config, Plan};
-use crate::engine::{check, check_leased, give_back_expired, Action, Leases, RuleOutcome, Verdict};
+use crate::engine::{
+    check_leased, give_back_expired, Action, FleetCtx, Leases, RuleOutcome, Verdict,
+};
+use crate::fleet::{self, Sync};
 use sg_core::host::{configure, set_tick, Flow, Host, HostRequest, Map, Plugin};
-use sg_core::keys::rl_slot;
+use sg_core::keys::{fl_meta, fl_seen, fl_slot, rl_slot, FL_ENVOY};
 use sg_core::metrics::Counter;
 use sg_core::shared::ensure_all;
 use std::cell::RefCell;
@@ -37,6 +40,12 @@ sg_core::metrics! {
         evicted_in_debt: Counter = "evicted_in_debt", "keys evicted from a full slot while still in debt";
         resumed: Counter = "resumed", "delayed requests resumed";
         lease_given_back: Counter = "lease_given_back", "leased requests a worker did not use, given back to shared data";
+        fleet_sync_ok: Counter = "fleet_sync_ok", "fleet syncs answered by Redis (through webdis)";
+        fleet_sync_failed: Counter = "fleet_sync_failed", "fleet syncs that failed or timed out (their deltas go with the next one)";
+        fleet_fallback: Counter = "fleet_fallback", "times the fleet sync was lost and fleet rules fell back to limit / expected_envoys";
+        fleet_recovered: Counter = "fleet_recovered", "times the fleet sync came back after a fallback";
+        fleet_keys_dropped: Counter = "fleet_keys_dropped", "admissions a sync could not report per key (key cap reached, or evicted from a full slot)";
+        fleet_synced: Gauge = "fleet_synced", "1 while this Envoy's fleet sync is healthy (the lease holder's view)";
     }
 }
 
@@ -92,6 +101,9 @@ pub struct Filter {
     held: RefCell<Vec<(u64, u32)>>,
     /// This worker's leases (leased rules only; bounded by `engine::MAX_LEASES`).
     leases: RefCell<Leases>,
+    /// Fleet rules: this worker's seen counts and its copy of their sync state.
+    fleet: fleet::Worker,
+    tick_ms: u64,
 }
 
 fn quota_headers(plan: &Plan, v: &Verdict) -> Option<(String, String)> {
@@ -108,18 +120,34 @@ fn quota_headers(plan: &Plan, v: &Verdict) -> Option<(String, String)> {
 
 impl Plugin for Filter {
     type Stream = Stream;
-    type Periodic = ();
+    /// The fleet sync (lease holder only; idle without fleet rules).
+    type Periodic = Sync;
 
-    fn configure<H: Host + ?Sized>(host: &H) -> Option<(Filter, ())> {
+    fn configure<H: Host + ?Sized>(host: &H) -> Option<(Filter, Sync)> {
         let plan = configure::<Config, H>(host, FILTER)?;
         // Every slot key now, so request-time writes are always CAS writes.
         ensure_all(
             host,
             FILTER,
-            plan.rules
-                .iter()
-                .flat_map(|r| (0..r.sets).map(move |slot| rl_slot(&r.name, slot))),
+            plan.rules.iter().flat_map(|r| {
+                let fleet = r.fleet.is_some();
+                (0..r.sets).map(move |slot| match fleet {
+                    true => fl_slot(&r.name, slot),
+                    false => rl_slot(&r.name, slot),
+                })
+            }),
         );
+        if plan.fleet.is_some() {
+            ensure_all(
+                host,
+                FILTER,
+                plan.rules
+                    .iter()
+                    .filter(|r| r.fleet.is_some())
+                    .flat_map(|r| [fl_meta(&r.name), fl_seen(&r.name)])
+                    .chain([FL_ENVOY.to_string()]),
+            );
+        }
         // Leases are given back within a tick of their end.
         let lease_ms = plan
             .rules
@@ -132,6 +160,10 @@ impl Plugin for Filter {
         } else {
             lease_ms.map_or(FLUSH_TICK_MS, |ms| ms.clamp(TICK_MS, FLUSH_TICK_MS))
         };
+        let tick = plan
+            .fleet
+            .as_ref()
+            .map_or(tick, |f| tick.min(fleet::tick_ms(f)));
         set_tick(
             host,
             FILTER,
@@ -143,13 +175,23 @@ impl Plugin for Filter {
             plan.rules.len(),
             plan.rules.iter().map(|r| u64::from(r.sets)).sum::<u64>()
         );
+        if let Some(f) = plan.fleet.as_ref() {
+            log::info!(
+                "{FILTER}: {} fleet rules, syncing every {} ms through cluster {}",
+                plan.rules.iter().filter(|r| r.fleet.is_some()).count(),
+                f.sync_ms,
+                f.cluster
+            );
+        }
         let f = Filter {
             m: Metrics::define(host, FILTER, plan.rules.iter().map(|r| r.name.as_str())),
+            fleet: fleet::Worker::new(&plan),
             plan,
             held: RefCell::default(),
             leases: RefCell::default(),
+            tick_ms: tick,
         };
-        Some((f, ()))
+        Some((f, Sync::default()))
     }
 
     fn stream(id: u32) -> Stream {
@@ -164,17 +206,36 @@ impl Plugin for Filter {
         let plan = &self.plan;
         let req = HostRequest::new(host);
         let route = req.route_if(plan.needs_route);
-        let verdict = match self.leases.try_borrow_mut() {
-            Ok(mut leases) => check_leased(
-                plan,
-                host,
-                &req,
-                route.as_deref(),
-                || req.now(),
-                &mut leases,
-            ),
-            Err(_) => check(plan, host, &req, route.as_deref(), || req.now()),
+        let metas = self.fleet.metas.try_borrow().ok();
+        let ctx = FleetCtx {
+            metas: metas.as_deref().map_or(&[], |m| m.as_slice()),
+            stale_ms: plan
+                .fleet
+                .as_ref()
+                .map_or(0, |f| fleet::stale_ms(f, self.tick_ms)),
         };
+        let mut spare = Leases::default();
+        let mut borrowed = self.leases.try_borrow_mut().ok();
+        let leases = borrowed.as_deref_mut().unwrap_or(&mut spare);
+        let verdict = check_leased(
+            plan,
+            host,
+            &req,
+            route.as_deref(),
+            || req.now(),
+            leases,
+            ctx,
+        );
+        drop(borrowed);
+        drop(metas);
+        if plan.fleet.is_some() {
+            for (idx, outcome) in &verdict.rules {
+                let fleet_rule = plan.rules.get(*idx).is_some_and(|r| r.fleet.is_some());
+                if fleet_rule && *outcome != RuleOutcome::SkippedDiverted {
+                    self.fleet.saw(*idx);
+                }
+            }
+        }
         record(&self.m, &verdict);
         let rejected = matches!(verdict.action, Action::Reject { .. });
         if plan.rate_limit_headers || rejected {
@@ -222,6 +283,17 @@ impl Plugin for Filter {
         Flow::Continue
     }
 
+    /// The fleet sync's answer (root context).
+    fn on_call_response<H: Host + ?Sized>(
+        &self,
+        host: &H,
+        sync: &mut Sync,
+        token: u32,
+        body_size: usize,
+    ) {
+        sync.on_response(host, &self.plan, token, body_size, &self.m.filter);
+    }
+
     /// The stream is gone: a held request whose client went away is no longer tracked.
     fn on_done(&self, s: &mut Stream) {
         if let Ok(mut held) = self.held.try_borrow_mut() {
@@ -229,7 +301,11 @@ impl Plugin for Filter {
         }
     }
 
-    fn on_tick<H: Host + ?Sized>(&self, host: &H, _p: &mut ()) {
+    fn on_tick<H: Host + ?Sized>(&self, host: &H, sync: &mut Sync) {
+        if self.plan.fleet.is_some() {
+            self.fleet.tick(host, &self.plan);
+            sync.tick(host, &self.plan, self.tick_ms, &self.m.filter);
+        }
         let now = host.now_ms();
         if let Ok(mut leases) = self.leases.try_borrow_mut() {
             if !leases.is_empty() {
@@ -319,7 +395,7 @@ mod tests {
         let leased = filter(&h, LEASED);
         assert_eq!(admitted(&leased, &h, 1), 1);
         h.set_now(1_100);
-        leased.on_tick(&h, &mut ());
+        leased.on_tick(&h, &mut Sync::default());
         assert_eq!(h.metric("sg.ratelimit.lease_given_back"), Some(7));
         let probe = filter(&h, EXACT);
         h.set_now(1_100);
@@ -349,8 +425,8 @@ mod tests {
                 let w = if t % 2 == 0 { &a } else { &b };
                 ok += admitted(w, &h, 1);
                 if t % 10 == 0 {
-                    a.on_tick(&h, &mut ());
-                    b.on_tick(&h, &mut ());
+                    a.on_tick(&h, &mut Sync::default());
+                    b.on_tick(&h, &mut Sync::default());
                 }
             }
             h.take_replies();
@@ -406,7 +482,7 @@ mod tests {
         assert_eq!(r[0].header("retry-after"), Some("1"));
         assert_eq!(r[0].header("x-spikeguard-action"), Some("ratelimit"));
         assert_eq!(request(&f, &h, 4, "/?blogId=b").0, Flow::Continue);
-        f.on_tick(&h, &mut ());
+        f.on_tick(&h, &mut Sync::default());
         assert_eq!(h.metric("sg.ratelimit.per_blog.allowed"), Some(3));
         assert_eq!(h.metric("sg.ratelimit.per_blog.rejected"), Some(1));
     }
@@ -438,10 +514,10 @@ mod tests {
         assert_eq!(flow, Flow::Pause, "held 200 ms");
         f.on_done(&mut gone);
         h.set_now(99);
-        f.on_tick(&h, &mut ());
+        f.on_tick(&h, &mut Sync::default());
         assert!(h.take_resumed().is_empty());
         h.set_now(250);
-        f.on_tick(&h, &mut ());
+        f.on_tick(&h, &mut Sync::default());
         assert_eq!(h.take_resumed(), [2]);
         assert_eq!(h.metric("sg.ratelimit.resumed"), Some(1));
         assert_eq!(h.metric("sg.ratelimit.g.delayed"), Some(2));
@@ -497,7 +573,7 @@ mod tests {
         h.get("blog", "/q");
         let mut s = Stream::new(3);
         let _ = f.on_request(&h, &mut s);
-        f.on_tick(&h, &mut ());
+        f.on_tick(&h, &mut Sync::default());
         assert_eq!(h.metric("sg.ratelimit.app.skipped_diverted"), Some(2));
         assert_eq!(h.metric("sg.ratelimit.app.allowed"), Some(1));
         assert_eq!(h.metric("sg.ratelimit.simple.skipped_diverted"), Some(0));
@@ -515,7 +591,7 @@ mod tests {
             assert_eq!(request(&f, &h, id, "/").0, Flow::Continue);
         }
         h.store.set_failing(false);
-        f.on_tick(&h, &mut ());
+        f.on_tick(&h, &mut Sync::default());
         assert_eq!(h.metric("sg.ratelimit.g.store_error"), Some(3));
     }
 }

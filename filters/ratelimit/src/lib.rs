@@ -8,6 +8,7 @@
 pub mod config;
 pub mod engine;
 pub mod filter;
+pub mod fleet;
 pub mod limiter;
 
 // Off when the crate is a part of the combined module (`sg-combined`), which has its own.
