@@ -4,7 +4,8 @@
 --   {"e": "<envoy id>",
 --    "l": [{"r": "<rule>", "w": <window ms>, "n": <requests this Envoy saw since the last sync>,
 --           "k": [["<key>", <admitted>], ...]}],
---    "h": [{"r": "<rule>", "w": <window ms>, "top": <K>, "k": [["<key>", <requests>], ...]}]}
+--    "h": [{"r": "<rule>", "w": <window ms>, "top": <K>, "n": <the rule's requests>,
+--           "k": [["<key>", <requests>], ...]}]}
 -- It adds this Envoy's deltas to the fleet's totals of the current window (Redis' clock, so
 -- every Envoy shares one window edge) and answers, as one JSON string:
 --   {"t": <now ms>,
@@ -12,9 +13,11 @@
 --           "mine": <requests this Envoy saw, this and the last window>, "all": <the fleet's>,
 --           "k": [["<key>", <fleet total this window>], ...]}],
 --    "h": [{"r": ..., "win": ..., "left_ms": ..., "cur": [["<key>", n], ...],
---           "prev": [["<key>", n], ...]}]}
+--           "prev": [["<key>", n], ...], "ncur": <the rule's requests this window>,
+--           "nprev": <and the last>}]}
 -- Keys: sg:fleet:l:<rule>:<win> (hash key -> total), sg:fleet:l:<rule>:<win>:e (hash envoy ->
--- total), sg:fleet:h:<rule>:<win> (sorted set key -> requests); each expires after three
+-- total), sg:fleet:h:<rule>:<win> (sorted set key -> requests), ...:<win>:n (the rule's
+-- requests); each expires after three
 -- windows. A rule name is validated by the filter's config ([A-Za-z0-9_-]).
 local req = cjson.decode(ARGV[1])
 local t = redis.call('TIME')
@@ -67,8 +70,11 @@ for _, r in ipairs(req.h or {}) do
     redis.call('ZINCRBY', cur, math.floor(tonumber(kv[2]) or 0), kv[1])
   end
   redis.call('PEXPIRE', cur, 3 * w)
+  local ncur = redis.call('INCRBY', cur .. ':n', math.floor(tonumber(r.n) or 0))
+  redis.call('PEXPIRE', cur .. ':n', 3 * w)
+  local nprev = tonumber(redis.call('GET', base .. (win - 1) .. ':n') or 0)
   out.h[#out.h + 1] = { r = r.r, win = win, left_ms = (win + 1) * w - now,
-    cur = top(cur, k), prev = top(base .. (win - 1), k) }
+    cur = top(cur, k), prev = top(base .. (win - 1), k), ncur = ncur, nprev = nprev }
 end
 
 return cjson.encode(out)

@@ -38,6 +38,8 @@ struct HotIn {
     r: String,
     w: u64,
     top: u64,
+    #[serde(default)]
+    n: u64,
     k: Vec<(String, u64)>,
 }
 
@@ -47,6 +49,7 @@ pub struct MemEngine {
     limits: BTreeMap<(String, u64), BTreeMap<String, u64>>,
     shares: BTreeMap<(String, u64), BTreeMap<String, u64>>,
     hot: BTreeMap<(String, u64), BTreeMap<String, u64>>,
+    hot_n: BTreeMap<(String, u64), u64>,
     expires: BTreeMap<(String, u64), u64>,
     /// While true, every call times out (Redis or webdis away).
     pub down: bool,
@@ -109,8 +112,17 @@ impl MemEngine {
                 *z.entry(k.clone()).or_default() += d;
             }
             let top = r.top.max(1);
+            let ncur = self.hot_n.entry((r.r.clone(), win)).or_default();
+            *ncur += r.n;
+            let ncur = *ncur;
+            let nprev = self
+                .hot_n
+                .get(&(r.r.clone(), win.wrapping_sub(1)))
+                .copied()
+                .unwrap_or(0);
             h_out.push(json!({"r": r.r, "win": win, "left_ms": (win + 1) * w - now,
-                "cur": self.top(&r.r, win, top), "prev": self.top(&r.r, win.wrapping_sub(1), top)}));
+                "cur": self.top(&r.r, win, top), "prev": self.top(&r.r, win.wrapping_sub(1), top),
+                "ncur": ncur, "nprev": nprev}));
         }
         // Expiry: three windows after the window's start, as the script's PEXPIRE 3w.
         for r in &b.l {
@@ -130,6 +142,7 @@ impl MemEngine {
         self.limits.retain(|k, _| live(k, exp));
         self.shares.retain(|k, _| live(k, exp));
         self.hot.retain(|k, _| live(k, exp));
+        self.hot_n.retain(|k, _| live(k, exp));
         self.expires.retain(|_, t| *t > now);
         Ok(json!({"t": now, "l": l_out, "h": h_out}).to_string())
     }

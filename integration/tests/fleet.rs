@@ -283,7 +283,7 @@ fn the_in_memory_engine_answers_what_the_script_in_redis_answers() {
     let mut mem = sg_integration::fleetsim::MemEngine::default();
     let bodies = [
         json!({"e": "a", "l": [{"r": "per_blog", "w": 1000, "n": 5, "k": [["x", 3], ["y/z", 2]]}],
-            "h": [{"r": "pv", "w": 1000, "top": 2, "k": [["x", 9], ["q", 9], ["w", 1]]}]}),
+            "h": [{"r": "pv", "w": 1000, "top": 2, "n": 30, "k": [["x", 9], ["q", 9], ["w", 1]]}]}),
         json!({"e": "b", "l": [{"r": "per_blog", "w": 1000, "n": 7, "k": [["x", 4]]}],
             "h": [{"r": "pv", "w": 1000, "top": 2, "k": []}]}),
         json!({"e": "a", "l": [{"r": "per_blog", "w": 1000, "n": 0, "k": []}], "h": []}),

@@ -78,6 +78,15 @@ impl FleetConfig {
     }
 }
 
+/// `scope` of a rule: this Envoy's own decision (the default), or one across the fleet.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scope {
+    #[default]
+    Local,
+    Fleet,
+}
+
 /// A rule name as it goes into a Redis key name: `[A-Za-z0-9_-]`, 1..=64 bytes.
 pub fn valid_rule_name(name: &str) -> bool {
     !name.is_empty()
@@ -98,6 +107,8 @@ struct LimitDeltas {
 struct HotDeltas {
     window_ms: u64,
     top: u32,
+    /// The rule's requests (every key, reported or not).
+    seen: u64,
     keys: BTreeMap<String, u64>,
 }
 
@@ -206,6 +217,21 @@ impl Deltas {
         }
     }
 
+    /// `n` requests of a fleet-scoped hot-key rule, every key (the rule's total, from which
+    /// the fleet's total rate, for `enter_share_permille`).
+    pub fn hot_seen(&mut self, rule: &str, window_ms: u64, top: u32, n: u64) {
+        if let Some(r) = rule_entry(&mut self.hot, rule) {
+            r.window_ms = window_ms;
+            r.top = top;
+            r.seen = r.seen.saturating_add(n);
+        }
+    }
+
+    /// Requests seen for a limit rule in this report.
+    pub fn seen(&self, rule: &str) -> u64 {
+        self.limits.get(rule).map_or(0, |r| r.seen)
+    }
+
     /// Takes what is to be sent, leaving this empty for the next period.
     pub fn take(&mut self) -> Deltas {
         std::mem::replace(self, Deltas::new(self.max_keys))
@@ -227,6 +253,7 @@ impl Deltas {
             let r = self.hot.entry(rule).or_default();
             r.window_ms = d.window_ms;
             r.top = d.top;
+            r.seen = r.seen.saturating_add(d.seen);
             dropped = dropped.saturating_add(merge_keys(&mut r.keys, max, d.keys));
         }
         self.dropped = self.dropped.saturating_add(dropped);
@@ -245,7 +272,7 @@ impl Deltas {
         let h: Vec<serde_json::Value> = self
             .hot
             .iter()
-            .map(|(r, d)| serde_json::json!({"r": r, "w": d.window_ms, "top": d.top, "k": pairs(&d.keys)}))
+            .map(|(r, d)| serde_json::json!({"r": r, "w": d.window_ms, "top": d.top, "n": d.seen, "k": pairs(&d.keys)}))
             .collect();
         serde_json::json!({"e": envoy, "l": l, "h": h})
             .to_string()
@@ -289,10 +316,21 @@ pub struct LimitReply {
 impl LimitReply {
     /// This Envoy's share of the rule's traffic, in 0..=1; 1/expected when nothing was seen.
     pub fn share(&self, expected: u32) -> f64 {
-        if self.all == 0 || self.mine > self.all {
+        self.share_before(expected, 0)
+    }
+
+    /// The share as it was before this sync's own report of `own` requests: every Envoy's
+    /// traffic is then counted up to its last report, so no Envoy sees itself as all of the
+    /// fleet because the others have not reported yet (the first sync of a rush would
+    /// otherwise hand the first Envoy to sync the whole budget). 1/expected when nothing
+    /// had been reported.
+    pub fn share_before(&self, expected: u32, own: u64) -> f64 {
+        let mine = self.mine.saturating_sub(own);
+        let all = self.all.saturating_sub(own);
+        if all == 0 || mine > all {
             1.0 / f64::from(expected.max(1))
         } else {
-            self.mine as f64 / self.all as f64
+            mine as f64 / all as f64
         }
     }
 }
@@ -306,9 +344,21 @@ pub struct HotReply {
     pub cur: Vec<(String, f64)>,
     #[serde(deserialize_with = "seq")]
     pub prev: Vec<(String, f64)>,
+    /// The rule's requests this window and the last, every key.
+    #[serde(default)]
+    pub ncur: f64,
+    #[serde(default)]
+    pub nprev: f64,
 }
 
 impl HotReply {
+    /// The rule's fleet-wide rate, every key, in requests per second (sliding, as `rates`).
+    pub fn total_rps(&self, window_ms: u64) -> f64 {
+        let w = window_ms.max(1) as f64;
+        let left = (self.left_ms as f64).min(w);
+        (self.ncur + self.nprev * left / w) * 1000.0 / w
+    }
+
     /// The fleet-wide rate of each key named, in requests per second, over the last
     /// `window_ms` (sliding: the current window plus the part of the last one that is still
     /// inside it), the highest first.
@@ -721,7 +771,7 @@ mod tests {
             body,
             serde_json::json!({"e": "e1",
                 "l": [{"r": "per_blog", "w": 1000, "n": 5, "k": [["a", 2], ["b", 1]]}],
-                "h": [{"r": "pv", "w": 1000, "top": 5, "k": [["a", 7]]}]})
+                "h": [{"r": "pv", "w": 1000, "top": 5, "n": 0, "k": [["a", 7]]}]})
         );
         let sent = d.take();
         assert!(d.is_empty());
@@ -787,7 +837,10 @@ mod tests {
             left_ms: 250,
             cur: vec![("a".into(), 30.0), ("b".into(), 10.0)],
             prev: vec![("a".into(), 40.0), ("c".into(), 100.0)],
+            ncur: 50.0,
+            nprev: 200.0,
         };
+        assert!((h.total_rps(1000) - 100.0).abs() < 1e-9, "50 + 200 / 4");
         let r = h.rates(1000);
         assert_eq!(r[0], ("a".to_string(), 40.0));
         assert_eq!(r[1], ("c".to_string(), 25.0));

@@ -11,6 +11,7 @@ pub mod error;
 pub mod flags;
 pub mod fleet;
 pub mod fleetslot;
+pub mod fleetsync;
 pub mod hash;
 pub mod host;
 pub mod key;

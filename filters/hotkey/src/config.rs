@@ -35,7 +35,13 @@ pub struct Config {
     /// Alerts: a structured log line always; a Slack-compatible webhook POST if configured.
     #[serde(default)]
     pub alert: AlertConfig,
+    /// Where the fleet's engine is (webdis in front of Redis) and how often to sync: needed
+    /// by rules with `"scope": "fleet"` (README "Fleet").
+    #[serde(default)]
+    pub fleet: Option<FleetConfig>,
 }
+
+pub use sg_core::fleet::{FleetConfig, Scope};
 
 fn default_tick_ms() -> u64 {
     200
@@ -125,7 +131,18 @@ sg_core::rule_config! {
         /// Keys shed by the operator whatever their rate, with optional expiry.
         #[serde(default)]
         pub block: Vec<BlockEntry>,
+        /// `fleet`: the key's rate is the fleet's (every Envoy's traffic, through the fleet
+        /// sync), so a key hot across the fleet but spread thin is hot on every Envoy.
+        #[serde(default)]
+        pub scope: Scope,
+        /// Fleet scope: the fleet's top keys read back per sync (1..=100).
+        #[serde(default = "default_fleet_top")]
+        pub fleet_top: u32,
     }
+}
+
+fn default_fleet_top() -> u32 {
+    10
 }
 
 fn default_window_ms() -> u64 {
@@ -152,6 +169,10 @@ pub struct Rule {
     pub window_buckets: u64,
     pub allow: Vec<Vec<u8>>,
     pub block: Vec<(Vec<u8>, Option<u64>)>,
+    /// Fleet scope: the fleet's top K read per sync (None: a local rule).
+    pub fleet_top: Option<u32>,
+    /// The window in ms (`window_buckets` x `tick_ms`).
+    pub window_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -163,6 +184,8 @@ pub struct Plan {
     pub needs_route: bool,
     pub operator: Option<OperatorConfig>,
     pub alert: AlertConfig,
+    /// Set when a rule has fleet scope.
+    pub fleet: Option<FleetConfig>,
 }
 
 impl Compile for Config {
@@ -258,6 +281,25 @@ impl Compile for Config {
                     "allow and block take at most 1000 keys each".into(),
                 ));
             }
+            let fleet_top = match (r.scope, &self.fleet) {
+                (Scope::Local, _) => None,
+                (Scope::Fleet, None) => {
+                    return Err(bad(
+                        "scope",
+                        "\"fleet\" needs the top-level \"fleet\" block (where webdis is)".into(),
+                    ))
+                }
+                (Scope::Fleet, Some(_)) if !sg_core::fleet::valid_rule_name(&r.name) => {
+                    return Err(bad(
+                        "name",
+                        "a fleet rule's name is a Redis key part: letters, digits, _ or -".into(),
+                    ))
+                }
+                (Scope::Fleet, Some(_)) if !(1..=100).contains(&r.fleet_top) => {
+                    return Err(bad("fleet_top", "must be from 1 to 100".into()))
+                }
+                (Scope::Fleet, Some(_)) => Some(r.fleet_top),
+            };
             let norm = |k: &str| {
                 sg_core::normalize::finish_key(
                     k.as_bytes().to_vec(),
@@ -284,9 +326,31 @@ impl Compile for Config {
                     .iter()
                     .map(|b| (norm(&b.key), b.expires_at_ms))
                     .collect(),
+                fleet_top,
+                window_ms: r.window_ms,
             });
         }
+        let fleet = match &self.fleet {
+            None => None,
+            Some(_) if !rules.iter().any(|r| r.fleet_top.is_some()) => {
+                return Err(ConfigError::new(
+                    "fleet",
+                    "no rule has \"scope\": \"fleet\" (remove the block or scope a rule)",
+                ))
+            }
+            Some(f) => {
+                f.validate("fleet")?;
+                if f.sync_ms < self.tick_ms {
+                    return Err(ConfigError::new(
+                        "fleet.sync_ms",
+                        "must be at least tick_ms (one report per complete tick)",
+                    ));
+                }
+                Some(f.clone())
+            }
+        };
         Ok(Plan {
+            fleet,
             needs_route: rules.iter().any(|r| r.matcher.needs_route()),
             rules,
             tick_ms: self.tick_ms,

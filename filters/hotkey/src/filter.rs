@@ -7,16 +7,18 @@
 
 use crate::config::{ActionConfig, Config, Plan};
 use crate::detect::{Detector, Event};
+use crate::fleet::HotFleet;
 use crate::shed::{self, decide, Cause, Decision, ShedEntry};
 use crate::sketch::SpaceSaving;
 use crate::top::TopHistory;
 use crate::window::View;
 use sg_core::alert::Alert;
+use sg_core::fleetsync::FleetMetrics;
 use sg_core::hash::hash64;
 use sg_core::host::{configure, set_tick, Flow, Host, HostRequest, Map, Plugin};
 use sg_core::key::RequestView;
 use sg_core::keys::{hk_view, HK_BLOCKLIST, HK_DIVERT, HK_SHED};
-use sg_core::metrics::Counter;
+use sg_core::metrics::{filter_metric, Counter};
 use sg_core::oplist::{decode_list, encode_list, Entry as ListEntry, List};
 use sg_core::ops::{refresh_list, Answer, Ops};
 use sg_core::shared::{ensure_all, Step};
@@ -73,6 +75,8 @@ struct Worker {
 pub struct Filter {
     pub plan: Plan,
     pub m: Metrics,
+    /// `sg.hotkey.fleet_*`: the fleet sync's own (`sg_core::fleetsync`).
+    pub fm: FleetMetrics,
     worker: RefCell<Worker>,
 }
 
@@ -80,6 +84,8 @@ pub struct Filter {
 /// alert history.
 pub struct Leader {
     detectors: Vec<Detector>,
+    /// Fleet rules' sync (idle without them).
+    fleet: HotFleet,
     ops: Ops,
     tops: Vec<TopHistory>,
 }
@@ -130,6 +136,7 @@ impl Plugin for Filter {
         };
         let periodic = Periodic::new(Leader {
             detectors: plan.rules.iter().map(|_| Detector::new()).collect(),
+            fleet: HotFleet::new(&plan),
             ops: Ops::new(FILTER, HK_BLOCKLIST, plan.operator.as_ref(), &plan.alert),
             tops: plan.rules.iter().map(|_| TopHistory::default()).collect(),
         });
@@ -142,6 +149,7 @@ impl Plugin for Filter {
         );
         let f = Filter {
             m: Metrics::define(host, FILTER, plan.rules.iter().map(|r| r.name.as_str())),
+            fm: FleetMetrics::define(host, |w| filter_metric(FILTER, w)),
             plan,
             worker: RefCell::new(worker),
         };
@@ -152,6 +160,7 @@ impl Plugin for Filter {
 
     fn flush<H: Host + ?Sized>(&self, host: &H) {
         self.m.flush(host);
+        self.fm.flush(host);
     }
 
     /// The request path: no shared-data call.
@@ -241,9 +250,10 @@ impl Plugin for Filter {
         };
         p.ticker.run(host, FILTER, self.plan.tick_ms, steps);
         self.m.flush(host);
+        self.fm.flush(host);
     }
 
-    /// An operator-list poll or webhook answer (root context).
+    /// A fleet sync, operator-list poll or webhook answer (root context).
     fn on_call_response<H: Host + ?Sized>(
         &self,
         host: &H,
@@ -251,6 +261,10 @@ impl Plugin for Filter {
         token: u32,
         body_size: usize,
     ) {
+        let fleet = &mut p.leader.fleet;
+        if fleet.on_response(host, &self.plan, FILTER, token, body_size, &self.fm) {
+            return;
+        }
         let data = self.data(host);
         let Answer::Applied { previous } =
             p.leader
@@ -384,6 +398,7 @@ impl<H: Host + ?Sized> Steps<H> for Tick<'_> {
         let (f, plan) = (self.f, &self.f.plan);
         let data = f.data(host);
         if became {
+            self.p.fleet.restart();
             // Continue from what the previous leader published.
             let published = data
                 .read_with(HK_SHED, shed::decode)
@@ -405,11 +420,12 @@ impl<H: Host + ?Sized> Steps<H> for Tick<'_> {
         for (i, rule) in plan.rules.iter().enumerate() {
             let view: View = data.read(&hk_view(&rule.name)).unwrap_or_default();
             // The bucket being filled now is partial: evaluate the window of complete ones.
-            let (total, rates) = view.rates(
-                now.epoch.saturating_sub(1),
-                rule.window_buckets,
-                plan.tick_ms,
-            );
+            let complete = now.epoch.saturating_sub(1);
+            let (mut total, mut rates) = view.rates(complete, rule.window_buckets, plan.tick_ms);
+            if let Some(cfg) = plan.fleet.as_ref().filter(|_| rule.fleet_top.is_some()) {
+                self.p.fleet.observe(i, rule, &view, complete, cfg.max_keys);
+                (total, rates) = self.p.fleet.rates(i, plan, now.ms, total, rates);
+            }
             if let Some(t) = self.p.tops.get_mut(i) {
                 t.push(now.ms, rates.iter().map(|r| (lossy(&r.key), r.milli_rps)));
             }
@@ -480,6 +496,7 @@ impl<H: Host + ?Sized> Steps<H> for Tick<'_> {
         self.p
             .ops
             .poll(host, plan.operator.as_ref(), now.ms, &f.m.ops);
+        self.p.fleet.tick(host, plan, FILTER, &f.fm);
     }
 
     fn refresh(&mut self, host: &H, _now: Now) {

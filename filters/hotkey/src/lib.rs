@@ -9,6 +9,7 @@
 pub mod config;
 pub mod detect;
 pub mod filter;
+pub mod fleet;
 pub mod shed;
 pub mod top;
 

@@ -50,14 +50,7 @@ pub struct Config {
 
 pub use sg_core::fleet::FleetConfig;
 
-/// `scope` of a rule: this Envoy's own limit (the default), or one limit across the fleet.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Scope {
-    #[default]
-    Local,
-    Fleet,
-}
+pub use sg_core::fleet::Scope;
 
 fn default_divert_header() -> String {
     "x-spikeguard-divert".to_string()

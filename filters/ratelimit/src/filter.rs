@@ -8,9 +8,10 @@ use crate::engine::{
     check_leased, give_back_expired, Action, FleetCtx, Leases, RuleOutcome, Verdict,
 };
 use crate::fleet::{self, Sync};
+use sg_core::fleetsync::FleetMetrics;
 use sg_core::host::{configure, set_tick, Flow, Host, HostRequest, Map, Plugin};
 use sg_core::keys::{fl_meta, fl_seen, fl_slot, rl_slot, FL_ENVOY};
-use sg_core::metrics::Counter;
+use sg_core::metrics::{filter_metric, Counter};
 use sg_core::shared::ensure_all;
 use std::cell::RefCell;
 
@@ -31,6 +32,7 @@ sg_core::metrics! {
         store_error: Counter = "store_error", "shared data failed for the rule (on_store_error applied)";
         cas_giveup: Counter = "cas_giveup", "CAS attempts exhausted for the rule (on_store_error applied)";
         skipped_diverted: Counter = "skipped_diverted", "requests diverted to the simple page, not counted (include_diverted: false)";
+        fleet_share_ppm: Gauge = "fleet_share_ppm", "fleet rules: this Envoy's share of the rule's fleet traffic at the last sync, in millionths";
     }
 }
 
@@ -40,12 +42,6 @@ sg_core::metrics! {
         evicted_in_debt: Counter = "evicted_in_debt", "keys evicted from a full slot while still in debt";
         resumed: Counter = "resumed", "delayed requests resumed";
         lease_given_back: Counter = "lease_given_back", "leased requests a worker did not use, given back to shared data";
-        fleet_sync_ok: Counter = "fleet_sync_ok", "fleet syncs answered by Redis (through webdis)";
-        fleet_sync_failed: Counter = "fleet_sync_failed", "fleet syncs that failed or timed out (their deltas go with the next one)";
-        fleet_fallback: Counter = "fleet_fallback", "times the fleet sync was lost and fleet rules fell back to limit / expected_envoys";
-        fleet_recovered: Counter = "fleet_recovered", "times the fleet sync came back after a fallback";
-        fleet_keys_dropped: Counter = "fleet_keys_dropped", "admissions a sync could not report per key (key cap reached, or evicted from a full slot)";
-        fleet_synced: Gauge = "fleet_synced", "1 while this Envoy's fleet sync is healthy (the lease holder's view)";
     }
 }
 
@@ -103,6 +99,8 @@ pub struct Filter {
     leases: RefCell<Leases>,
     /// Fleet rules: this worker's seen counts and its copy of their sync state.
     fleet: fleet::Worker,
+    /// `sg.ratelimit.fleet_*`: the fleet sync's own (`sg_core::fleetsync`).
+    pub fm: FleetMetrics,
     tick_ms: u64,
 }
 
@@ -186,6 +184,7 @@ impl Plugin for Filter {
         let f = Filter {
             m: Metrics::define(host, FILTER, plan.rules.iter().map(|r| r.name.as_str())),
             fleet: fleet::Worker::new(&plan),
+            fm: FleetMetrics::define(host, |w| filter_metric(FILTER, w)),
             plan,
             held: RefCell::default(),
             leases: RefCell::default(),
@@ -200,6 +199,7 @@ impl Plugin for Filter {
 
     fn flush<H: Host + ?Sized>(&self, host: &H) {
         self.m.flush(host);
+        self.fm.flush(host);
     }
 
     fn on_request<H: Host + ?Sized>(&self, host: &H, s: &mut Stream) -> Flow {
@@ -291,7 +291,7 @@ impl Plugin for Filter {
         token: u32,
         body_size: usize,
     ) {
-        sync.on_response(host, &self.plan, token, body_size, &self.m.filter);
+        sync.on_response(host, &self.plan, token, body_size, &self.m, &self.fm);
     }
 
     /// The stream is gone: a held request whose client went away is no longer tracked.
@@ -304,7 +304,7 @@ impl Plugin for Filter {
     fn on_tick<H: Host + ?Sized>(&self, host: &H, sync: &mut Sync) {
         if self.plan.fleet.is_some() {
             self.fleet.tick(host, &self.plan);
-            sync.tick(host, &self.plan, self.tick_ms, &self.m.filter);
+            sync.tick(host, &self.plan, self.tick_ms, &self.m, &self.fm);
         }
         let now = host.now_ms();
         if let Ok(mut leases) = self.leases.try_borrow_mut() {
@@ -328,6 +328,7 @@ impl Plugin for Filter {
             }
         }
         self.m.flush(host);
+        self.fm.flush(host);
     }
 }
 
