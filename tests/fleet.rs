@@ -116,14 +116,14 @@ fn pods(rl: &Value, app_port: u16, webdis: u16) -> Vec<(&'static str, Stack)> {
 
 fn fleet_rule(rate: &str, sync_ms: u64) -> Value {
     json!({
-        "fleet": {"cluster": "webdis", "expected_envoys": 3, "sync_ms": sync_ms, "timeout_ms": 150},
+        "fleet": {"cluster": "webdis", "expected_envoys": 3, "sync_ms": sync_ms, "timeout_ms": sync_ms.min(150)},
         "rules": [{"name": "per_blog", "match": {"path_prefix": "/PostView"},
             "key": {"query": "blogId"}, "rate": rate, "mode": "nodelay", "scope": "fleet"}]
     })
 }
 
 fn stat(s: &Stack, what: &str) -> i64 {
-    s.envoy.stat(&format!("sg.ratelimit.{what}"))
+    s.envoy.stat(&format!("wasmcustom.sg.ratelimit.{what}"))
 }
 
 /// Waits (bounded) until every pod's `what` reaches `at_least`; the time it took.
@@ -131,7 +131,7 @@ fn wait_all(pods: &[(&str, Stack)], what: &str, at_least: impl Fn(usize) -> i64)
     let t0 = Instant::now();
     for (i, (_, s)) in pods.iter().enumerate() {
         s.envoy.wait_stat(
-            &format!("sg.ratelimit.{what}"),
+            &format!("wasmcustom.sg.ratelimit.{what}"),
             Duration::from_secs(30),
             |v| v >= at_least(i),
         );
@@ -164,7 +164,6 @@ fn hit(ip: &str, s: &Stack, blog: &str) -> (bool, u64, u64) {
 }
 
 #[test]
-#[ignore = "[11/11] open: the Envoys sync (\"fleet sync joined\" in their logs) but sg.ratelimit.fleet_sync_ok stays 0 in Envoy's stats; being debugged"]
 fn three_envoys_with_a_fleet_limit_admit_it_once() {
     let engine = Engine::start();
     let app = Upstream::start(ample("main")).unwrap();
@@ -241,12 +240,13 @@ fn load_until(mut load: impl FnMut(), mut done: impl FnMut() -> bool) -> Duratio
 }
 
 #[test]
-#[ignore = "[11/11] open: the Envoys sync (\"fleet sync joined\" in their logs) but sg.ratelimit.fleet_sync_ok stays 0 in Envoy's stats; being debugged"]
 fn a_lost_engine_means_a_fallback_per_envoy_and_a_recovery_on_its_return() {
     let mut engine = Engine::start();
     let app = Upstream::start(ample("main")).unwrap();
-    // 300 per minute across the fleet: on the fallback, 100 per Envoy.
-    let pods = pods(&fleet_rule("300r/m", 200), app.port, engine.webdis.port);
+    // 600,000 per minute across the fleet: on the fallback, 200,000 per Envoy, more than
+    // the whole test can send (at most 4 x 20,000 rounds of 3): whatever this machine's speed,
+    // no request is refused, so a refusal or error would be the outage's.
+    let pods = pods(&fleet_rule("600000r/m", 200), app.port, engine.webdis.port);
     wait_all(&pods, "fleet_sync_ok", |_| 1);
     let send = |n: usize| -> u64 {
         let mut ok = 0;
@@ -270,7 +270,7 @@ fn a_lost_engine_means_a_fallback_per_envoy_and_a_recovery_on_its_return() {
         || pods.iter().all(|(_, s)| stat(s, "fleet_fallback") >= 1),
     );
     // No request error meanwhile (hit() fails on anything but 200/429), none refused: the
-    // fallback is 100 per Envoy, far above what was sent.
+    // fallback is far above what can be sent.
     assert_eq!(ok_during, sent_during);
     for (ip, s) in &pods {
         assert_eq!(stat(s, "fleet_synced"), 0, "{ip}");
@@ -322,7 +322,6 @@ fn a_lost_engine_means_a_fallback_per_envoy_and_a_recovery_on_its_return() {
 }
 
 #[test]
-#[ignore = "[11/11] open: the Envoys sync (\"fleet sync joined\" in their logs) but sg.ratelimit.fleet_sync_ok stays 0 in Envoy's stats; being debugged"]
 fn one_envoy_killed_the_others_shares_grow_back() {
     let engine = Engine::start();
     let app = Upstream::start(ample("main")).unwrap();

@@ -323,11 +323,13 @@ impl LimitReply {
     /// traffic is then counted up to its last report, so no Envoy sees itself as all of the
     /// fleet because the others have not reported yet (the first sync of a rush would
     /// otherwise hand the first Envoy to sync the whole budget). 1/expected when nothing
-    /// had been reported.
+    /// had been reported. An Envoy new to the fleet's traffic (nothing of its own before this
+    /// report, while others had reported) takes 1/expected too: before its report its share
+    /// would be 0, and it would refuse everything until its next sync.
     pub fn share_before(&self, expected: u32, own: u64) -> f64 {
         let mine = self.mine.saturating_sub(own);
         let all = self.all.saturating_sub(own);
-        if all == 0 || mine > all {
+        if all == 0 || mine > all || (mine == 0 && own > 0) {
             1.0 / f64::from(expected.max(1))
         } else {
             mine as f64 / all as f64
@@ -827,6 +829,31 @@ mod tests {
             k: vec![],
         };
         assert!((r.share(4) - 0.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn an_envoy_new_to_the_fleet_does_not_get_a_zero_share() {
+        // B's first report (60) after A's (40): before it, B had nothing of the fleet's 40;
+        // it takes the even split, as A did on its first report.
+        let r = LimitReply {
+            r: "x".into(),
+            win: 1,
+            left_ms: 0,
+            mine: 60,
+            all: 100,
+            k: vec![],
+        };
+        assert!((r.share_before(3, 60) - 1.0 / 3.0).abs() < 1e-9);
+        // Known before: its own latest report is left out, as the others' latest are.
+        let r = LimitReply { mine: 90, ..r };
+        assert!((r.share_before(3, 30) - 60.0 / 70.0).abs() < 1e-9);
+        // Nothing seen by anyone: an even split.
+        let r = LimitReply {
+            mine: 0,
+            all: 0,
+            ..r
+        };
+        assert!((r.share_before(4, 0) - 0.25).abs() < 1e-9);
     }
 
     #[test]
