@@ -102,9 +102,14 @@ impl Engine {
 /// Three Envoys (2 workers each: the lease picks one to sync) with `rl` as ratelimit's config,
 /// the `webdis` cluster pointed at `webdis`.
 fn pods(rl: &Value, app_port: u16, webdis: u16) -> Vec<(&'static str, Stack)> {
+    pods_of("ratelimit", rl, app_port, webdis)
+}
+
+/// Three Envoys running only `filter`, configured with `cfg`.
+fn pods_of(filter: &str, cfg: &Value, app_port: u16, webdis: u16) -> Vec<(&'static str, Stack)> {
     IPS.iter()
         .map(|ip| {
-            let s = Stack::start_with(&[("ratelimit", rl.clone())], 2, ample("unused"), |b| {
+            let s = Stack::start_with(&[(filter, cfg.clone())], 2, ample("unused"), |b| {
                 b.set_cluster_port("main_app", app_port).unwrap();
                 b.set_cluster_port("webdis", webdis).unwrap();
                 b.set_listen_ip(ip);
@@ -354,6 +359,148 @@ fn one_envoy_killed_the_others_shares_grow_back() {
     eprintln!(
         "fleet shares: even (about 1/3 each) after {even:?} of load; one Envoy killed -> the \
          other two at {shares:?} ppm after {grown:?}"
+    );
+    drop(app);
+}
+
+/// hotkey's rule: hot at 60 r/s over a 1 s window (100 ms ticks); with `fleet`, the rate is
+/// the fleet's (sync 200 ms).
+fn hot_rule(fleet: bool) -> Value {
+    let mut rule = json!({"name": "post_view", "match": {"path_prefix": "/PostView"},
+        "key": {"query": "blogId"}, "window_ms": 1000, "threshold_rps": HOT_RPS,
+        "cooldown_ms": 5000,
+        "action": {"reject": {"status": 503, "retry_after_s": 5}}});
+    let mut cfg = json!({"tick_ms": 100, "rules": []});
+    if fleet {
+        rule["scope"] = json!("fleet");
+        cfg["fleet"] =
+            json!({"cluster": "webdis", "expected_envoys": 3, "sync_ms": 200, "timeout_ms": 150});
+    }
+    cfg["rules"] = json!([rule]);
+    cfg
+}
+
+const HOT_RPS: u64 = 60;
+/// What each Envoy is sent: 25 r/s, 0.42 of the threshold; the fleet's 75 r/s is 1.25 x it.
+const EACH_RPS: u64 = 25;
+
+/// What one Envoy answered to a paced load of one blog.
+#[derive(Debug, Default)]
+struct HotLoad {
+    sent: u64,
+    shed: u64,
+    /// Since the load began: when the first shed answer came.
+    first_shed: Option<Duration>,
+}
+
+/// `rps` requests per second of `blog` to every pod at once (a thread per pod), for
+/// `secs`. Paced by a schedule without catch-up: a slot missed is skipped, so no Envoy is
+/// ever sent more than `rps`, however slow this machine is.
+fn hot_load(pods: &[(&str, Stack)], blog: &str, rps: u64, secs: u64) -> Vec<HotLoad> {
+    let t0 = Instant::now();
+    let every = Duration::from_micros(1_000_000 / rps);
+    let end = Duration::from_secs(secs);
+    std::thread::scope(|sc| {
+        let handles: Vec<_> = pods
+            .iter()
+            .map(|(ip, s)| {
+                let port = s.envoy.ingress();
+                sc.spawn(move || {
+                    let mut out = HotLoad::default();
+                    let mut next = Duration::ZERO;
+                    while next < end {
+                        let now = t0.elapsed();
+                        if now < next {
+                            std::thread::sleep(next - now);
+                        }
+                        let path = format!("/PostView?blogId={blog}&logNo=1");
+                        let r =
+                            http::get_at(ip, port, &path).unwrap_or_else(|e| panic!("{ip}: {e}"));
+                        out.sent += 1;
+                        match r.status {
+                            200 => {}
+                            503 if r.header("x-spikeguard-action") == Some("hotkey") => {
+                                out.shed += 1;
+                                out.first_shed.get_or_insert(t0.elapsed());
+                            }
+                            other => panic!("{ip}: {other} {}", r.body),
+                        }
+                        // The next slot after now (a slot missed is not made up).
+                        next += every;
+                        let now = t0.elapsed();
+                        while next < now {
+                            next += every;
+                        }
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| panic!("load thread")))
+            .collect()
+    })
+}
+
+fn hot_stat(s: &Stack, what: &str) -> i64 {
+    s.envoy.stat(&format!("wasmcustom.sg.hotkey.{what}"))
+}
+
+#[test]
+fn a_blog_hot_across_the_fleet_only_is_shed_on_all_three() {
+    let engine = Engine::start();
+    let app = Upstream::start(ample("main")).unwrap();
+
+    // Control: the same rule, local. Each Envoy sees 25 r/s of a 60 r/s threshold: never hot.
+    let local = pods_of("hotkey", &hot_rule(false), app.port, engine.webdis.port);
+    let control = hot_load(&local, "quiz", EACH_RPS, 4);
+    for ((ip, s), l) in local.iter().zip(&control) {
+        assert_eq!(l.shed, 0, "{ip}: shed while local: {l:?}");
+        assert_eq!(hot_stat(s, "detections"), 0, "{ip}");
+        assert!(
+            hot_stat(s, "post_view.seen") >= 1,
+            "{ip}: the rule saw nothing"
+        );
+    }
+    // The reference: the fleet's whole 75 r/s sent to one Envoy, judged locally. Detection
+    // waits for the 1 s window to hold the threshold's worth (60 / 75 = 0.8 s) either way;
+    // what the fleet adds on top is the sync.
+    let one = hot_load(&local[..1], "quiz2", 3 * EACH_RPS, 4);
+    let alone = one[0]
+        .first_shed
+        .unwrap_or_else(|| panic!("one Envoy at {} r/s never shed: {:?}", 3 * EACH_RPS, one[0]));
+    drop(local);
+
+    // Fleet: the same load is 75 r/s across the three, hot on every one of them.
+    let pods = pods_of("hotkey", &hot_rule(true), app.port, engine.webdis.port);
+    for (_, s) in &pods {
+        s.envoy.wait_stat(
+            "wasmcustom.sg.hotkey.fleet_sync_ok",
+            Duration::from_secs(30),
+            |v| v >= 1,
+        );
+    }
+    let fleet = hot_load(&pods, "quiz", EACH_RPS, 6);
+    let mut firsts = Vec::new();
+    for ((ip, s), l) in pods.iter().zip(&fleet) {
+        let first = l
+            .first_shed
+            .unwrap_or_else(|| panic!("{ip}: never shed, fleet-wide hot: {l:?}"));
+        firsts.push(first);
+        assert!(hot_stat(s, "detections") >= 1, "{ip}");
+        assert!(hot_stat(s, "post_view.shed") >= 1, "{ip}");
+        assert_eq!(hot_stat(s, "fleet_fallback"), 0, "{ip}");
+        assert_eq!(hot_stat(s, "fleet_synced"), 1, "{ip}");
+    }
+    eprintln!(
+        "fleet hot key: {EACH_RPS} r/s to each of three Envoys (threshold {HOT_RPS} r/s, sync \
+         200 ms, tick 100 ms): local-only never hot ({:?} sent); fleet: first shed on each \
+         after {firsts:?} of load; shed/sent {:?}; reference, all {} r/s to one Envoy \
+         (local): first shed after {alone:?}",
+        control.iter().map(|l| l.sent).collect::<Vec<_>>(),
+        fleet.iter().map(|l| (l.shed, l.sent)).collect::<Vec<_>>(),
+        3 * EACH_RPS
     );
     drop(app);
 }

@@ -742,13 +742,32 @@ fn alert_rules(f: &SloFile) -> RuleFile {
         ),
     ];
 
+    // A filter with fleet rules that lost its engine (README "Fleet"): it fell back
+    // (`fleet_fallback` counts each outage once) and has not synced since. A filter without
+    // fleet rules has both at 0, an Envoy still starting has not fallen back: neither fires.
+    let fleet = ["ratelimit", "hotkey"]
+        .iter()
+        .map(|f| {
+            format!(
+                "label_replace(\n  (max by (instance) (sg_{f}_fleet_synced) == 0)\n  and on (instance) (max by (instance) (sg_{f}_fleet_fallback) > 0),\n  \"filter\", \"{f}\", \"\", \"\"\n)"
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\nor ");
     let mut health = vec![alert(
+        "SpikeguardFleetSyncLost",
+        fleet,
+        Some("1m"),
+        &[("severity", "chat"), ("category", "fleet")],
+        "{{ $labels.instance }}: {{ $labels.filter }} cannot sync with the fleet (Redis or webdis down or slow): fleet limits are limit / expected_envoys on this Envoy, hot keys are found from its own traffic",
+    )];
+    health.push(alert(
         "SpikeguardWasmVmFailed",
         format!("sum by (plugin) (\n  {}\n) > 0", wasm_vm_failures("10m")),
         None,
         &[("severity", "page"), ("category", "filter")],
         "the Wasm VM of plugin {{ $labels.plugin }} failed (trap or load error) and was reloaded or is being reloaded",
-    )];
+    ));
     for l in &f.listeners {
         health.push(alert(
             "SpikeguardFilterSilent",

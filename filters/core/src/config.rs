@@ -166,8 +166,35 @@ macro_rules! rule_config {
 /// `pluginConfig` (`deploy/istio/<filter>-wasmplugin.yaml`) compiles. Invoke inside the config
 /// module's `tests` (paths are relative to `filters/<filter>/src/`; the crate needs
 /// `serde_yaml` as a dev-dependency).
+///
+/// `shipped_config_tests!("<filter>", fleet)` adds the same for `config/fleet/<filter>.json`
+/// (the example with `"scope": "fleet"` rules, README "Fleet").
 #[macro_export]
 macro_rules! shipped_config_tests {
+    ($filter:literal, fleet) => {
+        $crate::shipped_config_tests!($filter);
+
+        #[test]
+        fn shipped_fleet_example_compiles_and_its_schema_describes_it() {
+            let json = include_str!(concat!("../../../config/fleet/", $filter, ".json"));
+            let p = <Config as $crate::config::Compile>::parse(json.as_bytes());
+            assert!(
+                p.as_ref().is_ok_and(|p| p.fleet.is_some()),
+                "config/fleet/{}.json: {:?}",
+                $filter,
+                p.err()
+            );
+            let gaps = $crate::error::schema_gaps_of(
+                include_str!(concat!("../../../config/", $filter, ".schema.json")),
+                json,
+            );
+            assert!(
+                gaps.is_empty(),
+                "config/{}.schema.json lacks {gaps:?}",
+                $filter
+            );
+        }
+    };
     ($filter:literal) => {
         #[test]
         fn shipped_example_compiles() {

@@ -372,7 +372,7 @@ mod tests {
         assert_eq!(p.operator.map(|o| o.path).as_deref(), Some("/blocklist"));
     }
 
-    sg_core::shipped_config_tests!("hotkey");
+    sg_core::shipped_config_tests!("hotkey", fleet);
 
     #[test]
     fn shipped_ecds_example_compiles() {

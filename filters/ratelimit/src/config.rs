@@ -443,7 +443,7 @@ impl Compile for Config {
 mod tests {
     use super::*;
 
-    sg_core::shipped_config_tests!("ratelimit");
+    sg_core::shipped_config_tests!("ratelimit", fleet);
 
     fn rule_json(fields: &str) -> String {
         format!(r#"{{"rules":[{{"name":"r","key":"host","rate":"1r/s"{fields}}}]}}"#)

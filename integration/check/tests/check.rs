@@ -62,11 +62,13 @@ fn yaml_under(dir: &str) -> Vec<PathBuf> {
 #[test]
 fn every_shipped_config_manifest_and_the_bundle_pass() {
     let mut files: Vec<String> = Vec::new();
-    for e in std::fs::read_dir(root().join("config")).unwrap_or_else(|e| panic!("config: {e}")) {
-        let p = e.unwrap_or_else(|e| panic!("{e}")).path();
-        let n = p.display().to_string();
-        if n.ends_with(".json") || n.ends_with(".yaml") {
-            files.push(n);
+    for dir in ["config", "config/fleet"] {
+        for e in std::fs::read_dir(root().join(dir)).unwrap_or_else(|e| panic!("{dir}: {e}")) {
+            let p = e.unwrap_or_else(|e| panic!("{e}")).path();
+            let n = p.display().to_string();
+            if n.ends_with(".json") || n.ends_with(".yaml") {
+                files.push(n);
+            }
         }
     }
     let istio: Vec<String> = yaml_under("deploy/istio")
@@ -98,6 +100,17 @@ fn every_shipped_config_manifest_and_the_bundle_pass() {
         "{out}"
     );
     assert!(out.contains("envoy.yaml: ok (6 config(s))"), "{out}");
+    // The fleet examples (README "Fleet"): the two filters with fleet rules.
+    for f in ["ratelimit", "hotkey"] {
+        assert!(
+            out.contains(&format!("config/fleet/{f}.json: ok")),
+            "{f}: {out}"
+        );
+    }
+    assert!(
+        out.contains("fleet.yaml: ok (2 config(s), 3 Istio resource(s) schema-checked)"),
+        "{out}"
+    );
 }
 
 fn read(rel: &str) -> String {
@@ -561,4 +574,118 @@ fn the_checker_decides_as_the_filters_do() {
     // A document that is neither kind is reported, not skipped.
     let r = check_text("x.yaml", "kind: Deployment\n", None);
     assert_eq!(r.findings.len(), 1, "{:?}", r.findings);
+}
+
+/// deploy/istio/fleet: replaces the top-level ratelimit and hotkey plugins (same names, phases
+/// and priorities, so the chain's order stays), has fleet rules, and syncs through a cluster
+/// its own ServiceEntry declares.
+#[test]
+fn the_fleet_plugins_replace_the_top_level_ones_and_name_their_own_webdis() {
+    let top = plugins("deploy/istio");
+    let fleet = plugins("deploy/istio/fleet");
+    let names: Vec<&str> = fleet.iter().map(|p| p.filter.as_str()).collect();
+    assert_eq!(names, ["ratelimit", "hotkey"]);
+    let entries = docs("deploy/istio/fleet/fleet.yaml");
+    for p in &fleet {
+        let t = top
+            .iter()
+            .find(|t| t.filter == p.filter)
+            .unwrap_or_else(|| panic!("no top-level {}", p.filter));
+        assert_eq!(
+            (&p.name, &p.phase, p.priority, &p.modes),
+            (&t.name, &t.phase, t.priority, &t.modes),
+            "{}",
+            p.filter
+        );
+        let scopes: Vec<&Value> = p.config["rules"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .map(|r| &r["scope"])
+            .collect();
+        assert!(
+            scopes.iter().any(|s| *s == "fleet"),
+            "{}: {scopes:?}",
+            p.filter
+        );
+        check_config(&p.filter, p.config.to_string().as_bytes())
+            .unwrap_or_else(|e| panic!("{}: {e:?}", p.filter));
+        let cluster = p.config["fleet"]["cluster"]
+            .as_str()
+            .expect("fleet.cluster");
+        let mut parts = cluster.split('|');
+        let (port, host) = (parts.nth(1).expect("port"), parts.nth(1).expect("host"));
+        assert!(
+            entries.iter().any(|d| d["kind"] == "ServiceEntry"
+                && d["spec"]["hosts"][0] == host
+                && d["spec"]["ports"][0]["number"]
+                    .as_u64()
+                    .map(|n| n.to_string())
+                    .as_deref()
+                    == Some(port)),
+            "{cluster}: no ServiceEntry for it in fleet.yaml"
+        );
+        assert_eq!(p.config["fleet"]["authority"], host, "{}", p.filter);
+    }
+}
+
+/// Every shipped example (`config/<filter>.json`, `config/fleet/<filter>.json`) is valid
+/// under its filter's JSON schema (draft 2020-12, by the `jsonschema` crate), and the schemas
+/// refuse what the filters refuse: a fleet block without its cluster, an unknown scope.
+#[test]
+fn every_example_is_valid_under_its_schema() {
+    let validator = |f: &str| {
+        let schema: Value = serde_json::from_str(&read(&format!("config/{f}.schema.json")))
+            .unwrap_or_else(|e| panic!("{f} schema: {e}"));
+        jsonschema::draft202012::options()
+            .should_validate_formats(false)
+            .build(&schema)
+            .unwrap_or_else(|e| panic!("config/{f}.schema.json does not compile: {e}"))
+    };
+    let mut checked = 0;
+    let mut valid = |rel: &str, f: &str, doc: &Value| {
+        let errors: Vec<String> = validator(f)
+            .iter_errors(doc)
+            .map(|e| format!("{}: {e}", e.instance_path()))
+            .collect();
+        assert!(errors.is_empty(), "{rel} ({f}): {errors:#?}");
+        checked += 1;
+    };
+    for dir in ["config", "config/fleet"] {
+        for f in sg_check::FILTERS {
+            let rel = format!("{dir}/{f}.json");
+            if !root().join(&rel).exists() {
+                continue;
+            }
+            let doc: Value =
+                serde_json::from_str(&read(&rel)).unwrap_or_else(|e| panic!("{rel}: {e}"));
+            if f == "combined" {
+                // Its schema refers to the filters' by relative `$ref`: each section under
+                // its filter's own.
+                for (section, cfg) in doc.as_object().expect("sections") {
+                    valid(&rel, section, cfg);
+                }
+            } else {
+                valid(&rel, f, &doc);
+            }
+        }
+    }
+    assert!(checked >= 11, "{checked} examples checked");
+    for f in ["ratelimit", "hotkey"] {
+        let v = validator(f);
+        let mut doc: Value = serde_json::from_str(&read(&format!("config/fleet/{f}.json")))
+            .unwrap_or_else(|e| panic!("{e}"));
+        doc["rules"][0]["scope"] = Value::from("global");
+        assert!(!v.is_valid(&doc), "{f}: scope global accepted");
+        doc["rules"][0]["scope"] = Value::from("fleet");
+        assert!(v.is_valid(&doc));
+        doc["fleet"]
+            .as_object_mut()
+            .expect("fleet block")
+            .remove("cluster");
+        assert!(
+            !v.is_valid(&doc),
+            "{f}: a fleet block without cluster accepted"
+        );
+    }
 }
