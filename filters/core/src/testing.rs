@@ -46,6 +46,31 @@ impl SentCall {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.as_str())
     }
+
+    /// A fleet sync's body (`crate::fleetsync`): the first entry of `part` (`"l"`, limit
+    /// rules; `"h"`, hot-key rules) as JSON, its keys with their counts, and its `n`
+    /// (requests seen). Null, nothing and 0 where the body does not have them.
+    pub fn sync_entry(&self, part: &str) -> (serde_json::Value, Vec<(String, u64)>, u64) {
+        let v: serde_json::Value = self
+            .body
+            .as_deref()
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .unwrap_or_default();
+        let e = v
+            .get(part)
+            .and_then(|p| p.get(0))
+            .cloned()
+            .unwrap_or_default();
+        let keys = e
+            .get("k")
+            .and_then(serde_json::Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|kv| Some((kv.get(0)?.as_str()?.to_string(), kv.get(1)?.as_u64()?)))
+            .collect();
+        let n = e.get("n").and_then(serde_json::Value::as_u64).unwrap_or(0);
+        (e, keys, n)
+    }
 }
 
 /// Header names (lower-case) and raw values, in order.

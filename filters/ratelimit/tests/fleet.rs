@@ -167,17 +167,11 @@ fn reply(t: u64, win: u64, left_ms: u64, mine: u64, all: u64, keys: &[(String, u
 
 /// The sync body's per-key admitted counts and seen count for `per_blog`.
 fn body_of(c: &sg_core::testing::SentCall) -> (Vec<(String, u64)>, u64) {
-    let v: serde_json::Value = serde_json::from_slice(c.body.as_deref().unwrap()).unwrap();
-    let l = &v["l"][0];
+    let (l, keys, seen) = c.sync_entry("l");
     assert_eq!(l["r"], "per_blog");
     assert_eq!(l["w"], 1000);
-    let keys = l["k"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|kv| (kv[0].as_str().unwrap().to_string(), kv[1].as_u64().unwrap()))
-        .collect();
-    (keys, l["n"].as_u64().unwrap())
+    assert!(l["n"].is_u64(), "{l}");
+    (keys, seen)
 }
 
 #[test]
