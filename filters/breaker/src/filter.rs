@@ -510,10 +510,21 @@ impl Filter {
         let r = cached.or_else(|| {
             let mut seen = None;
             let r = data.modify(&keys.state, Breaker::decode, |cur| {
-                let mut b = cur.unwrap_or_default();
-                let before = b;
+                // No state yet (the lease holder has not ticked since start): the config's
+                // flag holds from the first call, not from the first tick.
+                let (mut b, first) = match cur {
+                    Some(b) => (b, None),
+                    None => {
+                        let mut b = Breaker::default();
+                        let t = api
+                            .flag
+                            .and_then(|f| b.force(f.state(), &api.settings, now));
+                        (b, t)
+                    }
+                };
+                let before = cur.unwrap_or_default();
                 let (p, t) = b.permit(&api.settings, now);
-                let out = (p, t, b.kind, b.retry_at_ms);
+                let out = (p, t.or(first), b.kind, b.retry_at_ms);
                 seen = Some(b);
                 if b == before {
                     Step::Keep(out)

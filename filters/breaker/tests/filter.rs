@@ -424,6 +424,28 @@ fn operator_flags_force_open_and_clearing_them_closes_it() {
 }
 
 #[test]
+fn a_config_flag_holds_from_the_first_call_before_any_tick() {
+    let h = host();
+    let w = worker(&h, &config(r#", "flag": "force_open""#, ""));
+    // No tick has run: the state is not in shared data yet.
+    assert!(!call(&w.0, &h, 200, 0), "refused on the very first call");
+    assert_eq!(
+        h.take_replies()[0].header("x-spikeguard-reason"),
+        Some("forced_open")
+    );
+    assert_eq!(
+        state(&h).kind,
+        Kind::ForcedOpen,
+        "and stored for every worker"
+    );
+    // Without a flag the first call goes on and nothing is written.
+    let h = host();
+    let w = worker(&h, &config("", ""));
+    assert!(call(&w.0, &h, 200, 0));
+    assert_eq!(state(&h).kind, Kind::Closed);
+}
+
+#[test]
 fn disable_turns_breaker_and_bulkhead_off_and_force_closed_never_opens() {
     let h = host();
     let json = config(
